@@ -1,0 +1,428 @@
+"""Queries in, response bytes out — from caches of prebuilt wire answers.
+
+One `Responder` serves one generation of (config, health, GeoIP). Answers are
+encoded once per (qname, qtype) — and for steered names once per client GeoIP
+profile, as a short cycle of variants that spreads load by weight — and then
+only the ID, RD/CD bits, the question as sent (QNAME case) and the OPT/ECS
+echo are spliced in per query. Everything unusual (other opcodes, malformed
+packets, EDNS oddities, truncation) takes `_slow()`, which parses completely
+and answers exactly. A new generation gets a new Responder with empty caches;
+the old one keeps answering until the swap, so there is no pause.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import wire
+from .geo import GeoDB, GeoInfo
+from .steer import Steering, SteerResult, tier_name
+from .zone import RR, Resolution, Tables
+
+log = logging.getLogger("geodns.query")
+
+CACHE_MAX = 200_000  # answer entries per generation; cleared whole when full
+UNKNOWN_CLIENT = GeoInfo(None, None, None, None, 0)
+
+_OPT_HEAD = b"\x00\x00\x29" + struct.pack("!H", wire.EDNS_PAYLOAD) + b"\x00\x00"
+
+
+class Stats:
+    """Plain counters bumped on the hot path; exported by geodns.metrics."""
+
+    __slots__ = ("queries", "rcodes", "tiers", "truncated", "ecs", "dropped", "formerr_reasons")
+
+    def __init__(self) -> None:
+        self.queries: dict[tuple[str, str, int], int] = {}  # (proto, family, qtype)
+        self.rcodes: dict[int, int] = {}
+        self.tiers: dict[tuple[str, str], int] = {}  # (pool, tier)
+        self.truncated = 0
+        self.ecs = 0
+        self.dropped = 0
+        self.formerr_reasons: dict[str, int] = {}
+
+
+@dataclass(slots=True)
+class _Body:
+    """Encoded sections of one answer, ready to follow the question."""
+
+    flags: int  # QR|AA|rcode (RD/CD are copied per query)
+    counts: bytes  # ANCOUNT, NSCOUNT, ARCOUNT without OPT
+    counts_opt: bytes  # the same with ARCOUNT + 1
+    body: bytes
+    rcode: int
+
+
+class _Geo:
+    """A steered entry: per client profile, a cycle of encoded variants."""
+
+    __slots__ = ("qname", "res", "profiles")
+
+    def __init__(self, qname: bytes, res: Resolution) -> None:
+        self.qname = qname
+        self.res = res
+        self.profiles: dict[tuple[Any, ...], _Cycle] = {}
+
+
+class _Cycle:
+    __slots__ = ("bodies", "i", "pool", "tier")
+
+    def __init__(self, bodies: list[_Body], pool: str, tier: str) -> None:
+        self.bodies = bodies
+        self.i = 0
+        self.pool = pool
+        self.tier = tier
+
+    def next(self) -> _Body:
+        i = self.i
+        self.i = i + 1 if i + 1 < len(self.bodies) else 0
+        return self.bodies[i]
+
+
+class Responder:
+    def __init__(self, tables: Tables, steering: Steering, geodb: GeoDB | None, stats: Stats,
+                 *, ecs_trusted: Callable[[str], bool] | None = None,
+                 query_log: bool = False) -> None:
+        self.tables = tables
+        self.steering = steering
+        self.geodb = geodb
+        self.stats = stats
+        self.ecs_trusted = ecs_trusted
+        self.query_log = query_log
+        self.cache: dict[tuple[bytes, int], _Body | _Geo] = {}
+        self.src_geo: dict[str, GeoInfo] = {}
+
+    # ------------------------------------------------------------------ fast path
+
+    def handle(self, data: bytes, src: str, tcp: bool = False) -> bytes | None:
+        """Answer one query; None means drop. Never raises for any input."""
+        try:
+            return self._fast(data, src, tcp)
+        except Exception:  # noqa: BLE001 — a garbage packet must never stop the server
+            log.exception("internal error answering a query from %s", src)
+            self.stats.dropped += 1
+            return None
+
+    def _fast(self, data: bytes, src: str, tcp: bool) -> bytes | None:
+        n = len(data)
+        # plain QUERY, QR=0, one question, no answer/authority records
+        if n < 17 or data[2] & 0xF8 or data[4:10] != b"\x00\x01\x00\x00\x00\x00":
+            return self._slow(data, src, tcp)
+        off = 12
+        ln = data[12]
+        while ln:
+            if ln > 63:
+                return self._slow(data, src, tcp)
+            off += ln + 1
+            if off >= n:
+                return self._slow(data, src, tcp)
+            ln = data[off]
+        qend = off + 5
+        if qend > n or off > 266 or data[off + 3 : qend] != b"\x00\x01" or data[off + 2] == 41 and data[off + 1] == 0:
+            return self._slow(data, src, tcp)
+        qtype = (data[off + 1] << 8) | data[off + 2]
+        ar = data[11] | (data[10] << 8)
+        ecs_opt = None
+        if ar == 0:
+            if qend != n:
+                return self._slow(data, src, tcp)
+            edns = False
+            limit = 65535 if tcp else 512
+        elif ar == 1:
+            # OPT: root owner, type 41, version 0, options to the end of the packet
+            if (n < qend + 11 or data[qend : qend + 3] != b"\x00\x00\x29"
+                    or data[qend + 6] != 0
+                    or qend + 11 + ((data[qend + 9] << 8) | data[qend + 10]) != n):
+                return self._slow(data, src, tcp)
+            edns = True
+            payload = (data[qend + 3] << 8) | data[qend + 4]
+            limit = 65535 if tcp else (wire.EDNS_PAYLOAD if payload > wire.EDNS_PAYLOAD
+                                       else 512 if payload < 512 else payload)
+            o = qend + 11
+            while o < n:
+                if o + 4 > n:
+                    return self._slow(data, src, tcp)
+                olen = (data[o + 2] << 8) | data[o + 3]
+                if data[o] == 0 and data[o + 1] == 8:
+                    if ecs_opt is not None or not _ecs_ok(data, o + 4, olen):
+                        return self._slow(data, src, tcp)
+                    ecs_opt = data[o : o + 4 + olen]
+                o += 4 + olen
+            if o != n:
+                return self._slow(data, src, tcp)
+        else:
+            return self._slow(data, src, tcp)
+        question = data[12:qend]
+        key = (question[:-4].lower(), qtype)
+        entry = self.cache.get(key)
+        if entry is None:
+            entry = self._entry(key[0], qtype)
+        scope = 0
+        if entry.__class__ is _Body:
+            body: _Body = entry  # type: ignore[assignment]
+        else:
+            client, scope = self._client(src, ecs_opt)
+            body = self._geo_body(entry, client)  # type: ignore[arg-type]
+        stats = self.stats
+        if edns:
+            if ecs_opt is not None:
+                stats.ecs += 1
+                echo = ecs_opt[:7] + bytes((scope,)) + ecs_opt[8:]
+                opt = _OPT_HEAD + (b"\x80\x00" if data[qend + 7] & 0x80 else b"\x00\x00") + \
+                    struct.pack("!H", len(echo)) + echo
+            else:
+                opt = _OPT_HEAD + (b"\x80\x00\x00\x00" if data[qend + 7] & 0x80 else b"\x00\x00\x00\x00")
+            resp = b"".join((data[:2], bytes(((body.flags >> 8) | (data[2] & 0x01),
+                                               (body.flags & 0xFF) | (data[3] & 0x10))),
+                             b"\x00\x01", body.counts_opt, question, body.body, opt))
+        else:
+            resp = b"".join((data[:2], bytes(((body.flags >> 8) | (data[2] & 0x01),
+                                               (body.flags & 0xFF) | (data[3] & 0x10))),
+                             b"\x00\x01", body.counts, question, body.body))
+        if len(resp) > limit:
+            return self._slow(data, src, tcp)
+        qk = ("tcp" if tcp else "udp", "6" if ":" in src else "4", qtype)
+        stats.queries[qk] = stats.queries.get(qk, 0) + 1
+        stats.rcodes[body.rcode] = stats.rcodes.get(body.rcode, 0) + 1
+        if self.query_log:
+            log.info("%s %s %s %s", src, wire.TYPE_NAMES.get(qtype, qtype),
+                     question[:-4].decode("ascii", "replace"), wire.RCODE_NAMES.get(body.rcode))
+        return resp
+
+    def _client(self, src: str, ecs_opt: bytes | None) -> tuple[GeoInfo, int]:
+        """The client's GeoIP info, and the ECS scope the answer may claim."""
+        geodb = self.geodb
+        if geodb is None:
+            return UNKNOWN_CLIENT, 0
+        if ecs_opt is not None and ecs_opt[6] and (self.ecs_trusted is None or self.ecs_trusted(src)):
+            fam = ecs_opt[5]
+            addr = ecs_opt[8:]
+            addr += b"\x00" * ((4 if fam == 1 else 16) - len(addr))
+            info = geodb.lookup(addr)
+            return info, info.prefix
+        info = self.src_geo.get(src)
+        if info is None:
+            if len(self.src_geo) > CACHE_MAX:
+                self.src_geo.clear()
+            info = geodb.lookup(_packed(src))
+            self.src_geo[src] = info
+        return info, 0
+
+    def _geo_body(self, entry: _Geo, client: GeoInfo) -> _Body:
+        prof = (client.asn, client.country, client.continent, client.location)
+        cyc = entry.profiles.get(prof)
+        if cyc is None:
+            cyc = self._cycle(entry.qname, entry.res, client)
+            if len(entry.profiles) > CACHE_MAX // 8:
+                entry.profiles.clear()
+            entry.profiles[prof] = cyc
+        t = (cyc.pool, cyc.tier)
+        tiers = self.stats.tiers
+        tiers[t] = tiers.get(t, 0) + 1
+        return cyc.next()
+
+    # ------------------------------------------------------------------ building
+
+    def _entry(self, qname: bytes, qtype: int) -> _Body | _Geo:
+        res = self.resolve(qname, qtype)
+        entry: _Body | _Geo
+        if res.steer is not None:
+            entry = _Geo(qname, res)
+        else:
+            entry = _encode(qname, res, res.answer, res.authority, res.additional)
+        if len(self.cache) >= CACHE_MAX:
+            self.cache.clear()  # random-name floods must not grow memory without bound
+        self.cache[(qname, qtype)] = entry
+        return entry
+
+    def resolve(self, qname: bytes, qtype: int) -> Resolution:
+        if qtype in (wire.AXFR, wire.IXFR):
+            return Resolution(wire.REFUSED, False, [], [], [])  # no zone transfers
+        if qtype in (wire.MAILA, wire.MAILB):
+            return Resolution(wire.NOTIMP, False, [], [], [])
+        res = self.tables.lookup(qname, qtype)
+        if res is None:
+            return Resolution(wire.REFUSED, False, [], [], [])
+        return res
+
+    def steer(self, res: Resolution, client: GeoInfo) -> SteerResult:
+        assert res.steer is not None
+        return self.steering.steer(res.steer, res.steer_family, client)
+
+    def _cycle(self, qname: bytes, res: Resolution, client: GeoInfo) -> _Cycle:
+        sr = self.steer(res, client)
+        st = res.steer
+        assert st is not None
+        if sr.rcode != wire.NOERROR:
+            body = _encode(b"", Resolution(sr.rcode, False, [], [], []), [], [], [])
+            return _Cycle([body], st.pool, sr.case)
+        if not sr.variants:  # NODATA: the pool has no address of this family
+            assert res.steer_negative is not None
+            body = _encode(qname, res, res.answer, [res.steer_negative], [])
+            return _Cycle([body], st.pool, sr.case)
+        rtype = wire.AAAA if res.steer_family == 6 else wire.A
+        bodies = []
+        for variant in sr.variants:
+            rrs = [(res.steer_owner, wire.rr_tail(rtype, st.ttl, r.candidate.address.packed))
+                   for r in variant]
+            bodies.append(_encode(qname, res, res.answer + rrs, res.authority,
+                                  res.additional))
+        tier = tier_name(sr.variants[0][0]) if sr.case == "nearest" else sr.case
+        return _Cycle(bodies, st.pool, tier)
+
+    # ------------------------------------------------------------------ slow path
+
+    def _slow(self, data: bytes, src: str, tcp: bool) -> bytes | None:
+        stats = self.stats
+        try:
+            q = wire.parse_query(data)
+        except wire.BadVersion as e:
+            # RFC 6891 §6.1.3: BADVERS, with our version (0) in the OPT
+            return self._error(data, wire.BADVERS, tcp, edns_do=e.edns.do)
+        except wire.WireError as e:
+            if e.rcode < 0:
+                stats.dropped += 1
+                return None
+            stats.formerr_reasons[e.reason] = stats.formerr_reasons.get(e.reason, 0) + 1
+            return self._error(data, e.rcode, tcp, edns_do=e.opt_do)
+        proto = "tcp" if tcp else "udp"
+        qk = (proto, "6" if ":" in src else "4", q.qtype)
+        stats.queries[qk] = stats.queries.get(qk, 0) + 1
+        if q.qclass != wire.CLASS_IN:
+            return self._finish(q, _plain(wire.REFUSED), 0, tcp)
+        key = (q.qname_lower, q.qtype)
+        entry = self.cache.get(key) or self._entry(q.qname_lower, q.qtype)
+        scope = 0
+        if isinstance(entry, _Geo):
+            ecs = q.edns.ecs if q.edns else None
+            ecs_opt = ecs.echo(0) if ecs else None
+            client, scope = self._client(src, ecs_opt)
+            return self._finish(q, self._geo_body(entry, client), scope, tcp)
+        return self._finish(q, entry, scope, tcp)
+
+    def _finish(self, q: wire.Query, body: _Body, scope: int, tcp: bool) -> bytes:
+        edns = q.edns
+        limit = 65535 if tcp else (min(edns.payload, wire.EDNS_PAYLOAD) if edns else 512)
+        opt = b""
+        if edns is not None:
+            opts = edns.ecs.echo(scope) if edns.ecs is not None else b""
+            opt = wire.opt_record(edns.do, opts)
+        flags = body.flags | (q.flags & 0x0110)  # copy RD and CD
+        counts = body.counts_opt if opt else body.counts
+        resp = struct.pack("!HH", q.id, flags) + b"\x00\x01" + counts + q.question + body.body + opt
+        if len(resp) > limit:
+            resp = self._fit(q, body, flags, opt, limit)
+        self.stats.rcodes[body.rcode] = self.stats.rcodes.get(body.rcode, 0) + 1
+        if self.query_log:
+            log.info("%s %s %s", wire.TYPE_NAMES.get(q.qtype, q.qtype),
+                     q.qname.decode("ascii", "replace"), wire.RCODE_NAMES.get(body.rcode))
+        return resp
+
+    def _fit(self, q: wire.Query, body: _Body, flags: int, opt: bytes, limit: int) -> bytes:
+        """Too big for UDP: drop the additional section if that is enough
+        (glue is optional when the answer is complete), else TC=1 (RFC 2181 §9)."""
+        an, ns, _ar = struct.unpack("!HHH", body.counts)
+        # Re-walk the encoded body: skip AN+NS records, cut at the additional section.
+        off = 0
+        b = body.body
+        try:
+            for _ in range(an + ns):
+                off = _skip_encoded_rr(b, off)
+        except IndexError:
+            off = len(b) + 1
+        head = struct.pack("!HH", q.id, flags) + b"\x00\x01"
+        arc = 1 if opt else 0
+        short = head + struct.pack("!HHH", an, ns, arc) + q.question + b[:off] + opt
+        if off <= len(b) and len(short) <= limit:
+            return short
+        self.stats.truncated += 1
+        return (struct.pack("!HH", q.id, flags | 0x0200) + b"\x00\x01"
+                + struct.pack("!HHH", 0, 0, arc) + q.question + opt)
+
+    def _error(self, data: bytes, rcode: int, tcp: bool, edns_do: bool | None = None) -> bytes | None:
+        """FORMERR/NOTIMP/BADVERS: echo ID, opcode, RD; the question only if it parses."""
+        self.stats.rcodes[rcode] = self.stats.rcodes.get(rcode, 0) + 1
+        if len(data) < 12:
+            return None
+        qid, flags = struct.unpack_from("!HH", data, 0)
+        out_flags = 0x8000 | (flags & 0x7900) | (rcode & 0xF)  # QR, opcode, RD
+        question = b""
+        try:
+            if struct.unpack_from("!H", data, 4)[0] == 1:
+                name, off = wire.read_name(data, 12)
+                if off + 4 <= len(data):
+                    question = data[12 : off + 4]
+        except wire.WireError:
+            question = b""
+        opt = b""
+        if edns_do is not None:
+            opt = wire.opt_record(edns_do, ext_rcode=rcode >> 4)
+        return struct.pack("!HHHHHH", qid, out_flags, 1 if question else 0, 0, 0,
+                           1 if opt else 0) + question + opt
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _plain(rcode: int) -> _Body:
+    return _Body(0x8000 | rcode, b"\x00\x00" * 3, b"\x00\x00\x00\x00\x00\x01", b"", rcode)
+
+
+def _encode(qname: bytes, res: Resolution, answer: list[RR], authority: list[RR],
+            additional: list[RR]) -> _Body:
+    """Encode sections to follow a question for `qname` (offsets assume the
+    question starts at 12; owner names compress against it and each other)."""
+    comp = wire.NameCompressor()
+    if qname:
+        comp.add(qname, 12)
+    pos = 12 + len(qname) + 4
+    parts = []
+    for owner, tail in (*answer, *authority, *additional):
+        enc = comp.encode(owner, pos)
+        parts.append(enc)
+        parts.append(tail)
+        pos += len(enc) + len(tail)
+    flags = 0x8000 | (0x0400 if res.aa else 0) | res.rcode
+    counts = struct.pack("!HHH", len(answer), len(authority), len(additional))
+    counts_opt = struct.pack("!HHH", len(answer), len(authority), len(additional) + 1)
+    return _Body(flags, counts, counts_opt, b"".join(parts), res.rcode)
+
+
+def _skip_encoded_rr(b: bytes, off: int) -> int:
+    while True:
+        n = b[off]
+        if n == 0:
+            off += 1
+            break
+        if n & 0xC0 == 0xC0:
+            off += 2
+            break
+        off += 1 + n
+    rdlen = (b[off + 8] << 8) | b[off + 9]
+    return off + 10 + rdlen
+
+
+def _ecs_ok(data: bytes, o: int, olen: int) -> bool:
+    """The common well-formed ECS shape; anything else goes to the full parser."""
+    if olen < 4:
+        return False
+    fam = (data[o] << 8) | data[o + 1]
+    src = data[o + 2]
+    if data[o + 3] != 0 or (fam != 1 and fam != 2) or src > (32 if fam == 1 else 128):
+        return False
+    if olen - 4 != (src + 7) >> 3:
+        return False
+    return not (src & 7 and data[o + olen - 1] & (0xFF >> (src & 7)))
+
+
+def _packed(src: str) -> bytes:
+    try:
+        return socket.inet_pton(socket.AF_INET6 if ":" in src else socket.AF_INET, src.split("%")[0])
+    except OSError:
+        return ipaddress.ip_address(src).packed

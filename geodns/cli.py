@@ -1,0 +1,201 @@
+"""`geodns` command line: serve, validate, explain, geoip-demo, demo.
+
+Arguments are turned into a `ServerSettings` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+from pathlib import Path
+
+from .errors import ConfigError
+
+log = logging.getLogger("geodns")
+
+
+def _hostport(text: str, default_port: int = 53) -> tuple[str, int]:
+    """`127.0.0.1:5353`, `[::1]:5353`, `::1` (port 53), `5353` (127.0.0.1)."""
+    t = text.strip()
+    try:
+        if t.startswith("["):
+            host, _, rest = t[1:].partition("]")
+            port = int(rest.lstrip(":")) if rest else default_port
+        elif t.count(":") == 1:
+            host, p = t.split(":")
+            port = int(p)
+        elif t.isdigit():
+            host, port = "127.0.0.1", int(t)
+        else:
+            host, port = t, default_port
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not ADDRESS:PORT (e.g. 127.0.0.1:5353 or [::1]:5353)") from None
+    if not 0 <= port < 65536:
+        raise argparse.ArgumentTypeError(f"port {port} out of range")
+    return host, port
+
+
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a network like 10.0.0.0/8") from None
+
+
+def _add_geo_store(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", type=Path, default=Path("zones"),
+                   help="zone and pool YAML directory (default: ./zones)")
+    p.add_argument("--geoip-asn", type=Path, help="ASN database (GeoLite2-ASN / GeoIP2-ISP)")
+    p.add_argument("--geoip-city", type=Path, help="City or Country database")
+    p.add_argument("--geoip-dir", type=Path, action="append",
+                   help="where to look for GeoLite2-*.mmdb (default: /var/lib/GeoIP, "
+                        "/usr/share/GeoIP, /usr/local/share/GeoIP); repeatable")
+    p.add_argument("--state-dir", type=Path,
+                   help="state directory (default: $STATE_DIRECTORY or ./.geodns-state)")
+    p.add_argument("--store", help="health store URL (default: sqlite in the state directory; "
+                                   "env GEODNS_STORE); 'none' to ignore health")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="geodns", description="Geo-aware authoritative DNS for mirror networks")
+    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("serve", help="run the DNS server")
+    _add_geo_store(s)
+    s.add_argument("--listen", "-l", type=_hostport, action="append",
+                   help="ADDRESS:PORT for UDP and TCP; repeatable (default 127.0.0.1:5353)")
+    s.add_argument("--metrics", type=lambda t: _hostport(t, 9153),
+                   help="serve Prometheus /metrics and /healthz on ADDRESS:PORT (off by default)")
+    s.add_argument("--workers", type=int, default=1,
+                   help="processes sharing the sockets with SO_REUSEPORT (default 1)")
+    s.add_argument("--query-log", action="store_true", help="log every query at info level")
+    s.add_argument("--health-interval", type=float, default=5.0, help="seconds between store polls")
+    s.add_argument("--geoip-interval", type=float, default=60.0,
+                   help="seconds between checks for new GeoIP files")
+    s.add_argument("--ecs-trust", type=_network, action="append", default=[],
+                   help="only use EDNS Client Subnet from these source networks (default: all)")
+    s.add_argument("--tcp-idle-timeout", type=float, default=10.0)
+    s.add_argument("--tcp-max-connections", type=int, default=1000)
+
+    v = sub.add_parser("validate", help="check zone and pool YAML; exit 1 on problems")
+    v.add_argument("config", type=Path, nargs="?", default=Path("zones"))
+
+    e = sub.add_parser("explain", help="show how a name is answered for a client")
+    e.add_argument("name")
+    e.add_argument("--client", required=True, help="ADDRESS or ADDRESS/PREFIX (as in ECS)")
+    e.add_argument("--type", "-t", default="A", choices=["A", "AAAA"])
+    e.add_argument("--json", action="store_true")
+    _add_geo_store(e)
+
+    g = sub.add_parser("geoip-demo", help="write demo GeoLite2-ASN/-City databases (MaxMind format)")
+    g.add_argument("outdir", type=Path)
+    g.add_argument("--networks", type=Path, help="YAML list of networks (default: built-in demo)")
+
+    d = sub.add_parser("demo", help="run the whole loop locally: demo mirrors, checker, server")
+    d.add_argument("--config", "-c", type=Path, default=Path("zones"))
+    d.add_argument("--state-dir", type=Path, default=Path(".geodns-state/demo"))
+    d.add_argument("--listen", "-l", type=_hostport, default=("127.0.0.1", 5353))
+    d.add_argument("--metrics", type=lambda t: _hostport(t, 9153), default=("127.0.0.1", 9153))
+    d.add_argument("--once", action="store_true", help="set up, print, check the answers, exit")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.cmd == "validate":
+        return cmd_validate(args.config)
+    if args.cmd == "serve":
+        return cmd_serve(args)
+    if args.cmd == "explain":
+        from .explain import cmd_explain
+
+        return cmd_explain(args)
+    if args.cmd == "geoip-demo":
+        from .geoip_demo import geoip_demo_command
+
+        return geoip_demo_command(str(args.outdir), str(args.networks) if args.networks else None)
+    if args.cmd == "demo":
+        from .demo import cmd_demo
+
+        return cmd_demo(args)
+    return 2
+
+
+def cmd_validate(config: Path) -> int:
+    from .config import load_config
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as e:
+        for line in e.problems:
+            print(line, file=sys.stderr)
+        print(f"{len(e.problems)} problem(s) found in {config}", file=sys.stderr)
+        return 1
+    mirrors = sum(len(p.mirrors) for p in cfg.pools.values())
+    names = sum(len(z.rrsets) for z in cfg.zones)
+    print(f"{config}: OK — {len(cfg.zones)} zone(s), {names} record set(s), "
+          f"{len(cfg.pools)} pool(s), {mirrors} mirror(s)")
+    return 0
+
+
+def settings_from_args(args: argparse.Namespace) -> "ServerSettings":  # noqa: F821
+    from .server import ServerSettings
+
+    store = None if args.store is None else ("" if args.store == "none" else args.store)
+    return ServerSettings(
+        config_dir=args.config,
+        listen=getattr(args, "listen", None) or [("127.0.0.1", 5353)],
+        geoip_asn=args.geoip_asn, geoip_city=args.geoip_city,
+        geoip_dirs=tuple(args.geoip_dir) if args.geoip_dir else None,
+        state_dir=args.state_dir, store_url=store,
+        health_interval=getattr(args, "health_interval", 5.0),
+        geoip_interval=getattr(args, "geoip_interval", 60.0),
+        metrics=getattr(args, "metrics", None), query_log=getattr(args, "query_log", False),
+        ecs_trust=tuple(getattr(args, "ecs_trust", ())),
+        tcp_idle_timeout=getattr(args, "tcp_idle_timeout", 10.0),
+        tcp_max_connections=getattr(args, "tcp_max_connections", 1000),
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import Server
+    from .workers import run_workers
+
+    settings = settings_from_args(args)
+    settings.state_dir = settings.resolved_state_dir()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    if args.workers > 1:
+        return run_workers(settings, args.workers)
+    server = Server(settings)
+    try:
+        server.load_initial()
+    except ConfigError as e:
+        for line in e.problems:
+            log.error("%s", line)
+        log.error("not starting: the configuration in %s is invalid", settings.config_dir)
+        return 1
+    run(server.serve_forever())
+    return 0
+
+
+def run(coro: object) -> None:
+    """Run on uvloop when available (it is a dependency; the fallback is for odd platforms)."""
+    import asyncio
+
+    try:
+        import uvloop
+
+        uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        asyncio.run(coro)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Exception types shared by the server and the checker."""
+
+from __future__ import annotations
+
+
+class GeoDNSError(Exception):
+    """Base class for errors an operator is meant to read."""
+
+
+class ConfigError(GeoDNSError):
+    """The operator YAML is invalid. `problems` holds every reason, one per line,
+    each of the form `file:line: context: field: what was expected`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        n = len(self.problems)
+        head = f"{n} problem{'s' if n != 1 else ''} in configuration"
+        super().__init__(head + ":\n" + "\n".join(self.problems))

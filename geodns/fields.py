@@ -1,0 +1,200 @@
+"""Typed field readers over line-annotated YAML that collect problems.
+
+Every reader returns a value (or None) and records a problem instead of
+raising, so one pass reports everything an operator has to fix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from .yamlsrc import YList, YMap
+
+_DURATION = re.compile(r"^\s*(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
+
+
+class Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, file: str, line: int, ctx: str, message: str) -> None:
+        loc = f"{file}:{line}" if line else file
+        self.items.append(f"{loc}: {ctx}: {message}" if ctx else f"{loc}: {message}")
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+
+class Section:
+    """One YAML mapping being validated: knows its file, context text and lines."""
+
+    def __init__(self, problems: Problems, file: str, data: Any, ctx: str, line: int = 0) -> None:
+        self.p = problems
+        self.file = file
+        self.ctx = ctx
+        self.ok = isinstance(data, dict)
+        self.data: YMap = data if self.ok else YMap()
+        self.line = getattr(data, "line", line)
+        if not self.ok:
+            self.p.add(file, line, ctx, f"expected a mapping, got {_kind(data)}")
+
+    def line_of(self, key: str) -> int:
+        lines = getattr(self.data, "lines", {})
+        return int(lines.get(key, self.line))
+
+    def error(self, key: str | None, message: str, line: int | None = None) -> None:
+        if line is None:
+            line = self.line_of(key) if key else self.line
+        self.p.add(self.file, line, self.ctx, f"{key}: {message}" if key else message)
+
+    def keys(self, allowed: Iterable[str], required: Iterable[str] = ()) -> None:
+        allowed = set(allowed)
+        for key in self.data:
+            if key not in allowed:
+                kl = getattr(self.data, "key_lines", {}).get(key, self.line)
+                self.p.add(
+                    self.file,
+                    kl,
+                    self.ctx,
+                    f"unknown key '{key}' (expected one of: {', '.join(sorted(allowed))})",
+                )
+        for key in required:
+            if key not in self.data:
+                self.error(None, f"missing required key '{key}'")
+
+    def sub(self, key: str, ctx: str | None = None) -> Section | None:
+        if key not in self.data or self.data[key] is None:
+            return None
+        return Section(self.p, self.file, self.data[key], ctx or self.ctx, self.line_of(key))
+
+    # -- scalar readers -------------------------------------------------------
+
+    def str_(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
+        if key not in self.data or self.data[key] is None:
+            if required:
+                self.error(None, f"missing required key '{key}'")
+            return default
+        v = self.data[key]
+        if isinstance(v, bool) or not isinstance(v, str | int | float):
+            self.error(key, f"expected text, got {_kind(v)}")
+            return default
+        return str(v)
+
+    def int_(
+        self, key: str, default: int | None = None, *, lo: int = 0, hi: int = 2**31 - 1,
+        required: bool = False,
+    ) -> int | None:
+        if key not in self.data or self.data[key] is None:
+            if required:
+                self.error(None, f"missing required key '{key}'")
+            return default
+        v = self.data[key]
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.error(key, f"expected a whole number, got {_show(v)}")
+            return default
+        if not lo <= v <= hi:
+            self.error(key, f"{v} is out of range {lo}..{hi}")
+            return default
+        return v
+
+    def float_(self, key: str, default: float | None = None, *, lo: float, hi: float) -> float | None:
+        if key not in self.data or self.data[key] is None:
+            return default
+        v = self.data[key]
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            self.error(key, f"expected a number, got {_show(v)}")
+            return default
+        if not lo <= v <= hi:
+            self.error(key, f"{v} is out of range {lo}..{hi}")
+            return default
+        return float(v)
+
+    def bool_(self, key: str, default: bool) -> bool:
+        if key not in self.data or self.data[key] is None:
+            return default
+        v = self.data[key]
+        if not isinstance(v, bool):
+            self.error(key, f"expected true or false, got {_show(v)}")
+            return default
+        return v
+
+    def duration(self, key: str, default: float | None = None, *, required: bool = False) -> float | None:
+        """Seconds from `90`, `90s`, `30m`, `6h`, `1d`, `1h30m`."""
+        if key not in self.data or self.data[key] is None:
+            if required:
+                self.error(None, f"missing required key '{key}'")
+            return default
+        v = self.data[key]
+        secs = parse_duration(v)
+        if secs is None or secs <= 0:
+            self.error(key, f"expected a positive duration like 90s, 30m, 6h or 1d, got {_show(v)}")
+            return default
+        return secs
+
+    def choice(self, key: str, options: tuple[str, ...], default: str) -> str:
+        v = self.str_(key, default)
+        if v not in options:
+            self.error(key, f"expected one of {', '.join(options)}, got {_show(v)}")
+            return default
+        return v
+
+    def list_(self, key: str, *, required: bool = False) -> list[tuple[Any, int]]:
+        """Items with their lines; a scalar is accepted as a one-item list."""
+        if key not in self.data or self.data[key] is None:
+            if required:
+                self.error(None, f"missing required key '{key}'")
+            return []
+        v = self.data[key]
+        if isinstance(v, YList):
+            return list(zip(v, v.lines, strict=True))
+        if isinstance(v, dict):
+            self.error(key, "expected a value or a list of values, got a mapping")
+            return []
+        return [(v, self.line_of(key))]
+
+
+def parse_duration(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int | float):
+        return float(v)
+    if not isinstance(v, str) or not v.strip():
+        return None
+    m = _DURATION.match(v)
+    if not m or not any(m.groups()):
+        return None
+    d, h, mi, s = m.groups()
+    return int(d or 0) * 86400 + int(h or 0) * 3600 + int(mi or 0) * 60 + float(s or 0)
+
+
+def parse_ip(v: Any, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    cls = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
+    try:
+        return cls(str(v).strip())
+    except (ipaddress.AddressValueError, ValueError):
+        return None
+
+
+def _kind(v: Any) -> str:
+    if v is None:
+        return "nothing"
+    if isinstance(v, dict):
+        return "a mapping"
+    if isinstance(v, list):
+        return "a list"
+    return _show(v)
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, str):
+        return repr(v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, dict):
+        return "a mapping"
+    if isinstance(v, list):
+        return "a list"
+    return str(v)

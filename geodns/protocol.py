@@ -1,0 +1,131 @@
+"""asyncio protocols: UDP datagrams and TCP streams ↔ the current Responder.
+
+Bytes in, bytes out; policy lives in `geodns.answer`. The responder is read
+through a holder on every packet, so a reload swaps one reference and the
+next packet sees the new generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from typing import Any, Protocol
+
+log = logging.getLogger("geodns.protocol")
+
+
+class Handler(Protocol):
+    def handle(self, data: bytes, src: str, tcp: bool = False) -> bytes | None: ...
+
+
+class Current:
+    """Holds the responder of the running generation."""
+
+    __slots__ = ("responder",)
+
+    def __init__(self, responder: Handler) -> None:
+        self.responder = responder
+
+
+class UDPProtocol(asyncio.DatagramProtocol):
+    def __init__(self, current: Current) -> None:
+        self.current = current
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        resp = self.current.responder.handle(data, addr[0], False)
+        if resp is not None and self.transport is not None:
+            self.transport.sendto(resp, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors from earlier sends (client gone); nothing to do, never fatal
+        log.debug("UDP error: %s", exc)
+
+
+class TCPLimits:
+    def __init__(self, idle_timeout: float = 10.0, max_connections: int = 1000,
+                 max_pipelined: int = 100) -> None:
+        self.idle_timeout = idle_timeout  # RFC 7766 §6.2.3: seconds, not minutes
+        self.max_connections = max_connections
+        self.max_pipelined = max_pipelined
+        self.open = 0
+
+
+class TCPProtocol(asyncio.Protocol):
+    """RFC 7766: two-byte length framing, pipelined queries answered in order,
+    idle connections closed after `idle_timeout`, a cap on open connections."""
+
+    def __init__(self, current: Current, limits: TCPLimits) -> None:
+        self.current = current
+        self.limits = limits
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.timer: asyncio.TimerHandle | None = None
+        self.counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else ""
+        lim = self.limits
+        if lim.open >= lim.max_connections:
+            log.warning("TCP connection limit (%d) reached; closing %s", lim.max_connections, self.peer)
+            transport.close()
+            return
+        lim.open += 1
+        self.counted = True
+        self._arm()
+
+    def _arm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(self.limits.idle_timeout, self._idle)
+
+    def _idle(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.buf += data
+        handled = 0
+        out = []
+        buf = self.buf
+        while len(buf) >= 2:
+            n = (buf[0] << 8) | buf[1]
+            if len(buf) < 2 + n:
+                break
+            msg = bytes(buf[2 : 2 + n])
+            del buf[: 2 + n]
+            resp = self.current.responder.handle(msg, self.peer, True)
+            if resp is None:
+                # unanswerable garbage on a stream: the framing can't be trusted
+                self.transport.close()
+                return
+            out.append(struct.pack("!H", len(resp)) + resp)
+            handled += 1
+            if handled >= self.limits.max_pipelined:
+                break  # the rest waits for the next read; keeps one client from hogging
+        if out:
+            self.transport.write(b"".join(out))
+        if len(buf) > 2 + 65535:
+            self.transport.close()
+            return
+        self._arm()
+        if handled >= self.limits.max_pipelined and len(buf) >= 2:
+            asyncio.get_running_loop().call_soon(self.data_received, b"")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.counted:
+            self.limits.open -= 1
+            self.counted = False
+        self.transport = None

@@ -1,0 +1,345 @@
+"""The server's lifecycle: load, bind, serve, reload, poll health, stop.
+
+One `Server` owns everything a running node has. Signal handlers only set
+flags/schedule coroutines. Reloads and health/GeoIP refreshes build a whole
+new generation off the event loop (in a thread) and then swap one reference;
+a config that fails validation is logged and the running one keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .answer import Responder, Stats
+from .config import load_config
+from .errors import ConfigError
+from .geo import GeoDB
+from .model import Config
+from .protocol import Current, TCPLimits, TCPProtocol, UDPProtocol
+from .settings import default_state_dir, default_store_url
+from .steer import Key, Steering
+from .store import Store, StoreError
+from .zone import Tables
+
+log = logging.getLogger("geodns.server")
+
+
+@dataclass
+class ServerSettings:
+    """Everything the server is told, resolved once (by the CLI or a test)."""
+
+    config_dir: Path
+    listen: list[tuple[str, int]] = field(default_factory=lambda: [("127.0.0.1", 5353)])
+    geoip_asn: Path | None = None
+    geoip_city: Path | None = None
+    geoip_dirs: tuple[Path, ...] | None = None
+    state_dir: Path | None = None
+    store_url: str | None = None  # None: default; "" disables health polling
+    health_interval: float = 5.0
+    geoip_interval: float = 60.0
+    metrics: tuple[str, int] | None = None
+    query_log: bool = False
+    ecs_trust: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # empty = all
+    tcp_idle_timeout: float = 10.0
+    tcp_max_connections: int = 1000
+    reuse_port: bool = False
+    tie_km: float = 100.0
+
+    def resolved_state_dir(self) -> Path:
+        return self.state_dir or default_state_dir()
+
+    def resolved_store_url(self) -> str:
+        if self.store_url is not None:
+            return self.store_url
+        return default_store_url(self.resolved_state_dir())
+
+
+class HealthState:
+    """The last good health snapshot and whether the store is reachable."""
+
+    def __init__(self) -> None:
+        self.down: frozenset[Key] = frozenset()
+        self.version: int | None = None
+        self.updated = 0.0  # monotonic time of the last successful poll
+        self.ok = False
+        self.errors = 0
+        self.have_snapshot = False
+
+
+class Server:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.s = settings
+        self.stats = Stats()
+        self.health = HealthState()
+        self.config: Config | None = None
+        self.tables: Tables | None = None
+        self.geodb: GeoDB | None = None
+        self.current: Current | None = None
+        self.generation = 0
+        self.last_reload_ok = True
+        self.last_reload_time = 0.0
+        self.reload_seconds = 0.0
+        self.transports: list[asyncio.BaseTransport] = []
+        self.servers: list[asyncio.base_events.Server] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.stopping: asyncio.Event | None = None  # created in start(), inside the loop
+        self.store: Store | None = None
+        self._store_state = "unknown"
+        self._reload_lock: asyncio.Lock | None = None
+        self._trusted = self._make_trust()
+        self.tcp_limits = TCPLimits(settings.tcp_idle_timeout, settings.tcp_max_connections)
+        self.metrics_server = None
+        self.started = time.time()
+        self.bound: list[tuple[str, int]] = []
+
+    # ------------------------------------------------------------------ building
+
+    def _make_trust(self) -> Callable[[str], bool] | None:
+        nets = self.s.ecs_trust
+        if not nets:
+            return None
+        cache: dict[str, bool] = {}
+
+        def trusted(src: str) -> bool:
+            v = cache.get(src)
+            if v is None:
+                ip = ipaddress.ip_address(src.split("%")[0])
+                v = any(ip in n for n in nets if n.version == ip.version)
+                if len(cache) > 10000:
+                    cache.clear()
+                cache[src] = v
+            return v
+
+        return trusted
+
+    def load_initial(self) -> None:
+        """Synchronous first load; raises ConfigError so start-up fails loudly."""
+        self.geodb = GeoDB.discover(self.s.geoip_asn, self.s.geoip_city,
+                                    dirs=self.s.geoip_dirs) if self.s.geoip_dirs else \
+            GeoDB.discover(self.s.geoip_asn, self.s.geoip_city)
+        self._open_store()
+        self._poll_health_sync()
+        config = self._load_config()
+        self._install(config, Tables(config))
+        log.info("config generation %d loaded: %d zones, %d pools from %s",
+                 self.generation, len(config.zones), len(config.pools), self.s.config_dir)
+
+    def _load_config(self) -> Config:
+        state = self.s.resolved_state_dir()
+        return load_config(self.s.config_dir, serial_state=state / "serials.json")
+
+    def _build(self, config: Config, tables: Tables) -> Responder:
+        steering = Steering(config, self.geodb, self.health.down, tie_km=self.s.tie_km)
+        return Responder(tables, steering, self.geodb, self.stats,
+                         ecs_trusted=self._trusted, query_log=self.s.query_log)
+
+    def _install(self, config: Config, tables: Tables, responder: Responder | None = None) -> None:
+        responder = responder or self._build(config, tables)
+        self.config, self.tables = config, tables
+        self.generation += 1
+        if self.current is None:
+            self.current = Current(responder)
+        else:
+            self.current.responder = responder
+
+    def rebuild(self) -> None:
+        """New health or GeoIP data: same config, new steering and empty caches."""
+        if self.config is not None and self.tables is not None and self.current is not None:
+            self.current.responder = self._build(self.config, self.tables)
+
+    # ------------------------------------------------------------------ store
+
+    def _open_store(self) -> None:
+        url = self.s.resolved_store_url()
+        if not url:
+            log.info("no health store configured: every enabled mirror counts as up")
+            return
+        try:
+            self.store = Store(url, create=False)
+        except StoreError as e:
+            self.store = None
+            self._store_state = "error"  # said once here; polling stays quiet until it changes
+            log.warning("health store not available (%s): every enabled mirror counts as up "
+                        "until it is", e)
+
+    def _poll_health_sync(self) -> bool:
+        """One poll; returns True when the down-set changed."""
+        url = self.s.resolved_store_url()
+        if not url:
+            return False
+        h = self.health
+        try:
+            if self.store is None:
+                self.store = Store(url, create=False)
+            version = self.store.state_version()
+            changed = False
+            if version != h.version:
+                down = self.store.down_addresses()
+                changed = down != h.down
+                h.down, h.version = down, version
+                h.have_snapshot = True
+            h.updated = time.monotonic()
+            if not h.ok:
+                log.info("health store reachable: %d addresses down", len(h.down))
+            h.ok = True
+            return changed
+        except (StoreError, Exception) as e:  # noqa: BLE001 — fail static on anything
+            h.errors += 1
+            if h.ok or self._store_state != "error":
+                log.error("health store unreachable, keeping the last snapshot (%s addresses "
+                          "down): %s", len(h.down), e)
+            h.ok = False
+            self._store_state = "error"
+            return False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        if self.current is None:
+            self.load_initial()
+        assert self.current is not None
+        for host, port in self.s.listen:
+            fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+            udp_sock = _bind_udp(host, port, fam, self.s.reuse_port)
+            port = udp_sock.getsockname()[1]  # port 0 → the same ephemeral port for TCP
+            tr, _ = await loop.create_datagram_endpoint(lambda: UDPProtocol(self.current), sock=udp_sock)
+            self.transports.append(tr)
+            srv = await loop.create_server(lambda: TCPProtocol(self.current, self.tcp_limits),
+                                           host=host, port=port, family=fam,
+                                           reuse_port=self.s.reuse_port or None, backlog=1024)
+            self.servers.append(srv)
+            self.bound.append((host, port))
+            log.info("listening on %s port %d (UDP and TCP)", host, port)
+        if self.s.metrics:
+            from .metrics import start_metrics
+
+            self.metrics_server = await start_metrics(self, *self.s.metrics)
+        self.tasks.append(asyncio.create_task(self._every(self.s.health_interval, self.poll_health)))
+        self.tasks.append(asyncio.create_task(self._every(self.s.geoip_interval, self.refresh_geoip)))
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+
+    def request_stop(self) -> None:
+        if self.stopping is not None:
+            self.stopping.set()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        self.install_signal_handlers()
+        assert self.stopping is not None
+        await self.stopping.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        self.tasks.clear()
+        for tr in self.transports:
+            tr.close()
+        for srv in self.servers:
+            srv.close()
+        for srv in self.servers:
+            await srv.wait_closed()
+        self.transports.clear()
+        self.servers.clear()
+        if self.metrics_server is not None:
+            await self.metrics_server.cleanup()
+            self.metrics_server = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        log.info("stopped")
+
+    async def _every(self, interval: float, fn: Callable[[], object]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                res = fn()
+                if asyncio.iscoroutine(res):
+                    await res
+            except Exception:  # noqa: BLE001 — a timer must never die
+                log.exception("periodic task %s failed", getattr(fn, "__name__", fn))
+
+    # ------------------------------------------------------------------ reload & refresh
+
+    async def reload(self) -> bool:
+        """Re-read the YAML; swap only if it validates. Returns success."""
+        assert self._reload_lock is not None
+        async with self._reload_lock:
+            t0 = time.perf_counter()
+            try:
+                config, tables, responder = await asyncio.to_thread(self._prepare)
+            except ConfigError as e:
+                self.last_reload_ok = False
+                log.error("reload rejected, still serving generation %d:\n%s", self.generation,
+                          "\n".join(e.problems))
+                return False
+            except Exception:  # noqa: BLE001
+                self.last_reload_ok = False
+                log.exception("reload failed, still serving generation %d", self.generation)
+                return False
+            self._install(config, tables, responder)
+            self.last_reload_ok = True
+            self.last_reload_time = time.time()
+            self.reload_seconds = time.perf_counter() - t0
+            log.info("config generation %d loaded: %d zones, %d pools in %.0f ms",
+                     self.generation, len(config.zones), len(config.pools),
+                     self.reload_seconds * 1000)
+            return True
+
+    def _prepare(self) -> tuple[Config, Tables, Responder]:
+        config = self._load_config()
+        tables = Tables(config)
+        return config, tables, self._build(config, tables)
+
+    async def poll_health(self) -> None:
+        changed = await asyncio.to_thread(self._poll_health_sync)
+        if changed:
+            log.info("health snapshot version %s: %d addresses down", self.health.version,
+                     len(self.health.down))
+            await asyncio.to_thread(self._rebuild_steering)
+
+    def _rebuild_steering(self) -> None:
+        # built in a thread, swapped by a single reference assignment
+        self.rebuild()
+
+    async def refresh_geoip(self) -> None:
+        if self.geodb is not None and await asyncio.to_thread(self.geodb.refresh):
+            log.info("GeoIP databases changed on disk; answers rebuilt")
+            await asyncio.to_thread(self.rebuild)
+
+
+def _bind_udp(host: str, port: int, fam: int, reuse_port: bool) -> socket.socket:
+    sock = socket.socket(fam, socket.SOCK_DGRAM)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if fam == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        # big buffers absorb bursts while a reload swaps generations
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    except OSError:
+        pass
+    sock.bind((host, port))
+    sock.setblocking(False)
+    return sock
