@@ -1,0 +1,154 @@
+"""`geodns explain NAME --client ADDR[/PREFIX]`: why a client gets what it gets.
+
+Runs the server's own code path (same config loader, GeoIP, health snapshot,
+resolution and ranking) without opening sockets, and prints the client's
+location, every mirror address with tier, distance, health and whether it is
+answered, and the exact answer and ECS scope the server would give.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import sys
+from typing import Any
+
+from . import wire
+from .answer import UNKNOWN_CLIENT
+from .errors import ConfigError
+from .geo import GeoInfo
+from .names import to_wire
+from .rank import explain_rows
+from .server import Server
+
+
+def explain(server: Server, name: str, client: str, qtype: str = "A") -> dict[str, Any]:
+    assert server.current is not None and server.config is not None
+    responder = server.current.responder
+    net = ipaddress.ip_network(client, strict=False)
+    has_prefix = "/" in client
+    addr = net.network_address
+    info = server.geodb.lookup(addr.packed) if server.geodb is not None else UNKNOWN_CLIENT
+    qt = wire.AAAA if qtype == "AAAA" else wire.A
+    qname = to_wire(name.lower().rstrip("."))
+    res = responder.resolve(qname, qt)  # type: ignore[attr-defined]
+    out: dict[str, Any] = {
+        "name": name, "type": qtype, "client": str(net if has_prefix else addr),
+        "client_geo": _geo(info),
+        "generation": server.generation,
+        "health": {"store_ok": server.health.ok, "down": len(server.health.down),
+                   "snapshot": server.health.have_snapshot},
+        "rcode": wire.RCODE_NAMES.get(res.rcode, str(res.rcode)),
+        "chain": [_rr_text(o) for o, _t in res.answer],
+    }
+    if res.steer is None:
+        out["steered"] = False
+        out["ecs_scope"] = 0 if has_prefix else None
+        out["note"] = ("not a steered name: the answer does not depend on the client"
+                       if res.rcode != wire.REFUSED else "not in any of our zones (REFUSED)")
+        return out
+    st = res.steer
+    sr = responder.steer(res, info)  # type: ignore[attr-defined]
+    pool = server.config.pools[st.pool]
+    rows = explain_rows(sr.groups, sr.variants)
+    ranked = {(r.mirror, str(r.address)): r for r in rows}
+    mirrors = []
+    for cand, why in sr.skipped:
+        mirrors.append({"mirror": cand.mirror, "address": str(cand.address), "state": "skipped",
+                        "why": why, "weight": cand.weight, "geo": _geo(cand.geo)})
+    fam_attr = "ipv6" if qt == wire.AAAA else "ipv4"
+    for m in pool.mirrors:
+        for a in getattr(m, fam_attr):
+            key = (m.name, str(a))
+            if key in ranked:
+                r = ranked[key]
+                mirrors.append({
+                    "mirror": m.name, "address": str(a), "state": "answered" if r.answered else "ranked",
+                    "group": r.group, "tier": r.tier, "distance_km": _round(r.distance_km),
+                    "weight": r.weight, "answered_share": round(r.answered, 3),
+                    "first_share": round(r.leading, 3),
+                    "why": (f"in {r.answered:.0%} of answers" if r.answered
+                            else f"nearer mirrors fill all {st.answers} answers"),
+                })
+            elif m.name in pool.fallback and sr.case == "nearest":
+                mirrors.append({"mirror": m.name, "address": str(a), "state": "fallback",
+                                "why": "fallback only: answered when no other mirror is healthy"})
+    out.update({
+        "steered": True, "pool": st.pool, "answers": st.answers, "ttl": st.ttl, "case": sr.case,
+        "mirrors": mirrors,
+        "answer": [str(r.candidate.address) for r in sr.variants[0]] if sr.variants else [],
+        "cycle": len(sr.variants),
+        "variants": [[str(r.candidate.address) for r in v] for v in sr.variants],
+        "ecs_scope": info.prefix if has_prefix and server.geodb is not None else (0 if has_prefix else None),
+    })
+    if sr.rcode != wire.NOERROR:
+        out["rcode"] = wire.RCODE_NAMES[sr.rcode]
+    return out
+
+
+def _geo(g: GeoInfo) -> dict[str, Any]:
+    return {"asn": g.asn, "country": g.country, "continent": g.continent,
+            "location": list(g.location) if g.location else None, "network_prefix": g.prefix}
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 1)
+
+
+def _rr_text(owner: bytes) -> str:
+    from .names import from_wire
+
+    return from_wire(owner)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .cli import settings_from_args
+
+    settings = settings_from_args(args)
+    server = Server(settings)
+    try:
+        server.load_initial()
+    except ConfigError as e:
+        print("\n".join(e.problems), file=sys.stderr)
+        return 1
+    try:
+        result = explain(server, args.name, args.client, args.type)
+    except ValueError as e:
+        print(f"--client: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if server.store is not None:
+            server.store.close()
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(render(result))
+    return 0
+
+
+def render(r: dict[str, Any]) -> str:
+    g = r["client_geo"]
+    loc = "{:.2f},{:.2f}".format(*g["location"]) if g["location"] else "unknown"
+    lines = [
+        f"{r['name']} {r['type']} for client {r['client']}",
+        f"  client: AS{g['asn'] or '?'}  country {g['country'] or '?'}  continent "
+        f"{g['continent'] or '?'}  location {loc}  (GeoIP network /{g['network_prefix']})",
+        f"  health: {'store OK' if r['health']['store_ok'] else 'store unavailable'}, "
+        f"{r['health']['down']} address(es) down",
+    ]
+    if r["chain"]:
+        lines.append(f"  CNAME chain through: {' → '.join(r['chain'])}")
+    if not r["steered"]:
+        lines.append(f"  {r['note']}; rcode {r['rcode']}")
+        return "\n".join(lines)
+    lines.append(f"  pool {r['pool']}: case '{r['case']}', answers {r['answers']}, ttl {r['ttl']}s")
+    lines.append(f"  {'mirror':<16} {'address':<26} {'state':<9} {'tier':<10} {'km':>8} {'weight':>6}  why")
+    for m in r["mirrors"]:
+        km = "" if m.get("distance_km") is None else f"{m['distance_km']:.0f}"
+        lines.append(f"  {m['mirror']:<16} {m['address']:<26} {m['state']:<9} {m.get('tier', ''):<10} "
+                     f"{km:>8} {m.get('weight', ''):>6}  {m['why']}")
+    scope = "" if r["ecs_scope"] is None else f"; ECS scope /{r['ecs_scope']}"
+    lines.append(f"  answer: rcode {r['rcode']}, {', '.join(r['answer']) or '(no addresses)'}"
+                 f" (one of {r['cycle']} rotating variants){scope}")
+    return "\n".join(lines)
