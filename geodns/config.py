@@ -133,10 +133,12 @@ def _yaml_files(root: Path, p: Problems) -> list[Path]:
 
 
 def _display(path: Path) -> str:
+    """Paths as the operator typed them: relative below the cwd, else absolute."""
     try:
-        return os.path.relpath(path)
+        rel = os.path.relpath(path)
     except ValueError:
         return str(path)
+    return str(path.resolve()) if rel.startswith("..") else rel
 
 
 def _rel(name: str, zone: str) -> str:
@@ -473,6 +475,7 @@ def _mirror(s: Section, file: str) -> Mirror | None:
         if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
             s.error("url", f"'{url}' is not an http:// or https:// URL with a host name")
     ips: dict[int, list[Any]] = {4: [], 6: []}
+    before = len(s.p.items)
     for fam in (4, 6):
         key = f"ipv{fam}"
         for v, line in s.list_(key):
@@ -483,7 +486,7 @@ def _mirror(s: Section, file: str) -> Mirror | None:
                 s.error(key, f"duplicate address {ip}", line)
             else:
                 ips[fam].append(ip)
-    if not ips[4] and not ips[6]:
+    if not ips[4] and not ips[6] and len(s.p.items) == before:  # bad ones were reported above
         s.error(None, "a mirror needs at least one address in 'ipv4' or 'ipv6'")
     country = s.str_("country")
     if country is not None:
