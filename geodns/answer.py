@@ -36,9 +36,13 @@ _OPT_HEAD = b"\x00\x00\x29" + struct.pack("!H", wire.EDNS_PAYLOAD) + b"\x00\x00"
 class Stats:
     """Plain counters bumped on the hot path; exported by geodns.metrics."""
 
-    __slots__ = ("queries", "rcodes", "tiers", "truncated", "ecs", "dropped", "formerr_reasons")
+    __slots__ = ("queries", "rcodes", "tiers", "truncated", "ecs", "dropped", "formerr_reasons",
+                 "latency")
 
     def __init__(self) -> None:
+        from .metrics import Latency
+
+        self.latency = Latency()
         self.queries: dict[tuple[str, str, int], int] = {}  # (proto, family, qtype)
         self.rcodes: dict[int, int] = {}
         self.tiers: dict[tuple[str, str], int] = {}  # (pool, tier)

@@ -99,6 +99,7 @@ class Server:
         self.metrics_server = None
         self.started = time.time()
         self.bound: list[tuple[str, int]] = []
+        self.metrics_bound: tuple[str, int] | None = None
 
     # ------------------------------------------------------------------ building
 
@@ -213,7 +214,8 @@ class Server:
             fam = socket.AF_INET6 if ":" in host else socket.AF_INET
             udp_sock = _bind_udp(host, port, fam, self.s.reuse_port)
             port = udp_sock.getsockname()[1]  # port 0 → the same ephemeral port for TCP
-            tr, _ = await loop.create_datagram_endpoint(lambda: UDPProtocol(self.current), sock=udp_sock)
+            tr, _ = await loop.create_datagram_endpoint(lambda: UDPProtocol(self.current, self.stats.latency),
+                                                          sock=udp_sock)
             self.transports.append(tr)
             srv = await loop.create_server(lambda: TCPProtocol(self.current, self.tcp_limits),
                                            host=host, port=port, family=fam,

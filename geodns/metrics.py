@@ -1,0 +1,149 @@
+"""Prometheus metrics and /healthz for the server (off unless --metrics).
+
+The query path only bumps plain dict/int counters on `answer.Stats`; a
+custom collector turns them into metric families at scrape time, so
+prometheus-client's locking never runs per query. Names follow CoreDNS with
+our prefix (CONVENTIONS.md).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from . import wire
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .server import Server
+
+# Latency buckets in seconds (CoreDNS uses 0.00025 … 8.192; our answers are µs-scale)
+BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+
+
+class Latency:
+    """A tiny histogram the protocol fills for a sample of queries (1 in 16)."""
+
+    __slots__ = ("counts", "total", "n")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.total = 0.0
+        self.n = 0
+
+    def observe(self, seconds: float) -> None:
+        i = 0
+        for b in BUCKETS:
+            if seconds <= b:
+                break
+            i += 1
+        self.counts[i] += 1
+        self.total += seconds
+        self.n += 1
+
+
+class ServerCollector(Collector):
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Any]:
+        srv = self.server
+        st = srv.stats
+        c = CounterMetricFamily("geodns_dns_requests", "DNS queries received",
+                                labels=["proto", "family", "qtype"])
+        for (proto, fam, qtype), n in sorted(st.queries.items()):
+            c.add_metric([proto, fam, wire.TYPE_NAMES.get(qtype, "other")], n)
+        yield c
+        c = CounterMetricFamily("geodns_dns_responses", "DNS responses by rcode", labels=["rcode"])
+        for rcode, n in sorted(st.rcodes.items()):
+            c.add_metric([wire.RCODE_NAMES.get(rcode, str(rcode))], n)
+        yield c
+        yield CounterMetricFamily("geodns_dns_responses_truncated",
+                                  "UDP responses sent with TC=1", value=st.truncated)
+        yield CounterMetricFamily("geodns_dns_ecs_requests",
+                                  "queries carrying EDNS Client Subnet", value=st.ecs)
+        yield CounterMetricFamily("geodns_dns_dropped",
+                                  "packets dropped unanswered (not a query, too short, internal error)",
+                                  value=st.dropped)
+        c = CounterMetricFamily("geodns_steered_answers", "steered answers by pool and the tier "
+                                "of the first address (or fallback/failopen/servfail/nodata)",
+                                labels=["pool", "tier"])
+        for (pool, tier), n in sorted(st.tiers.items()):
+            c.add_metric([pool, tier], n)
+        yield c
+        lat = st.latency
+        cum = 0
+        buckets = []
+        for b, n in zip((*BUCKETS, float("inf")), lat.counts, strict=True):
+            cum += n
+            buckets.append(("+Inf" if b == float("inf") else repr(b), cum))
+        yield HistogramMetricFamily("geodns_dns_request_duration_seconds",
+                                    "time to answer a query (sampled 1 in 16)",
+                                    buckets=buckets, sum_value=lat.total)
+        h = srv.health
+        age = time.monotonic() - h.updated if h.updated else float("nan")
+        yield GaugeMetricFamily("geodns_health_snapshot_age_seconds",
+                                "seconds since the health store was last read successfully", value=age)
+        yield GaugeMetricFamily("geodns_health_store_up", "1 if the last store poll succeeded",
+                                value=1 if h.ok else 0)
+        yield CounterMetricFamily("geodns_health_store_errors", "failed health store polls",
+                                  value=h.errors)
+        yield GaugeMetricFamily("geodns_health_addresses_down",
+                                "mirror addresses down in the current snapshot", value=len(h.down))
+        yield GaugeMetricFamily("geodns_config_generation", "config generation being served",
+                                value=srv.generation)
+        yield GaugeMetricFamily("geodns_config_reload_success", "1 if the last reload succeeded",
+                                value=1 if srv.last_reload_ok else 0)
+        yield GaugeMetricFamily("geodns_config_last_reload_seconds", "duration of the last reload",
+                                value=srv.reload_seconds)
+        yield GaugeMetricFamily("geodns_tcp_connections", "open TCP connections",
+                                value=srv.tcp_limits.open)
+
+
+def healthz(server: Server) -> tuple[int, dict[str, Any]]:
+    """200 while we serve a config; 'degraded' when the store is unreachable
+    (answers then come from the last snapshot, which is still a valid answer)."""
+    h = server.health
+    body = {
+        "status": "ok" if (h.ok or not server.s.resolved_store_url()) else "degraded",
+        "generation": server.generation,
+        "zones": len(server.config.zones) if server.config else 0,
+        "store_ok": h.ok,
+        "addresses_down": len(h.down),
+        "snapshot_age_seconds": round(time.monotonic() - h.updated, 3) if h.updated else None,
+        "last_reload_ok": server.last_reload_ok,
+    }
+    return (200 if server.current is not None else 503), body
+
+
+async def start_metrics(server: Server, host: str, port: int) -> web.AppRunner:
+    from aiohttp import web
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServerCollector(server))
+
+    async def metrics(_req: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    async def health(_req: web.Request) -> web.Response:
+        status, body = healthz(server)
+        return web.Response(status=status, text=json.dumps(body) + "\n",
+                            content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", health)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server.metrics_bound = site._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
+    return runner
