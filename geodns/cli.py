@@ -1,4 +1,4 @@
-"""`geodns` command line: serve, validate, explain, geoip-demo, demo.
+"""`geodns` command line: serve, validate, explain, geoip-demo.
 
 Arguments are turned into a `ServerSettings` here and nowhere else.
 """
@@ -96,12 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("outdir", type=Path)
     g.add_argument("--networks", type=Path, help="YAML list of networks (default: built-in demo)")
 
-    d = sub.add_parser("demo", help="run the whole loop locally: demo mirrors, checker, server")
-    d.add_argument("--config", "-c", type=Path, default=Path("zones"))
-    d.add_argument("--state-dir", type=Path, default=Path(".geodns-state/demo"))
-    d.add_argument("--listen", "-l", type=_hostport, default=("127.0.0.1", 5353))
-    d.add_argument("--metrics", type=lambda t: _hostport(t, 9153), default=("127.0.0.1", 9153))
-    d.add_argument("--once", action="store_true", help="set up, print, check the answers, exit")
     return ap
 
 
@@ -121,10 +115,6 @@ def main(argv: list[str] | None = None) -> int:
         from .geoip_demo import geoip_demo_command
 
         return geoip_demo_command(str(args.outdir), str(args.networks) if args.networks else None)
-    if args.cmd == "demo":
-        from .demo import cmd_demo
-
-        return cmd_demo(args)
     return 2
 
 

@@ -1,0 +1,21 @@
+"""The README's first command, run once: mirrors, checker rounds, server, answers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from .util import REPO, free_port
+
+
+def test_demo_once(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "checker.demo", "--once", "--state-dir", str(tmp_path / "demo"),
+         "--port", str(free_port()), "--metrics-port", str(free_port())],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "mirror-fr  │ 127.4.0.1  │ down" in out and "stale: 9h behind" in out, out
+    assert "→ 127.1.0.1 (mirror-de), 127.5.0.1 (mirror-de2)" in out, out
+    assert "mirror-fr never appears: confirmed" in out, out
