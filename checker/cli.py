@@ -1,0 +1,417 @@
+"""`checker`: probe mirrors, record why in the store, report to the people on call.
+
+    checker run --config zones [--store URL] [--once] [--region NAME] [--ca-bundle FILE]
+                [--pool NAME]... [--metrics HOST:PORT] [--log-level L]
+    checker report [--config zones] [--store URL] [--json | --nagios] [--pool P] [--state S]
+    checker nagios [--config zones] [--store URL] [--pool P] [--crit-down N] [--warn-down N]
+    checker history MIRROR [--store URL] [--pool P] [--limit N] [--json]
+    checker manifest build ROOT [--sha256] [-o FILE]
+
+Exit codes: 0 fine; 1 the store or a probe setup failed; 2 bad usage or
+configuration; `nagios` uses the plugin codes 0/1/2/3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from geodns.settings import default_store_url
+from geodns.store import Store, StoreError
+
+from . import report
+from .errors import CheckerError, ManifestError
+
+log = logging.getLogger("checker")
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: str) -> float:
+    """ "90", "90s", "15m", "6h", "7d", "1h30m" → seconds."""
+    v = value.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", v):
+        return float(v)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhdw])", v)
+    if not parts or "".join(n + u for n, u in parts) != v:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a duration (like 90s, 15m, 6h, 7d)")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+def _addr(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r}: expected HOST:PORT, e.g. 127.0.0.1:9478")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="checker", description="Health checker for geodns mirror pools."
+    )
+    ap.add_argument(
+        "--log-level",
+        default=os.environ.get("CHECKER_LOG_LEVEL", "info"),
+        help="debug, info, warning, error (default info)",
+    )
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def store_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--store",
+            default=None,
+            help="SQLAlchemy URL (default: $GEODNS_STORE or the state directory's SQLite file)",
+        )
+
+    run = sub.add_parser("run", help="probe the mirrors (loop, or one round with --once)")
+    run.add_argument("--config", required=True, type=Path, help="the zones directory")
+    store_arg(run)
+    run.add_argument("--once", action="store_true", help="one round, then exit (cron, demo)")
+    run.add_argument("--region", default="", help="this checker's region tag (quorum)")
+    run.add_argument("--ca-bundle", type=Path, help="trust this CA bundle instead of the system's")
+    run.add_argument("--pool", action="append", help="only this pool (repeatable)")
+    run.add_argument(
+        "--metrics", type=_addr, metavar="HOST:PORT", help="serve Prometheus metrics here"
+    )
+    run.add_argument("--parallel", type=int, default=32, help="addresses checked at once")
+    run.add_argument("--jitter", type=float, default=0.1, help="interval jitter (fraction)")
+    run.add_argument(
+        "--keep-results",
+        type=parse_duration,
+        default=7 * 86400,
+        help="prune probe results older than this (default 7d)",
+    )
+    run.add_argument(
+        "--keep-history",
+        type=parse_duration,
+        default=90 * 86400,
+        help="prune state changes older than this (default 90d)",
+    )
+
+    def report_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, help="also list addresses never checked")
+        store_arg(p)
+        p.add_argument("--pool", action="append", help="only this pool (repeatable)")
+        p.add_argument("--region", default=None, help="only this region's view")
+        p.add_argument(
+            "--max-age",
+            type=parse_duration,
+            default=3600,
+            help="flag results older than this as stale (default 1h)",
+        )
+
+    rep = sub.add_parser("report", help="a table of every mirror address")
+    report_args(rep)
+    fmt = rep.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="JSON (schema in checker/report.py)")
+    fmt.add_argument("--nagios", action="store_true", help="Nagios plugin output and exit code")
+    rep.add_argument("--state", choices=["up", "down", "warning", "disabled", "unknown"])
+    rep.add_argument("--crit-down", type=int, default=1, help=argparse.SUPPRESS)
+    rep.add_argument("--warn-down", type=int, default=None, help=argparse.SUPPRESS)
+
+    nag = sub.add_parser("nagios", help="Nagios/Icinga plugin: exit 0/1/2/3 with perfdata")
+    report_args(nag)
+    nag.add_argument(
+        "--crit-down",
+        type=int,
+        default=1,
+        help="CRITICAL when this many addresses are down (default 1)",
+    )
+    nag.add_argument(
+        "--warn-down", type=int, default=None, help="WARNING when this many addresses are down"
+    )
+
+    his = sub.add_parser("history", help="state changes of a mirror (name or address)")
+    his.add_argument("mirror", help="mirror name, or an address")
+    store_arg(his)
+    his.add_argument("--pool")
+    his.add_argument("--limit", type=int, default=50)
+    his.add_argument("--json", action="store_true")
+
+    man = sub.add_parser("manifest", help="object manifests")
+    msub = man.add_subparsers(dest="manifest_command", required=True, metavar="ACTION")
+    build = msub.add_parser("build", help="walk an origin tree into manifest JSON")
+    build.add_argument("root", type=Path)
+    build.add_argument("--sha256", action="store_true", help="hash every file (slow)")
+    build.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+    build.add_argument(
+        "--exclude",
+        action="append",
+        default=None,
+        help="glob of names to skip (repeatable; default: rsync temp files)",
+    )
+    for p in (run, rep, nag, his, build):
+        # `checker run --log-level debug` reads better than `checker --log-level debug run`
+        p.add_argument("--log-level", dest="sub_log_level", default=None, help=argparse.SUPPRESS)
+    return ap
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _load_config(root: Path) -> Any:
+    try:
+        from geodns.config import load_config
+        from geodns.errors import ConfigError
+    except ImportError as exc:  # pragma: no cover - while geodns.config is being written
+        raise CheckerError(f"cannot load configuration: {exc}") from None
+    try:
+        return load_config(root)
+    except ConfigError as exc:
+        problems = getattr(exc, "problems", None) or [str(exc)]
+        raise CheckerError("configuration is not valid:\n  " + "\n  ".join(problems)) from None
+
+
+def _store(url: str | None, *, create: bool) -> Store:
+    return Store(url or default_store_url(), create=create)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _progress(total: int) -> tuple[Any, Any]:
+    """A rich progress bar on a terminal, or (None, None)."""
+    if not sys.stderr.isatty() or total == 0:
+        return None, None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("checking"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[last]}"),
+        TimeElapsedColumn(),
+        console=Console(file=sys.stderr),
+        transient=True,
+    )
+    task = progress.add_task("check", total=total, last="")
+    return progress, task
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .scheduler import Checker
+
+    config = _load_config(args.config)
+    store = _store(args.store, create=True)
+    try:
+        checker = Checker(
+            config,
+            store,
+            region=args.region,
+            ca_bundle=args.ca_bundle,
+            pools=args.pool,
+            max_parallel=args.parallel,
+        )
+    except BaseException:
+        store.close()
+        raise
+    if args.metrics:
+        from prometheus_client import start_http_server
+
+        host, port = args.metrics
+        start_http_server(port, addr=host)
+        log.info("metrics on http://%s:%d/metrics", host, port)
+    try:
+        if args.once:
+            progress, task = _progress(len(checker.targets))
+
+            def done(t: Any, ev: Any) -> None:
+                if progress is not None:
+                    state = "up" if ev.up else "DOWN"
+                    progress.update(task, advance=1, last=f"{t.label} {state}")
+
+            if progress is not None:
+                progress.start()
+            try:
+                result = asyncio.run(checker.round(on_done=done))
+            finally:
+                if progress is not None:
+                    progress.stop()
+            store.prune(timedelta(seconds=args.keep_results), timedelta(seconds=args.keep_history))
+            for c in result.changes:
+                state = "up" if c.up else "DOWN"
+                print(f"{c.pool}/{c.mirror} {c.address}: {state}: {c.reason}")
+            print(result.summary())
+            return 0
+        return _run_forever(checker, args)
+    finally:
+        checker.close()
+        store.close()
+
+
+def _run_forever(checker: Any, args: argparse.Namespace) -> int:
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+        def reload() -> None:
+            # SIGHUP: a bad new config keeps the old one running.
+            try:
+                checker.update(_load_config(args.config))
+                log.info("configuration reloaded: %d addresses", len(checker.targets))
+            except CheckerError as exc:
+                log.error("reload failed, keeping the old configuration: %s", exc)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        log.info(
+            "checking %d addresses in %d pools%s",
+            len(checker.targets),
+            len(checker.pools),
+            f" as region {args.region!r}" if args.region else "",
+        )
+        await checker.run(
+            stop,
+            jitter=args.jitter,
+            keep_results=timedelta(seconds=args.keep_results),
+            keep_history=timedelta(seconds=args.keep_history),
+        )
+
+    asyncio.run(main())
+    return 0
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def _rows(args: argparse.Namespace, state: str | None = None) -> list[report.Row]:
+    config = _load_config(args.config) if args.config else None
+    store = _store(args.store, create=False)
+    try:
+        states = store.states(region=args.region)
+    finally:
+        store.close()
+    return report.build_rows(
+        states, config=config, pools=args.pool, state=state, max_age=args.max_age
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    if args.nagios:
+        return cmd_nagios(args)
+    rows = _rows(args, args.state)
+    if args.json:
+        print(report.to_json(rows))
+    else:
+        report.print_table(rows, sys.stdout)
+    return 0
+
+
+def cmd_nagios(args: argparse.Namespace) -> int:
+    try:
+        rows = _rows(args)
+    except (StoreError, CheckerError) as exc:
+        code, out = report.nagios_unknown(str(exc).splitlines()[0])
+    else:
+        code, out = report.nagios(rows, warn_down=args.warn_down, crit_down=args.crit_down)
+    print(out)
+    return code
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    import ipaddress
+
+    store = _store(args.store, create=False)
+    try:
+        try:
+            addr = str(ipaddress.ip_address(args.mirror))
+            changes = store.history(address=addr, pool=args.pool, limit=args.limit)
+        except ValueError:
+            changes = store.history(args.mirror, pool=args.pool, limit=args.limit)
+    finally:
+        store.close()
+    if args.json:
+        print(report.history_json(changes))
+        return 0
+    if not changes:
+        print(f"no state changes recorded for {args.mirror!r}", file=sys.stderr)
+        return 1
+    report.print_history(changes, sys.stdout)
+    return 0
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from . import manifest as mf
+
+    progress = None
+    task = None
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.completed} files"),
+            TimeElapsedColumn(),
+            console=Console(file=sys.stderr),
+            transient=True,
+        )
+        task = progress.add_task("walk", total=None)
+        progress.start()
+    try:
+        doc = mf.build(
+            args.root,
+            sha256=args.sha256,
+            exclude=args.exclude if args.exclude is not None else mf.DEFAULT_EXCLUDES,
+            progress=(lambda n: progress.advance(task, n)) if progress is not None else None,
+        )
+    finally:
+        if progress is not None:
+            progress.stop()
+    body = json.dumps(doc, indent=None, separators=(",", ":")) + "\n"
+    if args.output:
+        tmp = args.output.with_name(args.output.name + ".tmp")
+        tmp.write_text(body)
+        tmp.replace(args.output)  # readers never see half a manifest
+        print(f"{len(doc['objects'])} objects written to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(body)
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "report": cmd_report,
+    "nagios": cmd_nagios,
+    "history": cmd_history,
+    "manifest": cmd_manifest,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(getattr(args, "sub_log_level", None) or args.log_level)
+    try:
+        return COMMANDS[args.command](args)
+    except StoreError as exc:
+        print(f"checker: {exc}", file=sys.stderr)
+        return 1
+    except ManifestError as exc:
+        print(f"checker: {exc}", file=sys.stderr)
+        return 2
+    except CheckerError as exc:
+        print(f"checker: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,396 @@
+"""Reports for the people on call: a table, JSON, Nagios/Icinga, history.
+
+One row per mirror address and region. States:
+  up        serving, nothing to say
+  warning   serving, but look (TLS certificate expiring, objects missing within
+            `max_missing`, origin timestamp unreadable)
+  down      taken out of DNS answers by the checker
+  disabled  `enabled: false` in the configuration
+  unknown   in the configuration but never checked (only with --config)
+A row is also flagged `stale` when its last check is older than `max_age`
+(the checker may have stopped); Nagios reports that as a WARNING.
+
+JSON (`--json`), schema version 1:
+  {"schema": 1, "generated": ISO-8601,
+   "summary": {"total", "up", "warning", "down", "disabled", "unknown", "stale"},
+   "addresses": [{"pool", "mirror", "address", "family", "region", "state",
+                  "since", "checked_at", "reason", "detail", "warning", "stale",
+                  "tls_expires_days", "lag_seconds", "objects_missing",
+                  "objects_checked", "latency_ms"}]}
+Times are ISO 8601 UTC or null; numbers are null when the probe is not configured.
+
+Nagios exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from geodns.model import Config
+from geodns.store import AddressState, StateChange, address_text
+
+from . import text
+
+STATES = ("up", "warning", "down", "disabled", "unknown")
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+_NAGIOS_WORD = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    pool: str
+    mirror: str
+    address: str
+    family: int
+    region: str
+    state: str
+    since: datetime | None
+    checked_at: datetime | None
+    reason: str
+    detail: str
+    warning: str | None
+    stale: bool
+    tls_expires_days: float | None
+    lag_seconds: float | None
+    objects_missing: int | None
+    objects_checked: int | None
+    latency_ms: float | None
+
+    def json(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("since", "checked_at"):
+            d[k] = d[k].isoformat() if d[k] else None
+        return d
+
+
+def _data(kinds: dict[str, Any], kind: str) -> dict[str, Any]:
+    entry = kinds.get(kind) or {}
+    data = entry.get("data") or {}
+    return data if isinstance(data, dict) else {}
+
+
+def row_of(s: AddressState, *, now: datetime, max_age: float | None) -> Row:
+    tls = _data(s.kinds, "tls")
+    fresh = _data(s.kinds, "freshness")
+    objs = _data(s.kinds, "objects")
+    if s.disabled:
+        state = "disabled"
+    elif not s.up:
+        state = "down"
+    elif s.warning:
+        state = "warning"
+    else:
+        state = "up"
+    missing = None
+    if "checked" in objs:
+        missing = int(objs.get("missing", 0)) + int(objs.get("wrong_size", 0))
+        missing += int(objs.get("corrupt", 0))
+    latency = None
+    for kind in ("tls", "freshness", "apt", "objects"):
+        value = (s.kinds.get(kind) or {}).get("latency")
+        if value is not None:
+            latency = round(float(value) * 1000, 1)
+            break
+    stale = max_age is not None and (now - s.checked_at).total_seconds() > max_age
+    return Row(
+        pool=s.pool,
+        mirror=s.mirror,
+        address=s.address,
+        family=s.family,
+        region=s.region,
+        state=state,
+        since=s.since,
+        checked_at=s.checked_at,
+        reason=s.reason,
+        detail=s.detail,
+        warning=s.warning,
+        stale=stale,
+        tls_expires_days=tls.get("expires_days"),
+        lag_seconds=fresh.get("lag"),
+        objects_missing=missing,
+        objects_checked=objs.get("checked"),
+        latency_ms=latency,
+    )
+
+
+def build_rows(
+    states: Iterable[AddressState],
+    *,
+    config: Config | None = None,
+    pools: Iterable[str] | None = None,
+    state: str | None = None,
+    max_age: float | None = 3600.0,
+    now: datetime | None = None,
+) -> list[Row]:
+    """Rows from the store, plus never-checked addresses when a Config is given.
+
+    `state` filters: "up" (serving: up and warning), "warning", "down" (down and
+    disabled), "disabled", "unknown".
+    """
+    now = now or datetime.now(UTC)
+    wanted = set(pools) if pools else None
+    rows = [row_of(s, now=now, max_age=max_age) for s in states]
+    if config is not None:
+        seen = {(r.pool, r.mirror, r.address) for r in rows}
+        for pool in config.pools.values():
+            for m in pool.mirrors:
+                for a in m.addresses():
+                    key = (pool.name, m.name, address_text(a))
+                    if key not in seen:
+                        rows.append(
+                            Row(
+                                *key,
+                                a.version,
+                                "",
+                                "unknown",
+                                None,
+                                None,
+                                "never checked",
+                                "never checked",
+                                None,
+                                False,
+                                None,
+                                None,
+                                None,
+                                None,
+                                None,
+                            )
+                        )
+    if wanted is not None:
+        rows = [r for r in rows if r.pool in wanted]
+    if state is not None:
+        match = {
+            "up": ("up", "warning"),
+            "down": ("down", "disabled"),
+        }.get(state, (state,))
+        rows = [r for r in rows if r.state in match]
+    rows.sort(key=lambda r: (r.pool, r.mirror, r.family, r.address, r.region))
+    return rows
+
+
+def summary(rows: list[Row]) -> dict[str, int]:
+    counts = {s: 0 for s in STATES}
+    for r in rows:
+        counts[r.state] += 1
+    counts["total"] = len(rows)
+    counts["stale"] = sum(1 for r in rows if r.stale)
+    return counts
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def to_json(rows: list[Row], *, now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    doc = {
+        "schema": 1,
+        "generated": now.isoformat(timespec="seconds"),
+        "summary": summary(rows),
+        "addresses": [r.json() for r in rows],
+    }
+    return json.dumps(doc, indent=2)
+
+
+# --------------------------------------------------------------------------- table
+
+_STYLE = {
+    "up": "green",
+    "warning": "yellow",
+    "down": "bold red",
+    "disabled": "magenta",
+    "unknown": "dim",
+}
+
+
+def _reason(r: Row) -> str:
+    if r.state in ("down", "disabled"):
+        if r.detail and r.detail != r.reason:
+            return f"{r.reason} (now: {r.detail})"
+        return r.reason
+    if r.state == "warning":
+        return r.warning or r.detail
+    if r.detail and r.detail != "ok":
+        return r.detail  # up but a probe is failing towards `fall`
+    return r.reason
+
+
+def print_table(
+    rows: list[Row],
+    out: IO[str],
+    *,
+    now: datetime | None = None,
+    color: bool | None = None,
+    width: int | None = None,
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    now = now or datetime.now(UTC)
+    console = Console(
+        file=out, force_terminal=color, no_color=color is False, width=width, highlight=False
+    )
+    regions = any(r.region for r in rows)
+    table = Table(title=None, show_lines=False, expand=False)
+    table.add_column("Pool")
+    table.add_column("Mirror")
+    table.add_column("Address")
+    if regions:
+        table.add_column("Region")
+    table.add_column("State")
+    table.add_column("Since")
+    table.add_column("Reason", overflow="fold", ratio=1)
+    table.add_column("TLS", justify="right")
+    table.add_column("Lag", justify="right")
+    table.add_column("Objects", justify="right")
+    table.add_column("Latency", justify="right")
+    for r in rows:
+        state = f"[{_STYLE[r.state]}]{r.state}[/]" + (" [yellow](stale)[/]" if r.stale else "")
+        tls = "" if r.tls_expires_days is None else f"{int(r.tls_expires_days)}d"
+        lag = "" if r.lag_seconds is None else text.duration(r.lag_seconds)
+        objs = "" if r.objects_checked is None else f"{r.objects_missing or 0}/{r.objects_checked}"
+        lat = "" if r.latency_ms is None else f"{r.latency_ms:.0f}ms"
+        since = text.ago(r.since, now) if r.since else ""
+        cells = [r.pool, r.mirror, r.address]
+        if regions:
+            cells.append(r.region or "-")
+        cells += [state, since, _escape(_reason(r)), tls, lag, objs, lat]
+        table.add_row(*cells)
+    console.print(table)
+    s = summary(rows)
+    parts = [f"{s[k]} {k}" for k in STATES if s[k]]
+    if s["stale"]:
+        parts.append(f"{s['stale']} not checked for a while")
+    console.print(f"{s['total']} addresses: " + (", ".join(parts) or "none"))
+
+
+def _escape(value: str) -> str:
+    from rich.markup import escape
+
+    return escape(value)
+
+
+# --------------------------------------------------------------------------- Nagios
+
+
+def _short(reason: str, limit: int = 60) -> str:
+    reason = reason.split("; ")[0]
+    return reason if len(reason) <= limit else reason[: limit - 1] + "…"
+
+
+def nagios(rows: list[Row], *, warn_down: int | None = None, crit_down: int = 1) -> tuple[int, str]:
+    """(exit code, plugin output): status line with perfdata, then detail lines."""
+    s = summary(rows)
+    total = s["total"]
+    if total == 0:
+        return (
+            UNKNOWN,
+            "GEODNS MIRRORS UNKNOWN - no mirror addresses in the store (checker not run yet?)",
+        )
+    down = [r for r in rows if r.state == "down"]
+    warn_rows = [r for r in rows if r.state in ("warning", "unknown") or r.stale]
+    n_down = len(down)
+    if n_down >= crit_down:
+        code = CRITICAL
+    elif (warn_down is not None and n_down >= warn_down) or warn_rows or n_down:
+        code = WARNING
+    else:
+        code = OK
+    if n_down:
+        names = "; ".join(
+            f"{r.mirror if _single(rows, r) else r.mirror + ' ' + r.address}: "
+            f"{_short(r.detail or r.reason)}"
+            for r in down[:5]
+        )
+        more = f"; +{n_down - 5} more" if n_down > 5 else ""
+        msg = f"{n_down} of {total} down ({names}{more})"
+    elif warn_rows:
+        msg = f"{total - len(warn_rows)} of {total} fine, {len(warn_rows)} need a look"
+    else:
+        msg = f"{s['up']} of {total} up"
+    if s["disabled"]:
+        msg += f", {s['disabled']} disabled"
+    w = "" if warn_down is None else str(warn_down)
+    lags = [r.lag_seconds for r in rows if r.lag_seconds is not None]
+    perf = [
+        f"up={s['up'] + s['warning']};;;0;{total}",
+        f"down={n_down};{w};{crit_down};0;{total}",
+        f"warning={s['warning']};;;0;{total}",
+        f"disabled={s['disabled']};;;0;{total}",
+        f"unknown={s['unknown']};;;0;{total}",
+    ]
+    if lags:
+        perf.append(f"lag_max={max(lags):.0f}s;;;0")
+    tls = [r.tls_expires_days for r in rows if r.tls_expires_days is not None]
+    if tls:
+        perf.append(f"tls_days_min={min(tls):.1f};;;;")
+    lines = [f"GEODNS MIRRORS {_NAGIOS_WORD[code]} - {msg} | {' '.join(perf)}"]
+    for r in rows:
+        if r.state == "up" and not r.stale:
+            continue
+        where = f"{r.pool}/{r.mirror} {r.address}" + (f" [{r.region}]" if r.region else "")
+        note = " (last check " + text.ago(r.checked_at) + ")" if r.stale and r.checked_at else ""
+        lines.append(f"{r.state.upper()}: {where}: {_reason(r)}{note}")
+    return code, "\n".join(lines)
+
+
+def _single(rows: list[Row], r: Row) -> bool:
+    """True when the mirror has one down address, so its name says enough."""
+    return sum(1 for x in rows if x.mirror == r.mirror and x.state == "down") == 1
+
+
+def nagios_unknown(reason: str) -> tuple[int, str]:
+    return UNKNOWN, f"GEODNS MIRRORS UNKNOWN - {reason}"
+
+
+# --------------------------------------------------------------------------- history
+
+
+def history_json(changes: list[StateChange]) -> str:
+    return json.dumps(
+        [
+            {
+                "at": c.at.isoformat(),
+                "pool": c.pool,
+                "mirror": c.mirror,
+                "address": c.address,
+                "region": c.region,
+                "state": "disabled" if c.disabled else ("up" if c.up else "down"),
+                "reason": c.reason,
+            }
+            for c in changes
+        ],
+        indent=2,
+    )
+
+
+def print_history(
+    changes: list[StateChange], out: IO[str], *, color: bool | None = None, width: int | None = None
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(
+        file=out, force_terminal=color, no_color=color is False, width=width, highlight=False
+    )
+    regions = any(c.region for c in changes)
+    table = Table()
+    table.add_column("Time (UTC)")
+    table.add_column("Pool")
+    table.add_column("Mirror")
+    table.add_column("Address")
+    if regions:
+        table.add_column("Region")
+    table.add_column("State")
+    table.add_column("Reason", overflow="fold")
+    for c in changes:
+        state = "disabled" if c.disabled else ("up" if c.up else "down")
+        cells = [text.stamp(c.at), c.pool, c.mirror, c.address]
+        if regions:
+            cells.append(c.region or "-")
+        cells += [f"[{_STYLE[state]}]{state}[/]", _escape(c.reason)]
+        table.add_row(*cells)
+    console.print(table)

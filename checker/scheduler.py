@@ -1,0 +1,460 @@
+"""The scheduler: which probe runs when, concurrently and always bounded in time.
+
+`run_once()` checks every address once (every configured probe kind) and
+returns a `RoundResult`; `Checker.run()` loops with one timer per (address,
+probe kind) at that probe's `interval`, ±`jitter`, so probes of one kind do
+not all fire at the same instant. Addresses are checked concurrently (at most
+`max_parallel` at a time); every network operation has the pool's `timeout`
+and every probe an overall deadline, so one slow mirror cannot stall the
+others. Store writes go through one worker thread so the event loop keeps
+probing while SQLite or PostgreSQL commits.
+
+Metrics: the counters below live in prometheus-client's default registry, so
+`checker run --metrics 127.0.0.1:9478` serves them, and a process that also
+runs the DNS server (the demo) exports them beside the server's own:
+  geodns_checker_probes_total{kind,result}     result = ok | fail
+  geodns_checker_round_duration_seconds        histogram: per `run_once` round
+                                               and per address batch in `run`
+  geodns_checker_mirrors{pool,state}           addresses by state: up, down, disabled
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import ssl
+import time
+from collections.abc import Callable, Collection, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from geodns.model import Config, FreshnessCheck, Pool
+from geodns.store import ProbeRecord, Store
+
+from . import manifest as mf
+from . import text
+from .apt import probe_apt
+from .errors import CheckerError, ManifestError
+from .freshness import fetch_timestamp, probe_freshness
+from .http import HTTPClient, HTTPError
+from .objects import probe_objects
+from .state import Evaluation, advance
+from .target import Target, ca_file, targets_of
+from .tlsprobe import probe_tls
+
+log = logging.getLogger("checker")
+T = TypeVar("T")
+
+PROBES_TOTAL = Counter(
+    "geodns_checker_probes_total", "Probes run by the checker", ["kind", "result"]
+)
+ROUND_SECONDS = Histogram(
+    "geodns_checker_round_duration_seconds",
+    "Duration of a checker round",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
+MIRRORS = Gauge("geodns_checker_mirrors", "Mirror addresses by state", ["pool", "state"])
+
+ADMIN = "admin"  # pseudo-kind: re-evaluate disabled mirrors
+
+
+def kinds_of(t: Target) -> list[str]:
+    c = t.checks
+    kinds = []
+    if c.tls is not None and t.tls:
+        kinds.append("tls")
+    if c.freshness is not None:
+        kinds.append("freshness")
+    if c.objects is not None:
+        kinds.append("objects")
+    if c.apt is not None:
+        kinds.append("apt")
+    return kinds
+
+
+def interval_of(t: Target, kind: str) -> float:
+    c = t.checks
+    check = {"tls": c.tls, "freshness": c.freshness, "objects": c.objects, "apt": c.apt}.get(kind)
+    return float(getattr(check, "interval", 300.0))
+
+
+def deadline_of(t: Target, kind: str) -> float:
+    """The whole probe's time budget, beyond the per-operation timeout."""
+    c = t.checks
+    if kind == "objects" and c.objects is not None:
+        return max(c.timeout * 3, c.objects.interval / 2)
+    if kind == "apt" and c.apt is not None:
+        return c.timeout * (2 + 2 * len(c.apt.suites))
+    return c.timeout * 2 + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    pool: str
+    mirror: str
+    address: str
+    up: bool
+    reason: str
+
+
+@dataclass
+class RoundResult:
+    targets: int = 0
+    probes: int = 0
+    failed: int = 0
+    duration: float = 0.0
+    changes: list[Change] = field(default_factory=list)
+    states: dict[tuple[str, str, str], Evaluation] = field(default_factory=dict)
+
+    @property
+    def down(self) -> list[tuple[str, str, str]]:
+        return sorted(k for k, e in self.states.items() if not e.up)
+
+    def summary(self) -> str:
+        return (
+            f"{self.targets} addresses, {self.probes} probes ({self.failed} failed), "
+            f"{len(self.down)} down, {len(self.changes)} changes in {text.duration(self.duration)}"
+        )
+
+
+class Checker:
+    """Probes the mirror addresses of a Config and records the verdicts in a Store."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        region: str = "",
+        ca_bundle: Path | str | None = None,
+        pools: Iterable[str] | None = None,
+        max_parallel: int = 32,
+        pipeline: int = 1,
+    ) -> None:
+        self.store = store
+        self.region = region
+        self.ca_bundle = ca_bundle
+        self.max_parallel = max(1, max_parallel)
+        self.pipeline = pipeline
+        self._pool_filter = list(pools) if pools else None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checker-store")
+        self._origin: dict[str, tuple[float, datetime | str | None]] = {}
+        self._origin_locks: dict[str, asyncio.Lock] = {}
+        self._gauge: dict[tuple[str, str, str], str] = {}
+        self.update(config)
+
+    # ---------------------------------------------------------------- config
+
+    def update(self, config: Config) -> None:
+        """Use a new Config (reload); unknown --pool names are an error."""
+        pools = config.pools
+        if self._pool_filter is not None:
+            unknown = [p for p in self._pool_filter if p not in pools]
+            if unknown:
+                raise CheckerError(
+                    f"no pool named {', '.join(map(repr, unknown))}; "
+                    f"the config has {', '.join(sorted(pools)) or 'no pools'}"
+                )
+            pools = {n: pools[n] for n in self._pool_filter}
+        self.config = config
+        self.pools: dict[str, Pool] = dict(pools)
+        self.targets: list[Target] = [t for p in self.pools.values() for t in targets_of(p)]
+        keys = {t.key for t in self.targets}
+        self._gauge = {k: v for k, v in self._gauge.items() if k in keys}
+        self._origin.clear()
+
+    async def _store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    # ---------------------------------------------------------------- origin
+
+    async def _origin_time(self, pool: Pool, check: FreshnessCheck) -> datetime | str | None:
+        """The origin's timestamp (cached for half the interval) or an error text."""
+        if not check.origin:
+            return None
+        lock = self._origin_locks.setdefault(pool.name, asyncio.Lock())
+        async with lock:
+            hit = self._origin.get(pool.name)
+            if hit and hit[0] > time.monotonic():
+                return hit[1]
+            try:
+                value: datetime | str | None = await self._fetch_origin(pool, check)
+            except (HTTPError, ValueError, OSError) as exc:
+                value = getattr(exc, "reason", None) or str(exc)
+            self._origin[pool.name] = (time.monotonic() + max(1.0, check.interval / 2), value)
+            return value
+
+    async def _fetch_origin(self, pool: Pool, check: FreshnessCheck) -> datetime:
+        assert check.origin
+        u = urlsplit(check.origin)
+        scheme = (u.scheme or "https").lower()
+        host = (u.hostname or "").lower()
+        port = u.port or (443 if scheme == "https" else 80)
+        address = None
+        # An origin that is also a mirror of the pool is reached at its configured
+        # address, so the check needs no DNS (and works for the demo's .test names).
+        for m in pool.mirrors:
+            mu = urlsplit(m.url)
+            mport = mu.port or (443 if (mu.scheme or "https").lower() == "https" else 80)
+            if (mu.hostname or "").lower() == host and mport == port and m.addresses():
+                address = str(m.addresses()[0])
+                break
+        if address is None:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM
+            )
+            if not infos:
+                raise ValueError(f"origin host {host} has no address")
+            address = str(infos[0][4][0])
+        ctx = None
+        if scheme == "https":
+            ctx = ssl.create_default_context(cafile=ca_file(self.ca_bundle, pool.checks))
+        default = 443 if scheme == "https" else 80
+        client = HTTPClient(
+            address,
+            port,
+            host=host if port == default else f"{host}:{port}",
+            ssl_context=ctx,
+            server_hostname=host,
+            timeout=pool.checks.timeout,
+            max_connections=1,
+        )
+        try:
+            when, _ = await fetch_timestamp(client, u.path or "/", check.format)
+        finally:
+            await client.close()
+        return when
+
+    # ---------------------------------------------------------------- one address
+
+    async def _probe(self, t: Target, kind: str, state: dict[str, Any]) -> ProbeRecord:
+        c = t.checks
+        if kind == "tls":
+            return await probe_tls(t, cafile=ca_file(self.ca_bundle, c))
+        if kind == "objects":
+            assert c.objects is not None
+            try:
+                manifest = mf.load(c.objects.manifest)
+            except ManifestError as exc:
+                return ProbeRecord(kind, False, f"objects: {exc}", None, {})
+            cursor = int(state.get("objects", {}).get("data", {}).get("cursor", 0) or 0)
+            return await probe_objects(
+                t, c.objects, manifest, cursor=cursor, pipeline=self.pipeline
+            )
+        client = t.client(max_connections=4)
+        try:
+            if kind == "freshness":
+                assert c.freshness is not None
+                origin = await self._origin_time(self.pools[t.pool], c.freshness)
+                return await probe_freshness(t, c.freshness, client, origin)
+            if kind == "apt":
+                assert c.apt is not None
+                return await probe_apt(t, c.apt, client)
+        finally:
+            await client.close()
+        raise AssertionError(kind)
+
+    async def _bounded(self, t: Target, kind: str, state: dict[str, Any]) -> ProbeRecord:
+        limit = deadline_of(t, kind)
+        try:
+            async with asyncio.timeout(limit):
+                r = await self._probe(t, kind, state)
+        except TimeoutError:
+            r = ProbeRecord(
+                kind, False, f"{kind} check did not finish within {text.duration(limit)}", None, {}
+            )
+        except Exception as exc:  # a bug must cost one probe, not the round
+            log.exception("%s probe of %s failed unexpectedly", kind, t.label)
+            r = ProbeRecord(kind, False, f"{kind}: internal error: {exc!r}", None, {})
+        PROBES_TOTAL.labels(kind, "ok" if r.ok else "fail").inc()
+        return r
+
+    async def check(
+        self, t: Target, kinds: Collection[str] | None = None
+    ) -> tuple[Evaluation, bool, list[ProbeRecord]]:
+        """Run `kinds` (default: all configured) on one address; record; return
+        (evaluation, changed, results)."""
+        prev = await self._store(
+            self.store.get_state, t.pool, t.mirror.name, t.address, self.region
+        )
+        prev_kinds = prev.kinds if prev else {}
+        configured = kinds_of(t)
+        results: list[ProbeRecord] = []
+        if t.mirror.enabled:
+            run = [k for k in (kinds if kinds is not None else configured) if k in configured]
+            results = list(await asyncio.gather(*(self._bounded(t, k, prev_kinds) for k in run)))
+        ev = advance(
+            prev_kinds,
+            prev.up if prev else None,
+            results,
+            prev_disabled=prev.disabled if prev else False,
+            fall=t.checks.fall,
+            rise=t.checks.rise,
+            configured=configured,
+            enabled=t.mirror.enabled,
+        )
+        changed = await self._store(
+            self.store.record,
+            t.pool,
+            t.mirror.name,
+            t.address,
+            region=self.region,
+            results=results,
+            up=ev.up,
+            reason=ev.reason,
+            detail=ev.detail,
+            warning=ev.warning,
+            disabled=ev.disabled,
+            kinds=ev.kinds,
+        )
+        if changed:
+            level = logging.INFO if ev.up else logging.WARNING
+            log.log(
+                level,
+                "%s/%s %s is %s: %s",
+                t.pool,
+                t.mirror.name,
+                t.address,
+                "disabled" if ev.disabled else ("up" if ev.up else "DOWN"),
+                ev.reason,
+            )
+        self._gauge[t.key] = "disabled" if ev.disabled else ("up" if ev.up else "down")
+        self._export_gauge()
+        return ev, changed, results
+
+    def _export_gauge(self) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        for (pool, _, _), st in self._gauge.items():
+            counts[(pool, st)] = counts.get((pool, st), 0) + 1
+        for pool in self.pools:
+            for st in ("up", "down", "disabled"):
+                MIRRORS.labels(pool, st).set(counts.get((pool, st), 0))
+
+    # ---------------------------------------------------------------- rounds
+
+    async def round(
+        self, *, on_done: Callable[[Target, Evaluation], None] | None = None
+    ) -> RoundResult:
+        """Every probe on every address once."""
+        t0 = time.perf_counter()
+        result = RoundResult(targets=len(self.targets))
+        sem = asyncio.Semaphore(self.max_parallel)
+
+        async def one(t: Target) -> None:
+            async with sem:
+                ev, changed, results = await self.check(t)
+            result.probes += len(results)
+            result.failed += sum(1 for r in results if not r.ok)
+            result.states[t.key] = ev
+            if changed:
+                result.changes.append(Change(*t.key, ev.up, ev.reason))
+            if on_done is not None:
+                on_done(t, ev)
+
+        await asyncio.gather(*(one(t) for t in self.targets))
+        result.duration = time.perf_counter() - t0
+        ROUND_SECONDS.observe(result.duration)
+        return result
+
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        jitter: float = 0.1,
+        keep_results: timedelta = timedelta(days=7),
+        keep_history: timedelta | None = timedelta(days=90),
+        prune_every: float = 3600.0,
+        on_done: Callable[[Target, Evaluation], None] | None = None,
+    ) -> None:
+        """Check each (address, kind) every `interval` ± `jitter` until `stop` is set."""
+        due: dict[tuple[tuple[str, str, str], str], float] = {}
+        inflight: dict[tuple[str, str, str], asyncio.Task[None]] = {}
+        next_prune = time.monotonic()
+
+        def kinds(t: Target) -> list[str]:
+            return kinds_of(t) if t.mirror.enabled else [ADMIN]
+
+        def interval(t: Target, kind: str) -> float:
+            return 300.0 if kind == ADMIN else interval_of(t, kind)
+
+        async def batch(t: Target, ks: list[str]) -> None:
+            t0 = time.perf_counter()
+            try:
+                ev, _, _ = await self.check(t, ks)
+                if on_done is not None:
+                    on_done(t, ev)
+            except Exception:  # the store may be down: log, retry at the next interval
+                log.exception("checking %s failed", t.label)
+            finally:
+                ROUND_SECONDS.observe(time.perf_counter() - t0)
+                now = time.monotonic()
+                for k in ks:
+                    due[(t.key, k)] = now + interval(t, k) * (1 + random.uniform(-jitter, jitter))
+
+        while not stop.is_set():
+            now = time.monotonic()
+            for t in self.targets:
+                if t.key in inflight or len(inflight) >= self.max_parallel:
+                    continue
+                ready = []
+                for k in kinds(t):
+                    # New (address, kind): due now, spread over a few seconds.
+                    when = due.setdefault(
+                        (t.key, k), now + random.uniform(0, min(2.0, jitter * 10))
+                    )
+                    if when <= now:
+                        ready.append(k)
+                if ready:
+                    task = asyncio.create_task(batch(t, ready), name=f"check {t.label}")
+                    inflight[t.key] = task
+                    task.add_done_callback(lambda _t, key=t.key: inflight.pop(key, None))
+            if now >= next_prune:
+                next_prune = now + prune_every
+                try:
+                    pruned = await self._store(self.store.prune, keep_results, keep_history)
+                    if any(pruned):
+                        log.info("pruned %d probe results and %d state changes", *pruned)
+                except Exception:
+                    log.exception("pruning the store failed")
+            live = {t.key for t in self.targets}
+            for key_kind in [kk for kk in due if kk[0] not in live]:
+                del due[key_kind]  # addresses removed by a reload
+            upcoming = [w for (key, _), w in due.items() if key not in inflight]
+            sleep = min([1.0] + [max(0.05, w - time.monotonic()) for w in upcoming])
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=sleep)
+            except TimeoutError:
+                pass
+        if inflight:
+            for task in list(inflight.values()):
+                task.cancel()
+            await asyncio.wait(list(inflight.values()), timeout=10)
+
+
+async def run_once(
+    config: Config,
+    store: Store,
+    *,
+    region: str = "",
+    ca_bundle: Path | str | None = None,
+    pools: Iterable[str] | None = None,
+    on_done: Callable[[Target, Evaluation], None] | None = None,
+) -> RoundResult:
+    """One round over every address of `config` (or the named pools); for cron and the demo."""
+    checker = Checker(config, store, region=region, ca_bundle=ca_bundle, pools=pools)
+    try:
+        return await checker.round(on_done=on_done)
+    finally:
+        checker.close()

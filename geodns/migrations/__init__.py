@@ -1,0 +1,1 @@
+"""Alembic migrations for the health store (run by `geodns.store.Store`)."""

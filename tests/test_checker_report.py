@@ -1,0 +1,229 @@
+"""`checker report`, `nagios` and `history` over a store filled by a real round."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from checker import cli
+from checker.demomirror import (
+    DemoMirror,
+    DemoPKI,
+    Faults,
+    MirrorThread,
+    Tree,
+    demo_config,
+    mirror_entry,
+)
+from checker.scheduler import run_once
+from geodns.model import Checks, Config, FreshnessCheck, ObjectsCheck, Pool, TLSCheck
+from geodns.store import Store
+
+pytestmark = pytest.mark.timeout(60)
+
+PERFDATA = re.compile(r"^'?[A-Za-z_]+'?=-?[\d.]+[a-zA-Z%]*(;-?[\d.]*){0,4}$")
+
+
+@dataclass
+class World:
+    url: str
+    config: Config
+    ports: dict[str, int]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """Three mirrors — good, expiring certificate, expired and stale — checked once."""
+    tmp = tmp_path_factory.mktemp("report")
+    pki = DemoPKI()
+    tree = Tree.generate(30, critical=("releases/latest.iso",))
+    (tmp / "m.json").write_text(json.dumps(tree.manifest()))
+    checks = Checks(
+        tls=TLSCheck(warn_days=14),
+        freshness=FreshnessCheck(path="/timestamp.txt", max_lag=6 * 3600),
+        objects=ObjectsCheck(manifest=tmp / "m.json", sample=10, critical=("releases/latest.iso",)),
+        fall=1,
+        rise=1,
+        timeout=1.0,
+    )
+    with ExitStack() as stack:
+        ms = {
+            name: stack.enter_context(
+                MirrorThread(DemoMirror(host=host, hostname=f"{name}.test", pki=pki, tree=tree,
+                                        cert=cert, faults=Faults(stale=stale)))
+            )
+            for name, host, cert, stale in [
+                ("ftp-good", "127.0.0.1", "good", 0),
+                ("ftp-soon", "127.0.0.2", "expiring", 0),
+                ("ftp-bad", "127.0.0.3", "expired", 9 * 3600 + 12 * 60 + 30),
+            ]
+        }
+        dist = Pool("distfiles", tuple(mirror_entry(n, m) for n, m in ms.items()), checks=checks)
+        other = Pool("isos", (mirror_entry("ftp-iso", ms["ftp-good"]),), checks=checks)
+        config = demo_config([dist, other], tmp)
+        url = f"sqlite:///{tmp}/health.sqlite"
+        with Store(url) as store:
+            asyncio.run(run_once(config, store, ca_bundle=pki.ca_bundle, pools=["distfiles"]))
+        yield World(url, config, {n: m.port for n, m in ms.items()})
+    pki.cleanup()
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = cli.main(argv)
+    return code, capsys.readouterr().out
+
+
+@pytest.fixture(autouse=True)
+def wide(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "220")  # rich wraps to the terminal width
+
+
+def test_table_has_one_row_per_address(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(["report", "--store", world.url], capsys)
+    assert code == 0
+    header = next(line for line in out.splitlines() if "Pool" in line)
+    for col in ("Pool", "Mirror", "Address", "State", "Since", "Reason", "TLS", "Lag",
+                "Objects", "Latency"):
+        assert col in header
+    rows = {line.split("│")[2].strip(): line for line in out.splitlines()
+            if line.count("│") > 5 and "Pool" not in line}
+    assert set(rows) == {"ftp-good", "ftp-soon", "ftp-bad"}
+    assert re.search(r"│ up\s+│ \S+ ago\s+│ first check: passed\s+│\s+(89|90)d │", rows["ftp-good"])
+    assert re.search(r"│\s+0/10 │", rows["ftp-good"])
+    assert "│ warning " in rows["ftp-soon"]
+    assert "TLS certificate expires in 4 days" in rows["ftp-soon"]
+    bad = rows["ftp-bad"]
+    assert "│ down " in bad and "TLS certificate expired 3 days ago" in bad
+    assert "9h12m" in bad  # the lag column
+    assert "3 addresses: 1 up, 1 warning, 1 down" in out
+
+
+def test_filters_by_state_and_pool(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    _, out = run(["report", "--store", world.url, "--state", "down"], capsys)
+    assert "ftp-bad" in out and "ftp-good" not in out and "ftp-soon" not in out
+    _, out = run(["report", "--store", world.url, "--state", "up"], capsys)
+    assert "ftp-good" in out and "ftp-soon" in out and "ftp-bad" not in out
+    _, out = run(["report", "--store", world.url, "--state", "warning"], capsys)
+    assert "ftp-soon" in out and "ftp-good" not in out
+    _, out = run(["report", "--store", world.url, "--pool", "isos"], capsys)
+    assert "0 addresses" in out
+
+
+def test_config_adds_never_checked_addresses(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli, "_load_config", lambda root: world.config)
+    _, out = run(["report", "--store", world.url, "--config", "zones", "--json",
+                  "--pool", "isos"], capsys)
+    doc = json.loads(out)
+    assert [(a["mirror"], a["state"], a["reason"]) for a in doc["addresses"]] == [
+        ("ftp-iso", "unknown", "never checked")
+    ]
+    code, out = run(["nagios", "--store", world.url, "--config", "zones", "--pool", "isos"],
+                    capsys)
+    assert code == 1 and out.startswith("GEODNS MIRRORS WARNING - 0 of 1 fine, 1 need a look |")
+
+
+def test_json_schema(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(["report", "--store", world.url, "--json"], capsys)
+    assert code == 0
+    doc = json.loads(out)
+    assert set(doc) == {"schema", "generated", "summary", "addresses"}
+    assert doc["schema"] == 1
+    assert doc["summary"] == {"up": 1, "warning": 1, "down": 1, "disabled": 0, "unknown": 0,
+                              "total": 3, "stale": 0}
+    types = {
+        "pool": str, "mirror": str, "address": str, "family": int, "region": str,
+        "state": str, "since": str, "checked_at": str, "reason": str, "detail": str,
+        "warning": (str, type(None)), "stale": bool, "tls_expires_days": (float, int),
+        "lag_seconds": (float, int), "objects_missing": int, "objects_checked": int,
+        "latency_ms": (float, int),
+    }
+    for a in doc["addresses"]:
+        assert set(a) == set(types)
+        for k, t in types.items():
+            assert isinstance(a[k], t), (k, a[k])
+    bad = next(a for a in doc["addresses"] if a["mirror"] == "ftp-bad")
+    assert bad["state"] == "down" and bad["address"] == "127.0.0.3"
+    assert bad["tls_expires_days"] < -2.9
+    assert abs(bad["lag_seconds"] - (9 * 3600 + 12 * 60 + 30)) < 5
+    assert bad["reason"].startswith("TLS certificate expired 3 days ago")
+
+
+def _check_nagios(out: str) -> tuple[str, list[str]]:
+    status, _, perf = out.splitlines()[0].partition(" | ")
+    items = perf.split()
+    assert items and all(PERFDATA.match(i) for i in items), items
+    return status, items
+
+
+def test_nagios_critical_with_perfdata(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(["nagios", "--store", world.url], capsys)
+    assert code == 2
+    status, perf = _check_nagios(out)
+    assert status == (
+        "GEODNS MIRRORS CRITICAL - 1 of 3 down (ftp-bad: TLS certificate expired 3 days ago "
+        "(notAfter " + status.split("(notAfter ")[1]
+    )
+    assert perf[:5] == ["up=2;;;0;3", "down=1;;1;0;3", "warning=1;;;0;3", "disabled=0;;;0;3",
+                        "unknown=0;;;0;3"]
+    assert any(p.startswith("lag_max=") and p.endswith("s;;;0") for p in perf)
+    lines = out.splitlines()[1:]
+    assert any(line.startswith("DOWN: distfiles/ftp-bad 127.0.0.3: TLS certificate expired")
+               for line in lines)
+    assert any(line.startswith("WARNING: distfiles/ftp-soon 127.0.0.2: TLS certificate expires")
+               for line in lines)
+    # `report --nagios` is the same plugin
+    assert run(["report", "--nagios", "--store", world.url], capsys) == (code, out)
+
+
+def test_nagios_thresholds_and_ok(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(["nagios", "--store", world.url, "--crit-down", "2"], capsys)
+    assert code == 1 and out.startswith("GEODNS MIRRORS WARNING - 1 of 3 down")
+    assert "down=1;;2;0;3" in out
+    code, out = run(["nagios", "--store", world.url, "--pool", "distfiles", "--max-age", "0"],
+                    capsys)
+    assert code == 2 and "(last check " in out
+
+
+def test_nagios_ok_and_unknown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path}/h.sqlite"
+    with Store(url) as s:
+        code, out = run(["nagios", "--store", url], capsys)
+        assert code == 3 and out.startswith("GEODNS MIRRORS UNKNOWN - no mirror addresses")
+        s.set_state("p", "m", "192.0.2.1", True, "fine")
+        s.set_state("p", "m", "2001:db8::1", True, "fine")
+    code, out = run(["nagios", "--store", url], capsys)
+    assert code == 0
+    status, perf = _check_nagios(out)
+    assert status == "GEODNS MIRRORS OK - 2 of 2 up"
+    assert perf[:2] == ["up=2;;;0;2", "down=0;;1;0;2"]
+    code, out = run(["nagios", "--store", f"sqlite:///{tmp_path}/missing.sqlite"], capsys)
+    assert code == 3 and out.startswith("GEODNS MIRRORS UNKNOWN - store sqlite:///")
+    assert "does not exist" in out
+
+
+def test_history(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(["history", "ftp-bad", "--store", world.url], capsys)
+    assert code == 0
+    assert "ftp-bad" in out and "down" in out and "TLS certificate expired" in out
+    code, out = run(["history", "127.0.0.3", "--store", world.url, "--json"], capsys)
+    assert code == 0
+    (change,) = json.loads(out)
+    assert change["mirror"] == "ftp-bad" and change["state"] == "down"
+    assert change["reason"].startswith("TLS certificate expired 3 days ago (notAfter ")
+    assert cli.main(["history", "nobody", "--store", world.url]) == 1
+
+
+def test_report_on_missing_store_is_an_error(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["report", "--store", f"sqlite:///{tmp_path}/none.sqlite"])
+    err = capsys.readouterr().err
+    assert code == 1 and "database file" in err and "does not exist" in err
