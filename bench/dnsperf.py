@@ -14,6 +14,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import servers
+
 _NUM = r"([0-9]+(?:\.[0-9]+)?)"
 
 
@@ -119,7 +121,7 @@ def run(
     t0 = time.monotonic()
     try:
         for i, job in enumerate(jobs):
-            argv = (["taskset", "-c", str(cpu)] if cpu is not None else []) + [
+            argv = servers.prefix(cpu) + [
                 "dnsperf",
                 "-s",
                 "127.0.0.1",

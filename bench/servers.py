@@ -28,6 +28,17 @@ class BenchError(RuntimeError):
     pass
 
 
+NICE = 0  # set by --nice: applied to the servers and to dnsperf alike
+
+
+def prefix(cpu: int | None) -> list[str]:
+    """taskset (pinning) and nice (priority over other work on a shared machine) for argv."""
+    out = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    if NICE:
+        out += ["nice", "-n", str(NICE)]
+    return out
+
+
 # --------------------------------------------------------------------------- packages
 
 
@@ -51,14 +62,27 @@ def ensure_packages(
         )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     print(f"[bench] installing {' '.join(missing)} with apt-get", file=sys.stderr)
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=600)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
-        check=True,
-        env=env,
-        timeout=900,
-        stdout=subprocess.DEVNULL,
-    )
+    # The packages' maintainer scripts would start knot/gdnsd as system services on port 53;
+    # the benchmark starts its own. A policy-rc.d that says "no" (exit 101) stops that, and
+    # is removed again if we created it.
+    policy = Path("/usr/sbin/policy-rc.d")
+    made_policy = False
+    if not policy.exists():
+        policy.write_text("#!/bin/sh\n# temporary, written by geodns bench/servers.py\nexit 101\n")
+        policy.chmod(0o755)
+        made_policy = True
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=600)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+            check=True,
+            env=env,
+            timeout=900,
+            stdout=subprocess.DEVNULL,
+        )
+    finally:
+        if made_policy:
+            policy.unlink(missing_ok=True)
     still = [b for b in need if shutil.which(b) is None]
     if still:
         raise BenchError(f"still missing after apt-get: {still}")
@@ -293,7 +317,7 @@ class Servers:
     _old: dict[int, object] = field(default_factory=dict)
 
     def __enter__(self) -> Servers:
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             self._old[sig] = signal.signal(sig, self._on_signal)
         return self
 
@@ -318,7 +342,7 @@ class Servers:
         env: dict[str, str] | None = None,
     ) -> Proc:
         log = self.workdir / f"{name}.log"
-        cmd = (["taskset", "-c", str(cpu)] if cpu is not None else []) + argv
+        cmd = prefix(cpu) + argv
         fh = open(log, "wb")  # noqa: SIM115 - handed to the child
         try:
             p = subprocess.Popen(
