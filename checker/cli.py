@@ -156,12 +156,34 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+_console: Any = None
+
+
+def _stderr_console() -> Any:
+    """One rich Console for stderr, shared by log lines and the progress bar so
+    that log lines print above the bar instead of through it."""
+    global _console
+    if _console is None:
+        from rich.console import Console
+
+        _console = Console(stderr=True)
+    return _console
+
+
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    lvl = getattr(logging, level.upper(), logging.INFO)
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=_stderr_console(), show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    else:  # journald and files get plain lines
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=lvl, handlers=[handler])
+    # Alembic narrates every migration step at INFO; only its problems matter here.
+    logging.getLogger("alembic").setLevel(max(lvl, logging.WARNING))
 
 
 def _load_config(root: Path) -> Any:
@@ -177,6 +199,16 @@ def _load_config(root: Path) -> Any:
         raise CheckerError("configuration is not valid:\n  " + "\n  ".join(problems)) from None
 
 
+def _arun(coro: Any) -> Any:
+    """Run on uvloop when installed: ~40% more object HEADs per second
+    (bench/checker_heads.py), same behaviour otherwise."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def _store(url: str | None, *, create: bool) -> Store:
     return Store(url or default_store_url(), create=create)
 
@@ -188,7 +220,6 @@ def _progress(total: int) -> tuple[Any, Any]:
     """A rich progress bar on a terminal, or (None, None)."""
     if not sys.stderr.isatty() or total == 0:
         return None, None
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(
@@ -197,7 +228,7 @@ def _progress(total: int) -> tuple[Any, Any]:
         MofNCompleteColumn(),
         TextColumn("{task.fields[last]}"),
         TimeElapsedColumn(),
-        console=Console(file=sys.stderr),
+        console=_stderr_console(),
         transient=True,
     )
     task = progress.add_task("check", total=total, last="")
@@ -239,7 +270,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             if progress is not None:
                 progress.start()
             try:
-                result = asyncio.run(checker.round(on_done=done))
+                result = _arun(checker.round(on_done=done))
             finally:
                 if progress is not None:
                     progress.stop()
@@ -284,7 +315,7 @@ def _run_forever(checker: Any, args: argparse.Namespace) -> int:
             keep_history=timedelta(seconds=args.keep_history),
         )
 
-    asyncio.run(main())
+    _arun(main())
     return 0
 
 
@@ -350,17 +381,16 @@ def cmd_history(args: argparse.Namespace) -> int:
 def cmd_manifest(args: argparse.Namespace) -> int:
     from . import manifest as mf
 
-    progress = None
-    task = None
+    progress: Any = None
+    task: Any = None
     if sys.stderr.isatty():
-        from rich.console import Console
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.completed} files"),
             TimeElapsedColumn(),
-            console=Console(file=sys.stderr),
+            console=_stderr_console(),
             transient=True,
         )
         task = progress.add_task("walk", total=None)
@@ -370,7 +400,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
             args.root,
             sha256=args.sha256,
             exclude=args.exclude if args.exclude is not None else mf.DEFAULT_EXCLUDES,
-            progress=(lambda n: progress.advance(task, n)) if progress is not None else None,
+            progress=(lambda n: progress.advance(task, n)) if task is not None else None,
         )
     finally:
         if progress is not None:

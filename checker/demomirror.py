@@ -41,6 +41,7 @@ import shutil
 import ssl
 import tempfile
 import threading
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -77,6 +78,8 @@ class DemoPKI:
         self._trustme = trustme
         self.ca = trustme.CA(organization_name="geodns demo CA")
         self._dir = Path(tempfile.mkdtemp(prefix="geodns-pki-"))
+        # Removed by cleanup(), or at the latest when this object or the process goes.
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
         self.ca_bundle = self._dir / "ca.pem"
         self.ca.cert_pem.write_to_path(str(self.ca_bundle))
 
@@ -116,7 +119,7 @@ class DemoPKI:
         leaf.configure_cert(ctx)
 
     def cleanup(self) -> None:
-        shutil.rmtree(self._dir, ignore_errors=True)
+        self._finalizer()
 
 
 def _self_signed(names: list[str]) -> tuple[bytes, bytes]:

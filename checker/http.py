@@ -34,6 +34,7 @@ class HTTPError(Exception):
         self.timeout = timeout
         self.refused = refused
         self.connect = connect  # no connection could be made (vs. a failed request)
+        self.retry = False  # the request never reached a live connection: resend it
 
 
 @dataclass(slots=True)
@@ -77,6 +78,7 @@ class _Connection(asyncio.Protocol):
         self.pending: deque[_Pending] = deque()
         self.reusable = True
         self.closed = False
+        self.served = 0  # complete responses on this connection
         self.tls_object: ssl.SSLObject | None = None
 
     # ---------------------------------------------------------------- asyncio callbacks
@@ -95,7 +97,12 @@ class _Connection(asyncio.Protocol):
             p = self.pending.popleft()
             if not p.future.done():
                 why = f": {exc}" if exc else ""
-                p.future.set_exception(HTTPError(f"connection closed by the mirror{why}"))
+                err = HTTPError(f"connection closed by the mirror{why}")
+                # Nothing of the answer arrived on a connection that had served
+                # others: the server closed an idle or exhausted keep-alive
+                # connection (or dropped pipelined requests). Safe to resend.
+                err.retry = p.response is None and self.served > 0
+                p.future.set_exception(err)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -120,7 +127,9 @@ class _Connection(asyncio.Protocol):
     ) -> asyncio.Future[Response]:
         fut: asyncio.Future[Response] = self.loop.create_future()
         if self.closed or self.transport is None:
-            fut.set_exception(HTTPError("connection already closed"))
+            err = HTTPError("connection already closed")
+            err.retry = True
+            fut.set_exception(err)
             return fut
         self.pending.append(_Pending(method, fut, max_body, sink))
         self.transport.write(
@@ -150,6 +159,7 @@ class _Connection(asyncio.Protocol):
 
     def _finish(self, p: _Pending) -> None:
         assert p.response is not None
+        self.served += 1
         p.response.body = bytes(p.body)
         if not p.future.done():
             p.future.set_result(p.response)
@@ -398,7 +408,21 @@ class HTTPClient:
         max_body: int = 1 << 20,
         sink: Callable[[bytes], None] | None = None,
     ) -> Response:
-        """Send one request; `target` must already be percent-encoded."""
+        """Send one request; `target` must already be percent-encoded.
+
+        GET and HEAD are idempotent, so a request lost to a keep-alive
+        connection closing under it is sent once more on a fresh connection.
+        """
+        try:
+            return await self._request(method, target, max_body, sink)
+        except HTTPError as exc:
+            if not exc.retry:
+                raise
+        return await self._request(method, target, max_body, sink)
+
+    async def _request(
+        self, method: str, target: str, max_body: int, sink: Callable[[bytes], None] | None
+    ) -> Response:
         conn = await self._acquire()
         fut = conn.send(method, target, self.host, max_body=max_body, sink=sink)
         try:
@@ -412,11 +436,13 @@ class HTTPClient:
                 timeout=True,
             ) from None
         except HTTPError as exc:
-            raise HTTPError(
+            err = HTTPError(
                 f"{method} {target} on {self.where}: {exc.reason}",
                 timeout=exc.timeout,
                 refused=exc.refused,
-            ) from None
+            )
+            err.retry = exc.retry
+            raise err from None
         finally:
             self._release(conn)
 

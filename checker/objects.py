@@ -23,7 +23,7 @@ from geodns.store import ProbeRecord
 
 from . import manifest as mf
 from .http import HTTPClient, HTTPError
-from .target import Target
+from .target import Target, quote_path
 
 KIND = "objects"
 _SHA_MAX = 32 << 20
@@ -69,7 +69,7 @@ async def check_objects(
         if o.sha256 and 0 <= o.size <= _SHA_MAX:
             hash_set.add(o.path)
             hash_left -= 1
-    prefix = mf.quote_path(base_path)
+    prefix = quote_path(base_path)
     first_error: list[HTTPError] = []
     # Consecutive failed connects: when the mirror stops accepting connections,
     # give up instead of timing out once per remaining object.

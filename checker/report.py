@@ -25,6 +25,7 @@ Nagios exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -249,7 +250,7 @@ def print_table(
     table.add_column("Latency", justify="right")
     for r in rows:
         state = f"[{_STYLE[r.state]}]{r.state}[/]" + (" [yellow](stale)[/]" if r.stale else "")
-        tls = "" if r.tls_expires_days is None else f"{int(r.tls_expires_days)}d"
+        tls = "" if r.tls_expires_days is None else f"{round(r.tls_expires_days)}d"
         lag = "" if r.lag_seconds is None else text.duration(r.lag_seconds)
         objs = "" if r.objects_checked is None else f"{r.objects_missing or 0}/{r.objects_checked}"
         lat = "" if r.latency_ms is None else f"{r.latency_ms:.0f}ms"
@@ -276,9 +277,31 @@ def _escape(value: str) -> str:
 # --------------------------------------------------------------------------- Nagios
 
 
-def _short(reason: str, limit: int = 60) -> str:
-    reason = reason.split("; ")[0]
-    return reason if len(reason) <= limit else reason[: limit - 1] + "…"
+_BRIEF = (
+    (re.compile(r"^TLS certificate expired"), "TLS expired"),
+    (re.compile(r"^TLS certificate not valid before"), "TLS not yet valid"),
+    (re.compile(r"^TLS certificate does not match"), "TLS wrong host"),
+    (re.compile(r"^TLS certificate (is self-signed|chain ends|not trusted)"), "TLS untrusted"),
+    (re.compile(r"^TLS handshake .* timed out"), "TLS timeout"),
+    (re.compile(r"^TLS "), "TLS failed"),
+    (re.compile(r"^stale: (\S+) behind"), r"stale \1"),
+    (re.compile(r"refused \(nothing listening\)"), "connection refused"),
+    (re.compile(r"(timed out|no answer within)"), "timeout"),
+    (re.compile(r"^mid-sync"), "mid-sync"),
+    (re.compile(r"^.*critical (\S+) missing"), r"critical \1 missing"),
+    (re.compile(r"^(\d+) of \d+ objects missing"), r"\1 objects missing"),
+    (re.compile(r"^disabled"), "disabled"),
+)
+
+
+def brief(reason: str, limit: int = 40) -> str:
+    """A few words for a Nagios status line: "TLS expired", "stale 9h12m"."""
+    first = reason.split("; ")[0]
+    for pattern, words in _BRIEF:
+        m = pattern.search(first)
+        if m:
+            return m.expand(words)
+    return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
 def nagios(rows: list[Row], *, warn_down: int | None = None, crit_down: int = 1) -> tuple[int, str]:
@@ -300,12 +323,16 @@ def nagios(rows: list[Row], *, warn_down: int | None = None, crit_down: int = 1)
     else:
         code = OK
     if n_down:
+        by_mirror: dict[str, list[Row]] = {}
+        for r in down:
+            by_mirror.setdefault(
+                f"{r.pool}/{r.mirror}" if _pools(rows) > 1 else r.mirror, []
+            ).append(r)
         names = "; ".join(
-            f"{r.mirror if _single(rows, r) else r.mirror + ' ' + r.address}: "
-            f"{_short(r.detail or r.reason)}"
-            for r in down[:5]
+            f"{m}{f' x{len(rs)}' if len(rs) > 1 else ''}: {brief(rs[0].detail or rs[0].reason)}"
+            for m, rs in list(by_mirror.items())[:4]
         )
-        more = f"; +{n_down - 5} more" if n_down > 5 else ""
+        more = f"; +{len(by_mirror) - 4} more" if len(by_mirror) > 4 else ""
         msg = f"{n_down} of {total} down ({names}{more})"
     elif warn_rows:
         msg = f"{total - len(warn_rows)} of {total} fine, {len(warn_rows)} need a look"
@@ -337,9 +364,8 @@ def nagios(rows: list[Row], *, warn_down: int | None = None, crit_down: int = 1)
     return code, "\n".join(lines)
 
 
-def _single(rows: list[Row], r: Row) -> bool:
-    """True when the mirror has one down address, so its name says enough."""
-    return sum(1 for x in rows if x.mirror == r.mirror and x.state == "down") == 1
+def _pools(rows: list[Row]) -> int:
+    return len({r.pool for r in rows})
 
 
 def nagios_unknown(reason: str) -> tuple[int, str]:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -37,7 +38,7 @@ from urllib.parse import urlsplit
 from prometheus_client import Counter, Gauge, Histogram
 
 from geodns.model import Config, FreshnessCheck, Pool
-from geodns.store import ProbeRecord, Store
+from geodns.store import ProbeRecord, Store, StoreError
 
 from . import manifest as mf
 from . import text
@@ -246,7 +247,8 @@ class Checker:
         if kind == "objects":
             assert c.objects is not None
             try:
-                manifest = mf.load(c.objects.manifest)
+                # Parsing a large manifest takes a moment: keep the loop free.
+                manifest = await asyncio.to_thread(mf.load, c.objects.manifest)
             except ManifestError as exc:
                 return ProbeRecord(kind, False, f"objects: {exc}", None, {})
             cursor = int(state.get("objects", {}).get("data", {}).get("cursor", 0) or 0)
@@ -320,7 +322,8 @@ class Checker:
             kinds=ev.kinds,
         )
         if changed:
-            level = logging.INFO if ev.up else logging.WARNING
+            first = prev is None and ev.up
+            level = logging.DEBUG if first else (logging.INFO if ev.up else logging.WARNING)
             log.log(
                 level,
                 "%s/%s %s is %s: %s",
@@ -395,7 +398,9 @@ class Checker:
                 ev, _, _ = await self.check(t, ks)
                 if on_done is not None:
                     on_done(t, ev)
-            except Exception:  # the store may be down: log, retry at the next interval
+            except StoreError as exc:  # the store is down: say so, retry next interval
+                log.error("checking %s: %s", t.label, exc)
+            except Exception:
                 log.exception("checking %s failed", t.label)
             finally:
                 ROUND_SECONDS.observe(time.perf_counter() - t0)
@@ -408,18 +413,21 @@ class Checker:
             for t in self.targets:
                 if t.key in inflight or len(inflight) >= self.max_parallel:
                     continue
-                ready = []
-                for k in kinds(t):
-                    # New (address, kind): due now, spread over a few seconds.
-                    when = due.setdefault(
-                        (t.key, k), now + random.uniform(0, min(2.0, jitter * 10))
-                    )
-                    if when <= now:
-                        ready.append(k)
+                ks = kinds(t)
+                if any((t.key, k) not in due for k in ks):
+                    # A new address (or kind) starts with all its probes together,
+                    # addresses spread over up to two seconds.
+                    start = now + random.uniform(0, min(2.0, jitter * 10))
+                    for k in ks:
+                        due.setdefault((t.key, k), start)
+                if not any(due[(t.key, k)] <= now for k in ks):
+                    continue
+                # Take along kinds due soon anyway: one batch, one store write.
+                ready = [k for k in ks if due[(t.key, k)] <= now + min(2.0, 0.1 * interval(t, k))]
                 if ready:
                     task = asyncio.create_task(batch(t, ready), name=f"check {t.label}")
                     inflight[t.key] = task
-                    task.add_done_callback(lambda _t, key=t.key: inflight.pop(key, None))
+                    task.add_done_callback(partial(_forget, inflight, t.key))
             if now >= next_prune:
                 next_prune = now + prune_every
                 try:
@@ -428,9 +436,9 @@ class Checker:
                         log.info("pruned %d probe results and %d state changes", *pruned)
                 except Exception:
                     log.exception("pruning the store failed")
-            live = {t.key for t in self.targets}
-            for key_kind in [kk for kk in due if kk[0] not in live]:
-                del due[key_kind]  # addresses removed by a reload
+            live = {(t.key, k) for t in self.targets for k in kinds(t)}
+            for key_kind in [kk for kk in due if kk not in live]:
+                del due[key_kind]  # addresses or probes removed, mirrors (dis)abled by a reload
             upcoming = [w for (key, _), w in due.items() if key not in inflight]
             sleep = min([1.0] + [max(0.05, w - time.monotonic()) for w in upcoming])
             try:
@@ -441,6 +449,10 @@ class Checker:
             for task in list(inflight.values()):
                 task.cancel()
             await asyncio.wait(list(inflight.values()), timeout=10)
+
+
+def _forget(inflight: dict[Any, Any], key: Any, _task: object) -> None:
+    inflight.pop(key, None)
 
 
 async def run_once(

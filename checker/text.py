@@ -24,7 +24,7 @@ def duration(seconds: float) -> str:
 
 
 def days(n: float) -> str:
-    whole = int(abs(n))
+    whole = round(abs(n))
     return "1 day" if whole == 1 else f"{whole} days"
 
 

@@ -123,9 +123,9 @@ async def probe_tls(target: Target, *, cafile: str | None = None) -> ProbeRecord
         if code == _EXPIRED:
             after = _when(relaxed, "notAfter") if relaxed else None
             if after:
+                ago = (now - after).total_seconds() / 86400
                 return fail(
-                    f"TLS certificate expired {text.days((now - after).days)} ago "
-                    f"(notAfter {text.date(after)})",
+                    f"TLS certificate expired {text.days(ago)} ago (notAfter {text.date(after)})",
                     {
                         "expires": after.isoformat(),
                         "expires_days": (after - now).total_seconds() / 86400,

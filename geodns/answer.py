@@ -16,7 +16,7 @@ import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,18 +75,26 @@ class _Geo:
 
 
 class _Cycle:
-    __slots__ = ("bodies", "i", "pool", "tier")
+    """The rotation of answers for one client profile. Variants are encoded on
+    first use: a cycle can hold up to 256 of them and a cold client needs one."""
 
-    def __init__(self, bodies: list[_Body], pool: str, tier: str) -> None:
+    __slots__ = ("bodies", "i", "pool", "tier", "make")
+
+    def __init__(self, bodies: list[_Body | None], pool: str, tier: str,
+                 make: Callable[[int], _Body] | None = None) -> None:
         self.bodies = bodies
         self.i = 0
         self.pool = pool
         self.tier = tier
+        self.make = make
 
     def next(self) -> _Body:
         i = self.i
         self.i = i + 1 if i + 1 < len(self.bodies) else 0
-        return self.bodies[i]
+        body = self.bodies[i]
+        if body is None:
+            body = self.bodies[i] = self.make(i)  # type: ignore[misc]
+        return body
 
 
 class Responder:
@@ -101,6 +109,8 @@ class Responder:
         self.query_log = query_log
         self.cache: dict[tuple[bytes, int], _Body | _Geo] = {}
         self.src_geo: dict[str, GeoInfo] = {}
+        self.steer_cache: dict[tuple[Any, ...], SteerResult] = {}
+        self.geo_generation = geodb.generation if geodb is not None else 0
 
     # ------------------------------------------------------------------ fast path
 
@@ -256,8 +266,47 @@ class Responder:
         return res
 
     def steer(self, res: Resolution, client: GeoInfo) -> SteerResult:
-        assert res.steer is not None
-        return self.steering.steer(res.steer, res.steer_family, client)
+        """Ranking for (steered name, family, client profile), shared by every
+        query name that leads to it (dl, www → dl, downloads → www → dl)."""
+        st = res.steer
+        assert st is not None
+        key = (st, res.steer_family, client.asn, client.country, client.continent,
+               client.location)
+        sr = self.steer_cache.get(key)
+        if sr is None:
+            if len(self.steer_cache) > CACHE_MAX // 8:
+                self.steer_cache.clear()
+            sr = self.steer_cache[key] = self.steering.steer(st, res.steer_family, client)
+        return sr
+
+    def warm_from(self, old: Responder, limit: int = 50_000) -> Iterator[int]:
+        """Build this generation's answers for the old one's busiest keys before
+        it goes live, so a swap does not turn every query into a cache miss.
+        A generator: the server runs it in slices between queries."""
+        # Rankings stay valid when their pool, its down addresses and the GeoIP
+        # data are unchanged — true for every pool on a zone-only edit.
+        if old.geo_generation == self.geo_generation:
+            same = self.steering.unchanged_pools(old.steering)
+            for key, sr in list(old.steer_cache.items())[-limit:]:
+                if key[0].pool in same:
+                    self.steer_cache[key] = sr
+        done = 0
+        for key, entry in list(old.cache.items())[-limit:]:
+            if key in self.cache:
+                continue
+            new = self._entry(*key)
+            done += 1
+            yield done
+            if isinstance(entry, _Geo) and isinstance(new, _Geo):
+                for prof in list(entry.profiles)[-limit:]:
+                    client = GeoInfo(prof[0], prof[1], prof[2], prof[3], 0)
+                    cyc = new.profiles[prof] = self._cycle(new.qname, new.res, client)
+                    cyc.next()  # encode the first variant now, the rest on use
+                    done += 1
+                    yield done
+        if old.geo_generation == self.geo_generation:
+            self.src_geo.update(list(old.src_geo.items())[-limit:])
+        yield done
 
     def _cycle(self, qname: bytes, res: Resolution, client: GeoInfo) -> _Cycle:
         sr = self.steer(res, client)
@@ -271,14 +320,15 @@ class Responder:
             body = _encode(qname, res, res.answer, [res.steer_negative], [])
             return _Cycle([body], st.pool, sr.case)
         rtype = wire.AAAA if res.steer_family == 6 else wire.A
-        bodies = []
-        for variant in sr.variants:
+        variants = sr.variants
+
+        def make(i: int) -> _Body:
             rrs = [(res.steer_owner, wire.rr_tail(rtype, st.ttl, r.candidate.address.packed))
-                   for r in variant]
-            bodies.append(_encode(qname, res, res.answer + rrs, res.authority,
-                                  res.additional))
-        tier = tier_name(sr.variants[0][0]) if sr.case == "nearest" else sr.case
-        return _Cycle(bodies, st.pool, tier)
+                   for r in variants[i]]
+            return _encode(qname, res, res.answer + rrs, res.authority, res.additional)
+
+        tier = tier_name(variants[0][0]) if sr.case == "nearest" else sr.case
+        return _Cycle([None] * len(variants), st.pool, tier, make)
 
     # ------------------------------------------------------------------ slow path
 

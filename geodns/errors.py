@@ -16,3 +16,7 @@ class ConfigError(GeoDNSError):
         n = len(self.problems)
         head = f"{n} problem{'s' if n != 1 else ''} in configuration"
         super().__init__(head + ":\n" + "\n".join(self.problems))
+
+    def __reduce__(self) -> tuple[type, tuple[list[str]]]:
+        # picklable as itself, so a reload built in a child process reports it
+        return (ConfigError, (self.problems,))

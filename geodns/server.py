@@ -9,6 +9,7 @@ a config that fails validation is logged and the running one keeps serving.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import signal
@@ -21,6 +22,7 @@ from pathlib import Path
 from .answer import Responder, Stats
 from .config import load_config
 from .errors import ConfigError
+from .forked import run_forked
 from .geo import GeoDB
 from .model import Config
 from .protocol import Current, TCPLimits, TCPProtocol, UDPProtocol
@@ -30,6 +32,9 @@ from .store import Store, StoreError
 from .zone import Tables
 
 log = logging.getLogger("geodns.server")
+
+WARM_SECONDS = 2.0  # at most this long warming a new generation before it goes live
+WARM_SLICE = 0.001  # warm in slices this long, answering queries in between
 
 
 @dataclass
@@ -130,6 +135,7 @@ class Server:
         self._poll_health_sync()
         config = self._load_config()
         self._install(config, Tables(config))
+        gc.freeze()
         log.info("config generation %d loaded: %d zones, %d pools from %s",
                  self.generation, len(config.zones), len(config.pools), self.s.config_dir)
 
@@ -151,10 +157,29 @@ class Server:
         else:
             self.current.responder = responder
 
-    def rebuild(self) -> None:
-        """New health or GeoIP data: same config, new steering and empty caches."""
-        if self.config is not None and self.tables is not None and self.current is not None:
-            self.current.responder = self._build(self.config, self.tables)
+    async def swap_in(self, config: Config, tables: Tables, *, reason: str) -> None:
+        """Build the next generation on the loop, warm it from the running one in
+        slices (queries keep being answered between slices), then swap."""
+        t0 = time.perf_counter()
+        new = self._build(config, tables)
+        old = self.current.responder if self.current is not None else None
+        warmed = 0
+        if isinstance(old, Responder):
+            deadline = time.monotonic() + WARM_SECONDS
+            slice_end = time.monotonic() + WARM_SLICE
+            for warmed in new.warm_from(old):
+                now = time.monotonic()
+                if now > slice_end:  # let the loop answer what arrived meanwhile
+                    await asyncio.sleep(0)
+                    slice_end = time.monotonic() + WARM_SLICE
+                    if now > deadline:
+                        break
+        self._install(config, tables, new)
+        # The caches are long-lived and acyclic: keep them out of the cyclic GC's
+        # full passes, which otherwise pause the loop for tens of milliseconds.
+        gc.freeze()
+        log.debug("%s: generation %d live after %.0f ms (%d answers warmed)", reason,
+                  self.generation, (time.perf_counter() - t0) * 1000, warmed)
 
     # ------------------------------------------------------------------ store
 
@@ -290,7 +315,7 @@ class Server:
         async with self._reload_lock:
             t0 = time.perf_counter()
             try:
-                config, tables, responder = await asyncio.to_thread(self._prepare)
+                config, tables = await run_forked(self._load_and_compile)
             except ConfigError as e:
                 self.last_reload_ok = False
                 log.error("reload rejected, still serving generation %d:\n%s", self.generation,
@@ -300,7 +325,7 @@ class Server:
                 self.last_reload_ok = False
                 log.exception("reload failed, still serving generation %d", self.generation)
                 return False
-            self._install(config, tables, responder)
+            await self.swap_in(config, tables, reason="reload")
             self.last_reload_ok = True
             self.last_reload_time = time.time()
             self.reload_seconds = time.perf_counter() - t0
@@ -309,26 +334,30 @@ class Server:
                      self.reload_seconds * 1000)
             return True
 
-    def _prepare(self) -> tuple[Config, Tables, Responder]:
+    def _load_and_compile(self) -> tuple[Config, Tables]:
+        # runs in a forked child (geodns.forked): pure, no sockets, no loop
         config = self._load_config()
-        tables = Tables(config)
-        return config, tables, self._build(config, tables)
+        return config, Tables(config)
+
+    async def rebuild(self, reason: str) -> None:
+        """New health or GeoIP data: same config, new steering, warmed caches."""
+        assert self._reload_lock is not None
+        async with self._reload_lock:
+            if self.config is not None and self.tables is not None:
+                await self.swap_in(self.config, self.tables, reason=reason)
 
     async def poll_health(self) -> None:
+        # one small query; a thread is fine here (it waits on I/O, not the CPU)
         changed = await asyncio.to_thread(self._poll_health_sync)
         if changed:
             log.info("health snapshot version %s: %d addresses down", self.health.version,
                      len(self.health.down))
-            await asyncio.to_thread(self._rebuild_steering)
-
-    def _rebuild_steering(self) -> None:
-        # built in a thread, swapped by a single reference assignment
-        self.rebuild()
+            await self.rebuild("health change")
 
     async def refresh_geoip(self) -> None:
         if self.geodb is not None and await asyncio.to_thread(self.geodb.refresh):
             log.info("GeoIP databases changed on disk; answers rebuilt")
-            await asyncio.to_thread(self.rebuild)
+            await self.rebuild("GeoIP change")
 
 
 def _bind_udp(host: str, port: int, fam: int, reuse_port: bool) -> socket.socket:

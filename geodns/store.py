@@ -273,9 +273,11 @@ class Store:
         except Exception as exc:  # ArgumentError or ValueError, depending on the text
             raise StoreError(f"store URL {url!r} is not a SQLAlchemy URL: {exc}") from None
         self.url_text = self._url.render_as_string(hide_password=True)
-        self._lock = (
-            threading.RLock()
-        )  # one thread at a time (in-memory SQLite shares a connection)
+        # One thread at a time: in-memory SQLite shares a single connection.
+        self._lock = threading.RLock()
+        self._create = create
+        self._file: Path | None = None  # a SQLite file we follow by identity
+        self._file_id: tuple[int, int] | None = None
         self._engine = self._make_engine(create)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         try:
@@ -283,6 +285,7 @@ class Store:
                 self._migrate()
             else:
                 self._check_schema()
+            self._file_id = self._identity()
         except BaseException:
             self._engine.dispose()
             raise
@@ -300,6 +303,7 @@ class Store:
                 kwargs["poolclass"] = StaticPool
             else:
                 path = Path(db)
+                self._file = path
                 if create:
                     try:
                         path.parent.mkdir(parents=True, exist_ok=True)
@@ -317,7 +321,9 @@ class Store:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         elif url.get_backend_name() == "postgresql":
             kwargs["connect_args"] = {"connect_timeout": 5}
-            kwargs["pool_pre_ping"] = True  # survive a PostgreSQL restart (fail-static server)
+            # No pool_pre_ping: it would double the server's one-query poll. A
+            # connection broken by a PostgreSQL restart fails one call (StoreError,
+            # the server keeps its snapshot) and is replaced on the next.
         try:
             engine = create_engine(url, **kwargs)
         except Exception as exc:  # missing driver, bad option
@@ -394,11 +400,39 @@ class Store:
                     return
             raise self._error("cannot create or upgrade the schema", exc) from None
 
+    def _identity(self) -> tuple[int, int] | None:
+        if self._file is None:
+            return None
+        try:
+            st = self._file.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def _follow_file(self) -> None:
+        """Notice a SQLite file that was deleted or replaced (state directory wiped,
+        file restored from a backup): pooled connections would go on reading the
+        old, unlinked inode forever. Costs one stat() per call."""
+        if self._file is None:
+            return
+        now = self._identity()
+        if now == self._file_id:
+            return
+        self._engine.dispose()  # the next connection opens whatever is there now
+        if now is None and not self._create:
+            self._file_id = None
+            raise StoreError(f"store {self.url_text}: database file {self._file} has disappeared")
+        if self._create:
+            self._migrate()  # recreate the schema in a new file
+        self._file_id = self._identity()
+
     @contextmanager
     def _session(self, what: str) -> Iterator[Session]:
         try:
-            with self._lock, self._sessions.begin() as session:
-                yield session
+            with self._lock:
+                self._follow_file()
+                with self._sessions.begin() as session:
+                    yield session
         except StoreError:
             raise
         except SQLAlchemyError as exc:
@@ -409,10 +443,12 @@ class Store:
     def state_version(self) -> int:
         """One cheap query; strictly increases whenever any address state changes."""
         try:
-            with self._lock, self._engine.connect() as conn:
-                value = conn.execute(
-                    select(MetaRow.value).where(MetaRow.key == "state_version")
-                ).scalar()
+            with self._lock:
+                self._follow_file()
+                with self._engine.connect() as conn:
+                    value = conn.execute(
+                        select(MetaRow.value).where(MetaRow.key == "state_version")
+                    ).scalar()
         except SQLAlchemyError as exc:
             raise self._error("cannot read state version", exc) from None
         return int(value or 0)
@@ -428,8 +464,10 @@ class Store:
             .having((func.count() >= self.quorum) | (disabled == 1))
         )
         try:
-            with self._lock, self._engine.connect() as conn:
-                rows = conn.execute(stmt).all()
+            with self._lock:
+                self._follow_file()
+                with self._engine.connect() as conn:
+                    rows = conn.execute(stmt).all()
         except SQLAlchemyError as exc:
             raise self._error("cannot read down addresses", exc) from None
         return frozenset((r[0], r[1], r[2]) for r in rows)

@@ -106,8 +106,18 @@ class PgServer:
 
     def stop(self) -> None:
         subprocess.run(
-            [*self.prefix, str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
-             "-w", "-t", "30", "stop"],
+            [
+                *self.prefix,
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-m",
+                "immediate",
+                "-w",
+                "-t",
+                "30",
+                "stop",
+            ],
             capture_output=True,
             timeout=60,
             check=False,
@@ -132,14 +142,36 @@ def start(bindir: Path) -> PgServer:
             )
 
     try:
-        run(str(bindir / "initdb"), "-D", str(server.data), "-A", "trust", "-U", USER,
-            "-E", "UTF8", "--no-sync", "--locale=C")
+        run(
+            str(bindir / "initdb"),
+            "-D",
+            str(server.data),
+            "-A",
+            "trust",
+            "-U",
+            USER,
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--locale=C",
+        )
         opts = (
             f"-k {root} -c listen_addresses='' -c fsync=off -c synchronous_commit=off "
             "-c full_page_writes=off -c max_connections=50"
         )
-        run(str(bindir / "pg_ctl"), "-D", str(server.data), "-l", str(root / "log"), "-w",
-            "-t", "60", "-o", opts, "start")
+        run(
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(server.data),
+            "-l",
+            str(root / "log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            opts,
+            "start",
+        )
     except BaseException:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)

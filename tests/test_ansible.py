@@ -3,24 +3,26 @@
 The deployment applies ansible/site.yml to this machine (`ansible_connection:
 local`) with the example inventory plus ansible/tests/inventory.yml and
 ansible/tests/vars.yml, which point every path of the roles into a throw-away
-prefix, use the current account and replace systemd with plain commands:
+prefix and replace systemd calls with plain commands:
 
-1. first run: installs the wheel built from this repository into a venv,
-   copies GeoIP files made here, lays down and validates the zones, renders
-   the units, creates a PostgreSQL role and database in a cluster the test
-   started with initdb;
+1. first run: creates a system account, installs the wheel built from this
+   repository into a venv, copies GeoIP files made here, lays down and
+   validates the zones, renders the units, and creates a PostgreSQL role and
+   database in a cluster the test started with initdb;
 2. second run: must report changed=0 (idempotence, read from the recap);
 3. the rendered units pass `systemd-analyze verify`;
 4. the server is started from the rendered unit's ExecStartPre/ExecStart
-   lines and answers dnspython on a loopback port;
-5. a zone edit pushed by the playbook reaches the running server by SIGHUP
+   lines, as the unit's User=/Group=, and answers dnspython on a loopback port;
+5. one checker round from its unit writes the shared SQLite store (the test's
+   copy of the example pool has its mirrors on loopback addresses);
+6. a zone edit pushed by the playbook reaches the running server by SIGHUP
    (same process);
-6. a broken zone pushed by the playbook fails at `geodns validate` and leaves
+7. a broken zone pushed by the playbook fails at `geodns validate` and leaves
    the installed zones and the running server untouched.
 
-Needs root (su to postgres, file ownership), ansible-core and ansible-lint
-(ansible/ci-requirements.txt), systemd-analyze (Debian: systemd) and the
-PostgreSQL server binaries (Debian: postgresql).
+Needs root (useradd, su to postgres, file ownership), ansible-core and
+ansible-lint (ansible/ci-requirements.txt), systemd-analyze (Debian: systemd)
+and the PostgreSQL server binaries (Debian: postgresql).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import dns.exception
 import dns.flags
@@ -176,9 +179,7 @@ def _query(port: int, name: str, rdtype: str, timeout: float = 2.0) -> dns.messa
 
 
 def _a_records(resp: dns.message.Message) -> list[str]:
-    return sorted(
-        rd.address for rr in resp.answer if rr.rdtype == dns.rdatatype.A for rd in rr
-    )
+    return sorted(rd.address for rr in resp.answer if rr.rdtype == dns.rdatatype.A for rd in rr)
 
 
 # ----------------------------------------------------------------------------- PostgreSQL
@@ -223,9 +224,17 @@ def _start_postgres() -> Postgres:
         shutil.chown(p, "postgres", "postgres")
     subprocess.run(
         [
-            "runuser", "-u", "postgres", "--", str(bindir / "initdb"), f"--pgdata={data}",
-            "--username=postgres", "--auth-local=peer", "--auth-host=scram-sha-256",
-            "--encoding=UTF8", "--no-sync",
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            str(bindir / "initdb"),
+            f"--pgdata={data}",
+            "--username=postgres",
+            "--auth-local=peer",
+            "--auth-host=scram-sha-256",
+            "--encoding=UTF8",
+            "--no-sync",
         ],
         check=True,
         capture_output=True,
@@ -272,11 +281,16 @@ class Deployment:
         self.extra.write_text(json.dumps(extra, indent=1))
         cmd = [
             _tool("ansible-playbook"),
-            "-i", "inventories/example/hosts.yml",
-            "-i", "tests/inventory.yml",
-            "--limit", "localhost",
-            "-e", "@tests/vars.yml",
-            "-e", f"@{self.extra}",
+            "-i",
+            "inventories/example/hosts.yml",
+            "-i",
+            "tests/inventory.yml",
+            "--limit",
+            "localhost",
+            "-e",
+            "@tests/vars.yml",
+            "-e",
+            f"@{self.extra}",
             "site.yml",
         ]
         proc = subprocess.run(
@@ -311,13 +325,33 @@ def _build_wheel(dest: Path) -> Path:
         REPO,
         src,
         ignore=shutil.ignore_patterns(
-            ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".*cache",
-            "tests", "ansible", "bench", "zones", ".geodns-state", "demo-state",
+            ".git",
+            ".venv*",
+            "build",
+            "dist",
+            "*.egg-info",
+            "__pycache__",
+            ".*cache",
+            "tests",
+            "ansible",
+            "bench",
+            "zones",
+            ".geodns-state",
+            "demo-state",
         ),
     )
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-         str(src), "-w", str(dest / "dist")],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            str(src),
+            "-w",
+            str(dest / "dist"),
+        ],
         check=True,
         capture_output=True,
         timeout=300,
@@ -332,20 +366,36 @@ def _write_geoip(dest: Path) -> None:
     from netaddr import IPSet
 
     dest.mkdir(parents=True)
-    asn = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoLite2-ASN", languages=["en"],
-                     description={"en": "geodns ansible test"})
-    asn.insert_network(IPSet(["127.0.0.0/8"]), {
-        "autonomous_system_number": 64500,
-        "autonomous_system_organization": "Loopback test AS",
-    })
+    asn = MMDBWriter(
+        ip_version=6,
+        ipv4_compatible=True,
+        database_type="GeoLite2-ASN",
+        languages=["en"],
+        description={"en": "geodns ansible test"},
+    )
+    asn.insert_network(
+        IPSet(["127.0.0.0/8"]),
+        {
+            "autonomous_system_number": 64500,
+            "autonomous_system_organization": "Loopback test AS",
+        },
+    )
     asn.to_db_file(str(dest / "GeoLite2-ASN.mmdb"))
-    city = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoLite2-City", languages=["en"],
-                      description={"en": "geodns ansible test"})
-    city.insert_network(IPSet(["127.0.0.0/8"]), {
-        "continent": {"code": "EU"},
-        "country": {"iso_code": "DE"},
-        "location": {"latitude": 50.11, "longitude": 8.68},
-    })
+    city = MMDBWriter(
+        ip_version=6,
+        ipv4_compatible=True,
+        database_type="GeoLite2-City",
+        languages=["en"],
+        description={"en": "geodns ansible test"},
+    )
+    city.insert_network(
+        IPSet(["127.0.0.0/8"]),
+        {
+            "continent": {"code": "EU"},
+            "country": {"iso_code": "DE"},
+            "location": {"latitude": 50.11, "longitude": 8.68},
+        },
+    )
     city.to_db_file(str(dest / "GeoLite2-City.mmdb"))
 
 
@@ -356,8 +406,7 @@ def deployment() -> Iterator[Deployment]:
     root = Path(tempfile.mkdtemp(prefix="geodns-ansible-"))
     # The prefix stands for a root file system: its top directories are 0755
     # like the real ones, so the unprivileged account can reach what it needs.
-    for top in ("", "root", "root/etc", "root/etc/systemd", "root/opt", "root/var",
-                "root/var/lib"):
+    for top in ("", "root", "root/etc", "root/etc/systemd", "root/opt", "root/var", "root/var/lib"):
         (root / top).mkdir(exist_ok=True)
         os.chmod(root / top, 0o755)
     pg = _start_postgres()
@@ -369,21 +418,26 @@ def deployment() -> Iterator[Deployment]:
         wheel = _build_wheel(root / "build")
         port = _free_port()
         extra = root / "test.json"
-        extra.write_text(json.dumps({
-            "geodns_test_root": str(root),
-            # a system account made by the role runs the server, as in production
-            "geodns_test_create_user": True,
-            "geodns_test_user": SERVICE_USER,
-            "geodns_test_group": SERVICE_USER,
-            "geodns_test_wheel": str(wheel),
-            "geodns_test_port": port,
-            "geodns_test_metrics_port": _free_port(),
-            "geodns_test_pg_ctl": str(pg.bindir / "pg_ctl"),
-            "geodns_test_pg_data": str(pg.data),
-            "geodns_test_pg_socket_dir": str(pg.sockets),
-            "geodns_test_pg_port": pg.port,
-            "geodns_test_pg_password": PG_PASSWORD,
-        }, indent=1))
+        extra.write_text(
+            json.dumps(
+                {
+                    "geodns_test_root": str(root),
+                    # a system account made by the role runs the server, as in production
+                    "geodns_test_create_user": True,
+                    "geodns_test_user": SERVICE_USER,
+                    "geodns_test_group": SERVICE_USER,
+                    "geodns_test_wheel": str(wheel),
+                    "geodns_test_port": port,
+                    "geodns_test_metrics_port": _free_port(),
+                    "geodns_test_pg_ctl": str(pg.bindir / "pg_ctl"),
+                    "geodns_test_pg_data": str(pg.data),
+                    "geodns_test_pg_socket_dir": str(pg.sockets),
+                    "geodns_test_pg_port": pg.port,
+                    "geodns_test_pg_password": PG_PASSWORD,
+                },
+                indent=1,
+            )
+        )
         d = Deployment(root, root / "root", zones_src, extra, port, pg)
         d.playbook()  # first run
         d.playbook()  # second run: idempotence
@@ -415,20 +469,25 @@ def _as_systemd_would(deployment: Deployment, unit: str) -> tuple[dict[str, str]
     env.update(_env_file(Path(values["EnvironmentFile"].lstrip("-"))))
     env["STATE_DIRECTORY"] = str(deployment.prefix / "var" / "lib" / values["StateDirectory"])
     popen: dict[str, Any] = {
-        "env": env, "cwd": "/", "user": values["User"], "group": values["Group"],
-        "extra_groups": [], "umask": int(values["UMask"], 8),
+        "env": env,
+        "cwd": "/",
+        "user": values["User"],
+        "group": values["Group"],
+        "extra_groups": [],
+        "umask": int(values["UMask"], 8),
     }
     return values, popen
 
 
 @pytest.fixture(scope="module")
-def server(deployment: Deployment) -> Iterator[Server]:
+def deployed_server(deployment: Deployment) -> Iterator[Server]:
     """The installed server, started the way systemd would from the rendered unit."""
     first = deployment.runs[0]
     assert first.rc == 0, f"first playbook run failed:\n{first.tail()}"
     values, popen = _as_systemd_would(deployment, "geodns.service")
-    pre = subprocess.run(_unit_argv(values["ExecStartPre"]), capture_output=True, text=True,
-                         timeout=60, **popen)
+    pre = subprocess.run(
+        _unit_argv(values["ExecStartPre"]), capture_output=True, text=True, timeout=60, **popen
+    )
     assert pre.returncode == 0, f"ExecStartPre failed: {pre.stderr}"
     log = deployment.root / "geodns-serve.log"
     argv = _unit_argv(values["ExecStart"])
@@ -489,8 +548,15 @@ def test_site_playbook_syntax_check(inventories: list[str]) -> None:
     cmd = [_tool("ansible-playbook"), "--syntax-check"]
     for inv in inventories:
         cmd += ["-i", inv]
-    proc = subprocess.run(cmd + ["site.yml"], cwd=ANSIBLE_DIR, env=_env(),
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        cmd + ["site.yml"],
+        cwd=ANSIBLE_DIR,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "WARNING" not in proc.stderr, proc.stderr
 
@@ -498,7 +564,11 @@ def test_site_playbook_syntax_check(inventories: list[str]) -> None:
 def test_example_inventory_places_two_dns_nodes_and_a_checker() -> None:
     proc = subprocess.run(
         [_tool("ansible-inventory"), "-i", "inventories/example/hosts.yml", "--list"],
-        cwd=ANSIBLE_DIR, env=_env(), capture_output=True, text=True, timeout=120,
+        cwd=ANSIBLE_DIR,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     inv = json.loads(proc.stdout)
@@ -525,13 +595,19 @@ def test_first_run_deploys_and_second_run_changes_nothing(deployment: Deployment
     venv = prefix / "opt" / "geodns" / "venv"
     assert (venv / "bin" / "geodns").exists() and (venv / "bin" / "checker").exists()
     # the inventory's files, validated and switched in
-    src = sorted(p.relative_to(deployment.zones_src) for p in deployment.zones_src.rglob("*")
-                 if p.is_file())
-    live = sorted(p.relative_to(deployment.live_zones) for p in deployment.live_zones.rglob("*")
-                  if p.is_file())
+    src = sorted(
+        p.relative_to(deployment.zones_src) for p in deployment.zones_src.rglob("*") if p.is_file()
+    )
+    live = sorted(
+        p.relative_to(deployment.live_zones)
+        for p in deployment.live_zones.rglob("*")
+        if p.is_file()
+    )
     assert live == src
     for rel in src:
-        assert (deployment.live_zones / rel).read_bytes() == (deployment.zones_src / rel).read_bytes()
+        assert (deployment.live_zones / rel).read_bytes() == (
+            deployment.zones_src / rel
+        ).read_bytes()
     # readable by the service's group only, and reachable: dirs 0750, files 0640
     account = pwd.getpwnam(SERVICE_USER)
     assert account.pw_uid < 1000 and account.pw_shell == "/usr/sbin/nologin"  # a system user
@@ -540,7 +616,8 @@ def test_first_run_deploys_and_second_run_changes_nothing(deployment: Deployment
     for p in [deployment.live_zones, *deployment.live_zones.rglob("*")]:
         st = p.stat()
         assert (grp.getgrgid(st.st_gid).gr_name, st.st_mode & 0o777) == (
-            group, 0o750 if p.is_dir() else 0o640
+            group,
+            0o750 if p.is_dir() else 0o640,
         ), p
     # operator-provided GeoIP databases
     geoip = prefix / "var" / "lib" / "GeoIP"
@@ -583,11 +660,17 @@ def test_rendered_units_follow_the_hardening_conventions(deployment: Deployment)
 def test_rendered_units_pass_systemd_analyze_verify(deployment: Deployment) -> None:
     units = sorted(deployment.unit_dir.glob("geodns*"))
     assert [u.name for u in units] == [
-        "geodns-checker.service", "geodns-checker.timer", "geodns.service"
+        "geodns-checker.service",
+        "geodns-checker.timer",
+        "geodns.service",
     ]
     proc = subprocess.run(
-        [shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze", "verify",
-         "--man=no", *map(str, units)],
+        [
+            shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze",
+            "verify",
+            "--man=no",
+            *map(str, units),
+        ],
         env=_env(SYSTEMD_UNIT_PATH=f"{deployment.unit_dir}:", SYSTEMD_LOG_COLOR="0"),
         capture_output=True,
         text=True,
@@ -601,24 +684,25 @@ def test_rendered_units_pass_systemd_analyze_verify(deployment: Deployment) -> N
 
 
 @pytest.mark.slow
-def test_server_started_from_the_unit_answers_on_loopback(server: Server) -> None:
-    resp = _query(server.port, "mail.example.org.", "A")
+def test_server_started_from_the_unit_answers_on_loopback(deployed_server: Server) -> None:
+    resp = _query(deployed_server.port, "mail.example.org.", "A")
     assert resp.rcode() == dns.rcode.NOERROR
     assert resp.flags & dns.flags.AA
     assert not resp.flags & dns.flags.RA
     assert [rr.to_text() for rr in resp.answer] == ["mail.example.org. 3600 IN A 192.0.2.25"]
-    soa = _query(server.port, "example.org.", "SOA")
+    soa = _query(deployed_server.port, "example.org.", "SOA")
     assert soa.rcode() == dns.rcode.NOERROR
     assert soa.answer[0][0].mname.to_text() == "ns1.example.org."
-    ns = _query(server.port, "example.org.", "NS")
+    ns = _query(deployed_server.port, "example.org.", "NS")
     assert sorted(rd.target.to_text() for rd in ns.answer[0]) == [
-        "ns1.example.org.", "ns2.example.org."
+        "ns1.example.org.",
+        "ns2.example.org.",
     ]
 
 
 @pytest.mark.slow
 def test_checker_from_the_unit_writes_the_store_the_server_shares(
-    deployment: Deployment, server: Server
+    deployment: Deployment, deployed_server: Server
 ) -> None:
     """One timer round (ExecStart of the oneshot unit) as the service account:
     the SQLite store lands in the shared state directory, private to the group."""
@@ -631,8 +715,13 @@ def test_checker_from_the_unit_writes_the_store_the_server_shares(
     assert pwd.getpwuid(st.st_uid).pw_name == SERVICE_USER
     assert st.st_mode & 0o007 == 0, oct(st.st_mode)
     venv_bin = Path(argv[0]).parent
-    report = subprocess.run([str(venv_bin / "checker"), "report", "--json"], capture_output=True,
-                            text=True, timeout=60, **popen)
+    report = subprocess.run(
+        [str(venv_bin / "checker"), "report", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **popen,
+    )
     assert report.returncode == 0, report.stderr
     rows = json.loads(report.stdout)["addresses"]
     assert sorted((r["mirror"], r["address"], r["state"]) for r in rows) == [
@@ -642,8 +731,8 @@ def test_checker_from_the_unit_writes_the_store_the_server_shares(
         ("origin", "127.0.0.82", "down"),
     ]
     # the server, same account, keeps answering beside the store
-    assert _query(server.port, "example.org.", "SOA").rcode() == dns.rcode.NOERROR
-    assert server.proc.poll() is None
+    assert _query(deployed_server.port, "example.org.", "SOA").rcode() == dns.rcode.NOERROR
+    assert deployed_server.proc.poll() is None
 
 
 def _set_mail_address(zones: Path, address: str) -> None:
@@ -653,11 +742,11 @@ def _set_mail_address(zones: Path, address: str) -> None:
     zone.write_text(text)
 
 
-def _wait_for_mail(server: Server, address: str) -> list[str]:
+def _wait_for_mail(deployed_server: Server, address: str) -> list[str]:
     deadline = time.monotonic() + 15
     got: list[str] = []
     while time.monotonic() < deadline:
-        got = _a_records(_query(server.port, "mail.example.org.", "A"))
+        got = _a_records(_query(deployed_server.port, "mail.example.org.", "A"))
         if got == [address]:
             break
         time.sleep(0.2)
@@ -666,28 +755,34 @@ def _wait_for_mail(server: Server, address: str) -> list[str]:
 
 @pytest.mark.slow
 def test_zone_edit_reaches_the_running_server_by_sighup(
-    deployment: Deployment, server: Server
+    deployment: Deployment, deployed_server: Server
 ) -> None:
     _set_mail_address(deployment.zones_src, "192.0.2.26")
-    run = deployment.playbook(geodns_test_reload_command=f"/usr/bin/kill -HUP {server.proc.pid}")
+    run = deployment.playbook(
+        geodns_test_reload_command=f"/usr/bin/kill -HUP {deployed_server.proc.pid}"
+    )
     assert run.rc == 0, run.tail()
     assert run.recap["changed"] > 0
     assert "RUNNING HANDLER [geodns : Reload geodns without systemd]" in run.output
     assert "Restart geodns" not in run.output.split("PLAY RECAP")[0].split("RUNNING HANDLER")[-1]
-    assert _wait_for_mail(server, "192.0.2.26") == ["192.0.2.26"], server.log_tail()
-    assert server.proc.poll() is None, "the server was restarted or died, not reloaded"
+    assert _wait_for_mail(deployed_server, "192.0.2.26") == ["192.0.2.26"], (
+        deployed_server.log_tail()
+    )
+    assert deployed_server.proc.poll() is None, "the server was restarted or died, not reloaded"
 
 
 @pytest.mark.slow
 def test_broken_zone_fails_validation_and_leaves_the_server_alone(
-    deployment: Deployment, server: Server
+    deployment: Deployment, deployed_server: Server
 ) -> None:
     live_zone = deployment.live_zones / "example.org.yaml"
     before = live_zone.read_bytes()
-    serving = _a_records(_query(server.port, "mail.example.org.", "A"))
+    serving = _a_records(_query(deployed_server.port, "mail.example.org.", "A"))
     assert len(serving) == 1
     _set_mail_address(deployment.zones_src, "300.1.2.3")
-    run = deployment.playbook(geodns_test_reload_command=f"/usr/bin/kill -HUP {server.proc.pid}")
+    run = deployment.playbook(
+        geodns_test_reload_command=f"/usr/bin/kill -HUP {deployed_server.proc.pid}"
+    )
     try:
         assert run.rc != 0, run.tail()
         assert run.recap["failed"] == 1, run.recap
@@ -699,8 +794,8 @@ def test_broken_zone_fails_validation_and_leaves_the_server_alone(
         assert "300.1.2.3" in staged.read_text()
         assert live_zone.read_bytes() == before
         time.sleep(0.5)
-        assert _a_records(_query(server.port, "mail.example.org.", "A")) == serving
-        assert server.proc.poll() is None
+        assert _a_records(_query(deployed_server.port, "mail.example.org.", "A")) == serving
+        assert deployed_server.proc.poll() is None
     finally:
         _set_mail_address(deployment.zones_src, serving[0])
 
@@ -710,16 +805,54 @@ def test_postgresql_role_created_the_store_database(deployment: Deployment) -> N
     pg = deployment.pg
     env = dict(os.environ, PGPASSWORD=PG_PASSWORD, PGCONNECT_TIMEOUT="5")
     proc = subprocess.run(
-        ["psql", "--no-psqlrc", "-At", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "geodns",
-         "-d", "geodns", "-c", "SELECT current_user, current_database(), "
-         "(SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'geodns')"],
-        env=env, capture_output=True, text=True, timeout=30,
+        [
+            "psql",
+            "--no-psqlrc",
+            "-At",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(pg.port),
+            "-U",
+            "geodns",
+            "-d",
+            "geodns",
+            "-c",
+            "SELECT current_user, current_database(), "
+            "(SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'geodns')",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "geodns|geodns|geodns"
     hba = (pg.data / "pg_hba.conf").read_text()
     assert "host geodns geodns 127.0.0.0/8 scram-sha-256" in hba
-    assert (pg.data / "conf.d" / "geodns.conf").read_text().count("listen_addresses = '127.0.0.1'") == 1
+    assert (pg.data / "conf.d" / "geodns.conf").read_text().count(
+        "listen_addresses = '127.0.0.1'"
+    ) == 1
+    # what the role provides is enough for geodns: a checker round creates the
+    # schema (Alembic) and writes its results as the geodns role, over TCP
+    url = f"postgresql+psycopg://geodns:{quote(PG_PASSWORD, safe='')}@127.0.0.1:{pg.port}/geodns"
+    checker = Path(sys.executable).parent / "checker"  # this venv has the postgresql extra
+    run = subprocess.run(
+        [str(checker), "run", "--once", "--config", str(deployment.live_zones), "--store", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, GEODNS_STORE=""),
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = subprocess.run(
+        [str(checker), "report", "--json", "--store", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert len(json.loads(report.stdout)["addresses"]) == len(LOOPBACK_MIRRORS)
 
 
 def test_geoipupdate_branch_renders_its_configuration(tmp_path: Path) -> None:
@@ -729,15 +862,26 @@ def test_geoipupdate_branch_renders_its_configuration(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("renders files owned by root")
     playbook = tmp_path / "geoip.yml"
-    playbook.write_text(json.dumps([{
-        "name": "GeoIP branch of the geodns role",
-        "hosts": "localhost",
-        "gather_facts": False,
-        "tasks": [{
-            "name": "Run the GeoIP tasks",
-            "ansible.builtin.include_role": {"name": "geodns", "tasks_from": "geoip.yml"},
-        }],
-    }]))
+    playbook.write_text(
+        json.dumps(
+            [
+                {
+                    "name": "GeoIP branch of the geodns role",
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "tasks": [
+                        {
+                            "name": "Run the GeoIP tasks",
+                            "ansible.builtin.include_role": {
+                                "name": "geodns",
+                                "tasks_from": "geoip.yml",
+                            },
+                        }
+                    ],
+                }
+            ]
+        )
+    )
     extra = {
         "geodns_prefix": str(tmp_path / "root"),
         "geodns_geoipupdate_account_id": 123456,
@@ -748,10 +892,23 @@ def test_geoipupdate_branch_renders_its_configuration(tmp_path: Path) -> None:
     }
     (tmp_path / "extra.json").write_text(json.dumps(extra))
     proc = subprocess.run(
-        [_tool("ansible-playbook"), "-i", "localhost,", "-c", "local",
-         "-e", f"ansible_python_interpreter={sys.executable}",
-         "-e", f"@{tmp_path / 'extra.json'}", str(playbook)],
-        cwd=ANSIBLE_DIR, env=_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        [
+            _tool("ansible-playbook"),
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+            "-e",
+            f"@{tmp_path / 'extra.json'}",
+            str(playbook),
+        ],
+        cwd=ANSIBLE_DIR,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

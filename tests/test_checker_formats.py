@@ -38,8 +38,11 @@ WHEN = datetime(2026, 11, 20, 10, 0, 0, tzinfo=UTC)
             "Archive serial: 2026112001\nCreator: ftpsync 20180513\n",
             "debian-trace",
         ),
-        ("Date-Started: Thu, 20 Nov 2026 09:40:00 +0000\nDate: Thu, 20 Nov 2026 10:00:00 +0000\n",
-         "auto"),
+        (
+            "Date-Started: Thu, 20 Nov 2026 09:40:00 +0000\n"
+            "Date: Thu, 20 Nov 2026 10:00:00 +0000\n",
+            "auto",
+        ),
     ],
 )
 def test_timestamp_formats(body: str, fmt: str) -> None:
@@ -86,8 +89,18 @@ def test_release_without_sha256_uses_other_sums() -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(0.25, "0.2s"), (2, "2s"), (59, "59s"), (90, "1m30s"), (600, "10m"), (3600, "1h"),
-     (33120, "9h12m"), (21600, "6h"), (183600, "2d3h"), (86400 * 3, "3d")],
+    [
+        (0.25, "0.2s"),
+        (2, "2s"),
+        (59, "59s"),
+        (90, "1m30s"),
+        (600, "10m"),
+        (3600, "1h"),
+        (33120, "9h12m"),
+        (21600, "6h"),
+        (183600, "2d3h"),
+        (86400 * 3, "3d"),
+    ],
 )
 def test_durations_read_naturally(seconds: float, text: str) -> None:
     assert duration(seconds) == text
@@ -145,15 +158,25 @@ def test_manifest_build_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     doc = json.loads(out.read_text())
     assert doc["version"] == 1
     assert doc["objects"] == [
-        {"path": "a file with spaces.txt", "size": 5, "mtime": doc["objects"][0]["mtime"],
-         "sha256": hashlib.sha256(b"hello").hexdigest()},
-        {"path": "releases/latest.iso", "size": 1000, "mtime": 1_700_000_000,
-         "sha256": hashlib.sha256(b"x" * 1000).hexdigest()},
+        {
+            "path": "a file with spaces.txt",
+            "size": 5,
+            "mtime": doc["objects"][0]["mtime"],
+            "sha256": hashlib.sha256(b"hello").hexdigest(),
+        },
+        {
+            "path": "releases/latest.iso",
+            "size": 1000,
+            "mtime": 1_700_000_000,
+            "sha256": hashlib.sha256(b"x" * 1000).hexdigest(),
+        },
     ]
     assert main(["manifest", "build", str(root)]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert [o["path"] for o in printed["objects"]] == ["a file with spaces.txt",
-                                                       "releases/latest.iso"]
+    assert [o["path"] for o in printed["objects"]] == [
+        "a file with spaces.txt",
+        "releases/latest.iso",
+    ]
     assert "sha256" not in printed["objects"][0]
     loaded = mf.load(out)
     assert loaded.objects[0].path == "a file with spaces.txt"  # newest first
@@ -198,8 +221,9 @@ async def test_http_client_bodies_keepalive_and_pipelining() -> None:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        async with HTTPClient("127.0.0.1", port, host="t.test", max_connections=2,
-                              pipeline=4, timeout=2) as c:
+        async with HTTPClient(
+            "127.0.0.1", port, host="t.test", max_connections=2, pipeline=4, timeout=2
+        ) as c:
             r = await c.get("/chunked")
             assert r.status == 200 and r.body == b"abc" + b"defgh" * 1000
             got = await asyncio.gather(*(c.head(f"/fixed/{n}") for n in range(1, 41)))
@@ -229,6 +253,37 @@ async def test_http_client_close_delimited_body() -> None:
         async with HTTPClient("127.0.0.1", port, host="t.test", timeout=2) as c:
             r = await c.get("/")
             assert r.body == b"until close" and r.version == "1.0"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_http_client_resends_requests_lost_to_a_closing_keepalive_connection() -> None:
+    """A server that closes after 3 answers (as nginx does at keepalive_requests),
+    with pipelined requests already sent: they are resent on a new connection."""
+    served = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        for _ in range(3):
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                break
+            served += 1
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n")
+        await writer.drain()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with HTTPClient(
+            "127.0.0.1", port, host="t.test", max_connections=1, pipeline=4, timeout=2
+        ) as c:
+            got = await asyncio.gather(*(c.head(f"/{i}") for i in range(10)))
+            assert [g.status for g in got] == [200] * 10
+            assert served == 10
     finally:
         server.close()
         await server.wait_closed()

@@ -155,8 +155,11 @@ async def test_good_mirror_is_up_with_details(stack, pki, tree, manifest, rigs) 
     [
         ("expired", r"^TLS certificate expired 3 days ago \(notAfter \d{4}-\d\d-\d\d\)$"),
         ("not-yet-valid", r"^TLS certificate not valid before \S+ \S+Z \(in (2d|1d23h)\)$"),
-        ("wrong-host", r"^TLS certificate does not match mirror-a\.test "
-         r"\(it names wrong-host\.invalid\)$"),
+        (
+            "wrong-host",
+            r"^TLS certificate does not match mirror-a\.test "
+            r"\(it names wrong-host\.invalid\)$",
+        ),
         ("self-signed", r"^TLS certificate is self-signed, not issued by a trusted CA$"),
         ("untrusted", r"^TLS certificate not trusted: issued by an unknown CA$"),
     ],
@@ -252,8 +255,12 @@ async def test_stale_mirror_goes_down_after_fall_and_back_after_rise(
 ) -> None:
     origin = await mirror(stack, pki, tree, host="127.0.0.2", hostname="origin.test")
     a = await mirror(stack, pki, tree, faults=Faults(stale=9 * 3600 + 12 * 60 + 30))
-    fresh = FreshnessCheck(path="/timestamp.txt", max_lag=6 * 3600, origin=origin.url + "timestamp.txt")
-    rig = rigs(mirror_entry("a", a), mirror_entry("origin", origin), freshness=fresh, fall=2, rise=2)
+    fresh = FreshnessCheck(
+        path="/timestamp.txt", max_lag=6 * 3600, origin=origin.url + "timestamp.txt"
+    )
+    rig = rigs(
+        mirror_entry("a", a), mirror_entry("origin", origin), freshness=fresh, fall=2, rise=2
+    )
     await rig.round()
     up, _, detail = rig.state()
     assert up and detail == "freshness failing 1/2: stale: 9h12m behind origin (max 6h)"
@@ -450,7 +457,9 @@ async def test_disabled_mirror_stays_down_without_probes(stack, pki, tree, rigs)
     assert up and reason == "enabled again in configuration; no check is failing"
 
 
-async def test_one_hanging_mirror_does_not_stall_the_round(stack, pki, tree, manifest, rigs) -> None:
+async def test_one_hanging_mirror_does_not_stall_the_round(
+    stack, pki, tree, manifest, rigs
+) -> None:
     good = await mirror(stack, pki, tree, host="127.0.0.2", hostname="mirror-b.test")
     hung = await mirror(stack, pki, tree, faults=Faults(hang=True))
     rig = rigs(mirror_entry("a", hung), mirror_entry("b", good), manifest=manifest)

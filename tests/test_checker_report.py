@@ -56,8 +56,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with ExitStack() as stack:
         ms = {
             name: stack.enter_context(
-                MirrorThread(DemoMirror(host=host, hostname=f"{name}.test", pki=pki, tree=tree,
-                                        cert=cert, faults=Faults(stale=stale)))
+                MirrorThread(
+                    DemoMirror(
+                        host=host,
+                        hostname=f"{name}.test",
+                        pki=pki,
+                        tree=tree,
+                        cert=cert,
+                        faults=Faults(stale=stale),
+                    )
+                )
             )
             for name, host, cert, stale in [
                 ("ftp-good", "127.0.0.1", "good", 0),
@@ -89,16 +97,29 @@ def test_table_has_one_row_per_address(world: World, capsys: pytest.CaptureFixtu
     code, out = run(["report", "--store", world.url], capsys)
     assert code == 0
     header = next(line for line in out.splitlines() if "Pool" in line)
-    for col in ("Pool", "Mirror", "Address", "State", "Since", "Reason", "TLS", "Lag",
-                "Objects", "Latency"):
+    for col in (
+        "Pool",
+        "Mirror",
+        "Address",
+        "State",
+        "Since",
+        "Reason",
+        "TLS",
+        "Lag",
+        "Objects",
+        "Latency",
+    ):
         assert col in header
-    rows = {line.split("│")[2].strip(): line for line in out.splitlines()
-            if line.count("│") > 5 and "Pool" not in line}
+    rows = {
+        line.split("│")[2].strip(): line
+        for line in out.splitlines()
+        if line.count("│") > 5 and "Pool" not in line
+    }
     assert set(rows) == {"ftp-good", "ftp-soon", "ftp-bad"}
     assert re.search(r"│ up\s+│ \S+ ago\s+│ first check: passed\s+│\s+(89|90)d │", rows["ftp-good"])
     assert re.search(r"│\s+0/10 │", rows["ftp-good"])
     assert "│ warning " in rows["ftp-soon"]
-    assert "TLS certificate expires in 4 days" in rows["ftp-soon"]
+    assert "TLS certificate expires in 5 days" in rows["ftp-soon"]
     bad = rows["ftp-bad"]
     assert "│ down " in bad and "TLS certificate expired 3 days ago" in bad
     assert "9h12m" in bad  # the lag column
@@ -120,14 +141,14 @@ def test_config_adds_never_checked_addresses(
     world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(cli, "_load_config", lambda root: world.config)
-    _, out = run(["report", "--store", world.url, "--config", "zones", "--json",
-                  "--pool", "isos"], capsys)
+    _, out = run(
+        ["report", "--store", world.url, "--config", "zones", "--json", "--pool", "isos"], capsys
+    )
     doc = json.loads(out)
     assert [(a["mirror"], a["state"], a["reason"]) for a in doc["addresses"]] == [
         ("ftp-iso", "unknown", "never checked")
     ]
-    code, out = run(["nagios", "--store", world.url, "--config", "zones", "--pool", "isos"],
-                    capsys)
+    code, out = run(["nagios", "--store", world.url, "--config", "zones", "--pool", "isos"], capsys)
     assert code == 1 and out.startswith("GEODNS MIRRORS WARNING - 0 of 1 fine, 1 need a look |")
 
 
@@ -137,13 +158,32 @@ def test_json_schema(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     doc = json.loads(out)
     assert set(doc) == {"schema", "generated", "summary", "addresses"}
     assert doc["schema"] == 1
-    assert doc["summary"] == {"up": 1, "warning": 1, "down": 1, "disabled": 0, "unknown": 0,
-                              "total": 3, "stale": 0}
+    assert doc["summary"] == {
+        "up": 1,
+        "warning": 1,
+        "down": 1,
+        "disabled": 0,
+        "unknown": 0,
+        "total": 3,
+        "stale": 0,
+    }
     types = {
-        "pool": str, "mirror": str, "address": str, "family": int, "region": str,
-        "state": str, "since": str, "checked_at": str, "reason": str, "detail": str,
-        "warning": (str, type(None)), "stale": bool, "tls_expires_days": (float, int),
-        "lag_seconds": (float, int), "objects_missing": int, "objects_checked": int,
+        "pool": str,
+        "mirror": str,
+        "address": str,
+        "family": int,
+        "region": str,
+        "state": str,
+        "since": str,
+        "checked_at": str,
+        "reason": str,
+        "detail": str,
+        "warning": (str, type(None)),
+        "stale": bool,
+        "tls_expires_days": (float, int),
+        "lag_seconds": (float, int),
+        "objects_missing": int,
+        "objects_checked": int,
         "latency_ms": (float, int),
     }
     for a in doc["addresses"]:
@@ -168,18 +208,24 @@ def test_nagios_critical_with_perfdata(world: World, capsys: pytest.CaptureFixtu
     code, out = run(["nagios", "--store", world.url], capsys)
     assert code == 2
     status, perf = _check_nagios(out)
-    assert status == (
-        "GEODNS MIRRORS CRITICAL - 1 of 3 down (ftp-bad: TLS certificate expired 3 days ago "
-        "(notAfter " + status.split("(notAfter ")[1]
-    )
-    assert perf[:5] == ["up=2;;;0;3", "down=1;;1;0;3", "warning=1;;;0;3", "disabled=0;;;0;3",
-                        "unknown=0;;;0;3"]
+    assert status == "GEODNS MIRRORS CRITICAL - 1 of 3 down (ftp-bad: TLS expired)"
+    assert perf[:5] == [
+        "up=2;;;0;3",
+        "down=1;;1;0;3",
+        "warning=1;;;0;3",
+        "disabled=0;;;0;3",
+        "unknown=0;;;0;3",
+    ]
     assert any(p.startswith("lag_max=") and p.endswith("s;;;0") for p in perf)
     lines = out.splitlines()[1:]
-    assert any(line.startswith("DOWN: distfiles/ftp-bad 127.0.0.3: TLS certificate expired")
-               for line in lines)
-    assert any(line.startswith("WARNING: distfiles/ftp-soon 127.0.0.2: TLS certificate expires")
-               for line in lines)
+    assert any(
+        line.startswith("DOWN: distfiles/ftp-bad 127.0.0.3: TLS certificate expired")
+        for line in lines
+    )
+    assert any(
+        line.startswith("WARNING: distfiles/ftp-soon 127.0.0.2: TLS certificate expires")
+        for line in lines
+    )
     # `report --nagios` is the same plugin
     assert run(["report", "--nagios", "--store", world.url], capsys) == (code, out)
 
@@ -188,8 +234,9 @@ def test_nagios_thresholds_and_ok(world: World, capsys: pytest.CaptureFixture[st
     code, out = run(["nagios", "--store", world.url, "--crit-down", "2"], capsys)
     assert code == 1 and out.startswith("GEODNS MIRRORS WARNING - 1 of 3 down")
     assert "down=1;;2;0;3" in out
-    code, out = run(["nagios", "--store", world.url, "--pool", "distfiles", "--max-age", "0"],
-                    capsys)
+    code, out = run(
+        ["nagios", "--store", world.url, "--pool", "distfiles", "--max-age", "0"], capsys
+    )
     assert code == 2 and "(last check " in out
 
 
@@ -222,8 +269,55 @@ def test_history(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["history", "nobody", "--store", world.url]) == 1
 
 
-def test_report_on_missing_store_is_an_error(tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_on_missing_store_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = cli.main(["report", "--store", f"sqlite:///{tmp_path}/none.sqlite"])
     err = capsys.readouterr().err
     assert code == 1 and "database file" in err and "does not exist" in err
+
+
+@pytest.mark.parametrize(
+    ("reason", "words"),
+    [
+        ("TLS certificate expired 3 days ago (notAfter 2026-11-20)", "TLS expired"),
+        ("TLS certificate does not match dl.example.org (it names x)", "TLS wrong host"),
+        ("stale: 9h12m behind origin (max 6h)", "stale 9h12m"),
+        ("connection to [::1]:8441 refused (nothing listening)", "connection refused"),
+        ("mid-sync: dists/bookworm/InRelease lists main/x as 1 bytes, mirror has 2", "mid-sync"),
+        (
+            "2 of 200 objects missing, critical releases/latest.iso missing",
+            "critical releases/latest.iso missing",
+        ),
+        ("2 of 200 objects missing (e.g. a; b)", "2 objects missing"),
+        ("freshness: GET /t on 1.2.3.4:443: no answer within 5s", "timeout"),
+    ],
+)
+def test_brief_reasons_for_status_lines(reason: str, words: str) -> None:
+    from checker.report import brief
+
+    assert brief(reason) == words
+
+
+def test_nagios_groups_addresses_of_one_mirror(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path}/h.sqlite"
+    with Store(url) as s:
+        for addr in ("192.0.2.1", "2001:db8::1"):
+            s.set_state("p", "ftp-x", addr, False, "stale: 9h12m behind origin (max 6h)")
+        s.set_state(
+            "p",
+            "ftp-y",
+            "192.0.2.2",
+            False,
+            "connection to 192.0.2.2:443 refused (nothing listening)",
+        )
+        s.set_state("p", "ftp-z", "192.0.2.3", True, "first check: passed")
+    code, out = run(["nagios", "--store", url], capsys)
+    assert code == 2
+    assert out.splitlines()[0] == (
+        "GEODNS MIRRORS CRITICAL - 3 of 4 down (ftp-x x2: stale 9h12m; ftp-y: connection refused)"
+        " | up=1;;;0;4 down=3;;1;0;4 warning=0;;;0;4 disabled=0;;;0;4 unknown=0;;;0;4"
+    )
+    assert len(out.splitlines()) == 4

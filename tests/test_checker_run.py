@@ -46,8 +46,9 @@ def sample(name: str, **labels: str) -> float:
 async def test_run_loop_follows_a_mirror_down_and_up(tmp_path: Path, pki: DemoPKI) -> None:
     tree = Tree.generate(20)
     store = Store(f"sqlite:///{tmp_path}/h.sqlite")
-    async with DemoMirror(pki=pki, tree=tree, hostname="mirror-a.test",
-                          faults=Faults(stale=2 * 3600)) as a:
+    async with DemoMirror(
+        pki=pki, tree=tree, hostname="mirror-a.test", faults=Faults(stale=2 * 3600)
+    ) as a:
         pool = Pool("p", (mirror_entry("a", a),), checks=fast_checks(tmp_path, tree))
         checker = Checker(demo_config([pool], tmp_path), store, ca_bundle=pki.ca_bundle)
         stop = asyncio.Event()
@@ -85,14 +86,17 @@ async def test_run_once_api_and_metrics(tmp_path: Path, pki: DemoPKI) -> None:
     before_ok = sample("geodns_checker_probes_total", kind="tls", result="ok")
     before_fail = sample("geodns_checker_probes_total", kind="tls", result="fail")
     rounds = sample("geodns_checker_round_duration_seconds_count")
-    async with DemoMirror(pki=pki, tree=tree, hostname="a.test") as a, \
-            DemoMirror(pki=pki, tree=tree, hostname="b.test", host="127.0.0.2",
-                       cert="expired") as b:
-        pool = Pool("p", (mirror_entry("a", a), mirror_entry("b", b)),
-                    checks=fast_checks(tmp_path, tree))
+    async with (
+        DemoMirror(pki=pki, tree=tree, hostname="a.test") as a,
+        DemoMirror(pki=pki, tree=tree, hostname="b.test", host="127.0.0.2", cert="expired") as b,
+    ):
+        pool = Pool(
+            "p", (mirror_entry("a", a), mirror_entry("b", b)), checks=fast_checks(tmp_path, tree)
+        )
         with Store("sqlite://") as store:
-            result = await run_once(demo_config([pool], tmp_path), store, region="eu",
-                                    ca_bundle=pki.ca_bundle)
+            result = await run_once(
+                demo_config([pool], tmp_path), store, region="eu", ca_bundle=pki.ca_bundle
+            )
             assert result.targets == 2 and result.probes == 6
             assert result.down == [("p", "b", "127.0.0.2")]
             assert sorted(c.mirror for c in result.changes) == ["a", "b"]
@@ -104,8 +108,12 @@ async def test_run_once_api_and_metrics(tmp_path: Path, pki: DemoPKI) -> None:
     assert sample("geodns_checker_mirrors", pool="p", state="down") == 1
 
 
-async def test_cli_run_once(tmp_path: Path, pki: DemoPKI, monkeypatch: pytest.MonkeyPatch,
-                            capsys: pytest.CaptureFixture[str]) -> None:
+async def test_cli_run_once(
+    tmp_path: Path,
+    pki: DemoPKI,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     tree = Tree.generate(10)
     async with DemoMirror(pki=pki, tree=tree, hostname="a.test") as a:
         config = demo_config(
@@ -113,8 +121,16 @@ async def test_cli_run_once(tmp_path: Path, pki: DemoPKI, monkeypatch: pytest.Mo
         )
         monkeypatch.setattr(cli, "_load_config", lambda root: config)
         url = f"sqlite:///{tmp_path}/state/h.sqlite"
-        argv = ["run", "--config", "zones", "--store", url, "--once",
-                "--ca-bundle", str(pki.ca_bundle)]
+        argv = [
+            "run",
+            "--config",
+            "zones",
+            "--store",
+            url,
+            "--once",
+            "--ca-bundle",
+            str(pki.ca_bundle),
+        ]
         # The CLI runs its own event loop; keep this test's loop (and mirror) in another thread.
         code = await asyncio.to_thread(cli.main, argv)
         out = capsys.readouterr().out

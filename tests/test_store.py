@@ -84,7 +84,9 @@ def test_state_version_increases_only_on_changes(store: Store) -> None:
 def test_record_keeps_results_and_kinds(store: Store) -> None:
     results = [
         ProbeRecord("tls", True, "TLS ok", 0.012, {"expires_days": 40.5}),
-        ProbeRecord("freshness", False, "stale: 9h12m behind origin (max 6h)", 0.02, {"lag": 33120}),
+        ProbeRecord(
+            "freshness", False, "stale: 9h12m behind origin (max 6h)", 0.02, {"lag": 33120}
+        ),
     ]
     changed = store.record(
         "p",
@@ -232,3 +234,29 @@ def test_in_memory_sqlite_works_for_quick_tools() -> None:
 def test_bad_url_is_a_store_error() -> None:
     with pytest.raises(StoreError, match="not a SQLAlchemy URL"):
         Store("not a url")
+
+
+def test_sqlite_readers_follow_a_replaced_or_deleted_file(tmp_path: Path) -> None:
+    path = tmp_path / "health.sqlite"
+    url = f"sqlite:///{path}"
+    with Store(url) as writer:
+        writer.set_state("p", "m", "192.0.2.1", False, "old file")
+    reader = Store(url, create=False)
+    try:
+        assert reader.down_addresses() == frozenset({("p", "m", "192.0.2.1")})
+        # The state directory is wiped and a checker starts afresh: a new file.
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        with pytest.raises(StoreError, match="has disappeared"):
+            reader.state_version()
+        with Store(url) as writer:
+            writer.set_state("p", "m", "192.0.2.9", False, "new file")
+        assert reader.down_addresses() == frozenset({("p", "m", "192.0.2.9")})
+        # Replaced by something that is not a database: an error, not stale data.
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        path.write_bytes(b"not a database" * 100)
+        with pytest.raises(StoreError, match="cannot read state version"):
+            reader.state_version()
+    finally:
+        reader.close()
