@@ -47,20 +47,31 @@ def _context(
     return ctx
 
 
+class ConnectTimeout(TimeoutError):
+    """The TCP connection itself did not come up in time (before any TLS)."""
+
+
 async def _handshake(
     target: Target, ctx: ssl.SSLContext, timeout: float
 ) -> tuple[dict[str, Any], str | None, float]:
     loop = asyncio.get_running_loop()
     t0 = time.perf_counter()
-    async with asyncio.timeout(timeout):
-        transport, _ = await loop.create_connection(
-            asyncio.Protocol,
-            target.address,
-            target.port,
-            ssl=ctx,
-            server_hostname=target.sni,
-            ssl_handshake_timeout=timeout,
-        )
+    deadline = loop.time() + timeout
+    # TCP first, TLS second: a route that drops packets must not read as a TLS fault.
+    try:
+        async with asyncio.timeout_at(deadline):
+            plain, protocol = await loop.create_connection(
+                asyncio.Protocol, target.address, target.port)
+    except TimeoutError:
+        raise ConnectTimeout from None
+    try:
+        async with asyncio.timeout_at(deadline):
+            transport = await loop.start_tls(
+                plain, protocol, ctx, server_hostname=target.sni,
+                ssl_handshake_timeout=max(deadline - loop.time(), 0.001))
+    except BaseException:
+        plain.abort()
+        raise
     latency = time.perf_counter() - t0
     try:
         sslobj = transport.get_extra_info("ssl_object")
@@ -155,6 +166,8 @@ async def probe_tls(target: Target, *, cafile: str | None = None) -> ProbeRecord
         return fail(f"TLS handshake with {where} failed: {exc.reason or exc}")
     except ConnectionRefusedError:
         return fail(f"connection to {where} refused (nothing listening)")
+    except ConnectTimeout:
+        return fail(f"connect to {where} timed out after {text.duration(timeout)}")
     except TimeoutError:
         return fail(f"TLS handshake with {where} timed out after {text.duration(timeout)}")
     except ConnectionError as exc:

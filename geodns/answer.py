@@ -30,20 +30,22 @@ log = logging.getLogger("geodns.query")
 CACHE_MAX = 200_000  # answer entries per generation; cleared whole when full
 UNKNOWN_CLIENT = GeoInfo(None, None, None, None, 0)
 
-_OPT_HEAD = b"\x00\x00\x29" + struct.pack("!H", wire.EDNS_PAYLOAD) + b"\x00\x00"
+_OPT_PLAIN = wire.opt_record(False)
+_OPT_DO = wire.opt_record(True)
 
 
 class Stats:
     """Plain counters bumped on the hot path; exported by geodns.metrics."""
 
-    __slots__ = ("queries", "rcodes", "tiers", "truncated", "ecs", "dropped", "formerr_reasons",
+    __slots__ = ("qtypes", "rcodes", "tiers", "truncated", "ecs", "dropped", "formerr_reasons",
                  "latency")
 
     def __init__(self) -> None:
         from .metrics import Latency
 
         self.latency = Latency()
-        self.queries: dict[tuple[str, str, int], int] = {}  # (proto, family, qtype)
+        # qtypes[tcp][ipv6][qtype] → count (indexed by bools: no tuple per query)
+        self.qtypes: list[list[dict[int, int]]] = [[{}, {}], [{}, {}]]
         self.rcodes: dict[int, int] = {}
         self.tiers: dict[tuple[str, str], int] = {}  # (pool, tier)
         self.truncated = 0
@@ -61,6 +63,15 @@ class _Body:
     counts_opt: bytes  # the same with ARCOUNT + 1
     body: bytes
     rcode: int
+    # flags+counts after the ID, indexed by the query's RD | CD<<1 bits
+    heads: tuple[bytes, ...] = ()
+    heads_opt: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        flag_words = [struct.pack("!HH", self.flags | (i & 1) << 8 | (i & 2) << 3, 1)
+                      for i in range(4)]
+        self.heads = tuple(f + self.counts for f in flag_words)
+        self.heads_opt = tuple(f + self.counts_opt for f in flag_words)
 
 
 class _Geo:
@@ -78,14 +89,13 @@ class _Cycle:
     """The rotation of answers for one client profile. Variants are encoded on
     first use: a cycle can hold up to 256 of them and a cold client needs one."""
 
-    __slots__ = ("bodies", "i", "pool", "tier", "make")
+    __slots__ = ("bodies", "i", "tier_key", "make")
 
     def __init__(self, bodies: list[_Body | None], pool: str, tier: str,
                  make: Callable[[int], _Body] | None = None) -> None:
         self.bodies = bodies
         self.i = 0
-        self.pool = pool
-        self.tier = tier
+        self.tier_key = (pool, tier)  # for the steered-answers counter
         self.make = make
 
     def next(self) -> _Body:
@@ -110,6 +120,7 @@ class Responder:
         self.cache: dict[tuple[bytes, int], _Body | _Geo] = {}
         self.src_geo: dict[str, GeoInfo] = {}
         self.steer_cache: dict[tuple[Any, ...], SteerResult] = {}
+        self.ecs_clients: dict[bytes, tuple[Any, ...]] = {}
         self.geo_generation = geodb.generation if geodb is not None else 0
 
     # ------------------------------------------------------------------ fast path
@@ -177,67 +188,93 @@ class Responder:
         entry = self.cache.get(key)
         if entry is None:
             entry = self._entry(key[0], qtype)
-        scope = 0
-        if entry.__class__ is _Body:
-            body: _Body = entry  # type: ignore[assignment]
-        else:
-            client, scope = self._client(src, ecs_opt)
-            body = self._geo_body(entry, client)  # type: ignore[arg-type]
         stats = self.stats
-        if edns:
-            if ecs_opt is not None:
-                stats.ecs += 1
-                echo = ecs_opt[:7] + bytes((scope,)) + ecs_opt[8:]
-                opt = _OPT_HEAD + (b"\x80\x00" if data[qend + 7] & 0x80 else b"\x00\x00") + \
-                    struct.pack("!H", len(echo)) + echo
-            else:
-                opt = _OPT_HEAD + (b"\x80\x00\x00\x00" if data[qend + 7] & 0x80 else b"\x00\x00\x00\x00")
-            resp = b"".join((data[:2], bytes(((body.flags >> 8) | (data[2] & 0x01),
-                                               (body.flags & 0xFF) | (data[3] & 0x10))),
-                             b"\x00\x01", body.counts_opt, question, body.body, opt))
+        geo = entry.__class__ is not _Body
+        if ecs_opt is not None:
+            stats.ecs += 1
+            ec = self.ecs_clients.get(ecs_opt)
+            if ec is None:
+                ec = self._ecs_client(ecs_opt, src)
+            # ec: (profile, info, OPT scope 0, same with DO, OPT true scope, same with DO, scope)
+            body = self._geo_body(entry, ec[1], ec[0]) if geo else entry  # type: ignore[arg-type]
+            opt = ec[(4 if geo else 2) + (data[qend + 7] >> 7)]
+            resp = b"".join((data[:2], body.heads_opt[(data[2] & 1) | ((data[3] >> 3) & 2)],
+                             question, body.body, opt))
         else:
-            resp = b"".join((data[:2], bytes(((body.flags >> 8) | (data[2] & 0x01),
-                                               (body.flags & 0xFF) | (data[3] & 0x10))),
-                             b"\x00\x01", body.counts, question, body.body))
+            if geo:
+                info = self._src_client(src)
+                body = self._geo_body(entry, info, (info.asn, info.country, info.continent,  # type: ignore[arg-type]
+                                                    info.location))
+            else:
+                body = entry  # type: ignore[assignment]
+            if edns:
+                resp = b"".join((data[:2], body.heads_opt[(data[2] & 1) | ((data[3] >> 3) & 2)],
+                                 question, body.body,
+                                 _OPT_DO if data[qend + 7] & 0x80 else _OPT_PLAIN))
+            else:
+                resp = b"".join((data[:2], body.heads[(data[2] & 1) | ((data[3] >> 3) & 2)],
+                                 question, body.body))
         if len(resp) > limit:
             return self._slow(data, src, tcp)
-        qk = ("tcp" if tcp else "udp", "6" if ":" in src else "4", qtype)
-        stats.queries[qk] = stats.queries.get(qk, 0) + 1
-        stats.rcodes[body.rcode] = stats.rcodes.get(body.rcode, 0) + 1
+        qd = stats.qtypes[tcp][":" in src]
+        qd[qtype] = qd.get(qtype, 0) + 1
+        rc = stats.rcodes
+        rc[body.rcode] = rc.get(body.rcode, 0) + 1
         if self.query_log:
             log.info("%s %s %s %s", src, wire.TYPE_NAMES.get(qtype, qtype),
                      question[:-4].decode("ascii", "replace"), wire.RCODE_NAMES.get(body.rcode))
         return resp
 
-    def _client(self, src: str, ecs_opt: bytes | None) -> tuple[GeoInfo, int]:
-        """The client's GeoIP info, and the ECS scope the answer may claim."""
+    def _ecs_client(self, ecs_opt: bytes, src: str) -> tuple[Any, ...]:
+        """Everything a query with this exact ECS option needs, computed once:
+        the client's GeoIP profile and the OPT records to send back (scope 0
+        for answers that do not depend on the client, the true scope for
+        steered ones; without and with the DO bit)."""
         geodb = self.geodb
-        if geodb is None:
-            return UNKNOWN_CLIENT, 0
-        if ecs_opt is not None and ecs_opt[6] and (self.ecs_trusted is None or self.ecs_trusted(src)):
+        trusted = self.ecs_trusted is None or self.ecs_trusted(src)
+        by_source = geodb is not None and (not ecs_opt[6] or not trusted)
+        if geodb is None or by_source:
+            # No GeoIP, SOURCE PREFIX-LENGTH 0 (RFC 7871 §7.1.2), or a resolver we
+            # do not take ECS from: steer by the packet source, claim scope 0.
+            info, scope = self._src_client(src), 0
+        else:
             fam = ecs_opt[5]
             addr = ecs_opt[8:]
-            addr += b"\x00" * ((4 if fam == 1 else 16) - len(addr))
-            info = geodb.lookup(addr)
-            return info, info.prefix
+            info = geodb.lookup(addr + b"\x00" * ((4 if fam == 1 else 16) - len(addr)))
+            scope = info.prefix
+        echo0 = ecs_opt[:7] + b"\x00" + ecs_opt[8:]
+        echo = ecs_opt[:7] + bytes((scope,)) + ecs_opt[8:]
+        ec = ((info.asn, info.country, info.continent, info.location), info,
+              wire.opt_record(False, echo0), wire.opt_record(True, echo0),
+              wire.opt_record(False, echo), wire.opt_record(True, echo), scope)
+        if by_source:
+            return ec  # depends on the packet source too: never cache it by option alone
+        if len(self.ecs_clients) > CACHE_MAX:
+            self.ecs_clients.clear()
+        self.ecs_clients[ecs_opt] = ec
+        return ec
+
+    def _src_client(self, src: str) -> GeoInfo:
+        geodb = self.geodb
+        if geodb is None:
+            return UNKNOWN_CLIENT
         info = self.src_geo.get(src)
         if info is None:
             if len(self.src_geo) > CACHE_MAX:
                 self.src_geo.clear()
             info = geodb.lookup(_packed(src))
             self.src_geo[src] = info
-        return info, 0
+        return info
 
-    def _geo_body(self, entry: _Geo, client: GeoInfo) -> _Body:
-        prof = (client.asn, client.country, client.continent, client.location)
+    def _geo_body(self, entry: _Geo, client: GeoInfo, prof: tuple[Any, ...]) -> _Body:
         cyc = entry.profiles.get(prof)
         if cyc is None:
             cyc = self._cycle(entry.qname, entry.res, client)
             if len(entry.profiles) > CACHE_MAX // 8:
                 entry.profiles.clear()
             entry.profiles[prof] = cyc
-        t = (cyc.pool, cyc.tier)
         tiers = self.stats.tiers
+        t = cyc.tier_key
         tiers[t] = tiers.get(t, 0) + 1
         return cyc.next()
 
@@ -345,20 +382,25 @@ class Responder:
                 return None
             stats.formerr_reasons[e.reason] = stats.formerr_reasons.get(e.reason, 0) + 1
             return self._error(data, e.rcode, tcp, edns_do=e.opt_do)
-        proto = "tcp" if tcp else "udp"
-        qk = (proto, "6" if ":" in src else "4", q.qtype)
-        stats.queries[qk] = stats.queries.get(qk, 0) + 1
+        qd = stats.qtypes[tcp][":" in src]
+        qd[q.qtype] = qd.get(q.qtype, 0) + 1
         if q.qclass != wire.CLASS_IN:
             return self._finish(q, _plain(wire.REFUSED), 0, tcp)
         key = (q.qname_lower, q.qtype)
         entry = self.cache.get(key) or self._entry(q.qname_lower, q.qtype)
-        scope = 0
         if isinstance(entry, _Geo):
             ecs = q.edns.ecs if q.edns else None
-            ecs_opt = ecs.echo(0) if ecs else None
-            client, scope = self._client(src, ecs_opt)
-            return self._finish(q, self._geo_body(entry, client), scope, tcp)
-        return self._finish(q, entry, scope, tcp)
+            if ecs is not None:
+                stats.ecs += 1
+                ec = self._ecs_client(ecs.echo(0), src)
+                info, scope = ec[1], ec[6]
+            else:
+                info, scope = self._src_client(src), 0
+            prof = (info.asn, info.country, info.continent, info.location)
+            return self._finish(q, self._geo_body(entry, info, prof), scope, tcp)
+        if q.edns is not None and q.edns.ecs is not None:
+            stats.ecs += 1
+        return self._finish(q, entry, 0, tcp)
 
     def _finish(self, q: wire.Query, body: _Body, scope: int, tcp: bool) -> bytes:
         edns = q.edns

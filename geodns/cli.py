@@ -96,12 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("outdir", type=Path)
     g.add_argument("--networks", type=Path, help="YAML list of networks (default: built-in demo)")
 
+    for p in (s, v, e, g):
+        # `geodns serve --log-level debug` reads as well as `geodns --log-level debug serve`
+        p.add_argument("--log-level", dest="sub_log_level", default=None,
+                       choices=["debug", "info", "warning", "error"], help=argparse.SUPPRESS)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
+    level = getattr(args, "sub_log_level", None) or args.log_level
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.cmd == "validate":
         return cmd_validate(args.config)

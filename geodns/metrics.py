@@ -58,8 +58,14 @@ class ServerCollector(Collector):
         st = srv.stats
         c = CounterMetricFamily("geodns_dns_requests", "DNS queries received",
                                 labels=["proto", "family", "qtype"])
-        for (proto, fam, qtype), n in sorted(st.queries.items()):
-            c.add_metric([proto, fam, wire.TYPE_NAMES.get(qtype, "other")], n)
+        for tcp, proto in ((0, "udp"), (1, "tcp")):
+            for v6, fam in ((0, "4"), (1, "6")):
+                by_name: dict[str, int] = {}
+                for qtype, n in list(st.qtypes[tcp][v6].items()):
+                    name = wire.TYPE_NAMES.get(qtype, "other")
+                    by_name[name] = by_name.get(name, 0) + n
+                for name, n in sorted(by_name.items()):
+                    c.add_metric([proto, fam, name], n)
         yield c
         c = CounterMetricFamily("geodns_dns_responses", "DNS responses by rcode", labels=["rcode"])
         for rcode, n in sorted(st.rcodes.items()):
