@@ -39,16 +39,6 @@ POOL = "distfiles"
 ANSWERS = 3
 STEERED_TTL = 60
 
-CONTINENT_NAMES = {
-    "AF": "Africa",
-    "AN": "Antarctica",
-    "AS": "Asia",
-    "EU": "Europe",
-    "NA": "North America",
-    "OC": "Oceania",
-    "SA": "South America",
-}
-
 
 @dataclass(frozen=True)
 class MirrorSpec:
@@ -383,62 +373,11 @@ def write_networks(path: Path) -> Path:
 
 def write_geoip(outdir: Path, networks_path: Path) -> tuple[Path, Path, str]:
     """Write GeoLite2-ASN.mmdb and GeoLite2-City.mmdb; returns (asn, city, writer used)."""
+    from geodns.geoip_demo import write_databases
+
     outdir.mkdir(parents=True, exist_ok=True)
-    how = "geodns.geoip_demo"
-    try:
-        from geodns.geoip_demo import write_databases  # type: ignore[import-not-found]
-    except Exception:  # noqa: BLE001 - not written yet: use our own writer
-        how = "bench.refconf (fallback writer)"
-        _write_geoip_fallback(outdir, yaml.safe_load(networks_path.read_text()))
-    else:
-        write_databases(outdir, networks_path)
-    return outdir / "GeoLite2-ASN.mmdb", outdir / "GeoLite2-City.mmdb", how
-
-
-def _write_geoip_fallback(outdir: Path, nets: list[dict[str, Any]]) -> None:
-    from mmdb_writer import MmdbF64, MmdbU16, MmdbU32, MMDBWriter
-    from netaddr import IPSet
-
-    asn_w = MMDBWriter(6, "GeoLite2-ASN", ["en"], "bench ASN", ipv4_compatible=True)
-    city_w = MMDBWriter(6, "GeoLite2-City", ["en"], "bench City", ipv4_compatible=True)
-    ids: dict[str, int] = {}
-
-    def gid(key: str) -> MmdbU32:
-        return MmdbU32(ids.setdefault(key, 1000 + len(ids)))
-
-    for n in nets:
-        s = IPSet([n["network"]])
-        asn_w.insert_network(
-            s,
-            {
-                "autonomous_system_number": MmdbU32(n["asn"]),
-                "autonomous_system_organization": n["org"],
-            },
-        )
-        lat, lon = n["location"]
-        city_w.insert_network(
-            s,
-            {
-                "city": {"geoname_id": gid("city:" + n["city"]), "names": {"en": n["city"]}},
-                "continent": {
-                    "code": n["continent"],
-                    "geoname_id": gid("cont:" + n["continent"]),
-                    "names": {"en": CONTINENT_NAMES[n["continent"]]},
-                },
-                "country": {
-                    "iso_code": n["country"],
-                    "geoname_id": gid("cc:" + n["country"]),
-                    "names": {"en": n["country"]},
-                },
-                "location": {
-                    "latitude": MmdbF64(lat),
-                    "longitude": MmdbF64(lon),
-                    "accuracy_radius": MmdbU16(50),
-                },
-            },
-        )
-    asn_w.to_db_file(str(outdir / "GeoLite2-ASN.mmdb"))
-    city_w.to_db_file(str(outdir / "GeoLite2-City.mmdb"))
+    write_databases(outdir, networks_path)
+    return outdir / "GeoLite2-ASN.mmdb", outdir / "GeoLite2-City.mmdb", "geodns.geoip_demo"
 
 
 # --------------------------------------------------------------------------- geodns YAML

@@ -40,8 +40,12 @@ from .demomirror import DemoMirror, DemoPKI, Faults, Tree
 from .scheduler import run_once
 
 STALE = "mirror-fr"  # the example pool's deliberately broken mirror
-CLIENTS = (("192.0.2.0/24", "Berlin, DE"), ("198.51.100.0/24", "New York, US"),
-           ("203.0.113.0/24", "Osaka, JP"), ("2001:db8:3::/48", "São Paulo, BR"))
+CLIENTS = (
+    ("192.0.2.0/24", "Berlin, DE"),
+    ("198.51.100.0/24", "New York, US"),
+    ("203.0.113.0/24", "Osaka, JP"),
+    ("2001:db8:3::/48", "São Paulo, BR"),
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,8 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         import uvloop
 
@@ -87,16 +94,27 @@ async def demo(args: argparse.Namespace) -> int:
                 url = urlsplit(m.url)
                 faults = Faults(stale=9 * 3600 if m.name == STALE else 0.0)
                 for addr in m.addresses():
-                    dm = DemoMirror(host=str(addr), port=url.port or 443, hostname=url.hostname or "",
-                                    pki=pki, tree=tree, base_path=url.path, faults=faults)
+                    dm = DemoMirror(
+                        host=str(addr),
+                        port=url.port or 443,
+                        hostname=url.hostname or "",
+                        pki=pki,
+                        tree=tree,
+                        base_path=url.path,
+                        faults=faults,
+                    )
                     try:
                         await stack.enter_async_context(dm)
                     except OSError as e:
-                        raise SystemExit(f"cannot start demo mirror {m.name} on {addr} port "
-                                         f"{url.port}: {e.strerror} (is another demo running?)") from None
+                        raise SystemExit(
+                            f"cannot start demo mirror {m.name} on {addr} port "
+                            f"{url.port}: {e.strerror} (is another demo running?)"
+                        ) from None
                     mirrors.append(dm)
-        say(f"Mirrors {len(mirrors)} demo HTTPS servers on loopback "
-            f"({STALE} serves a timestamp 9 hours old)")
+        say(
+            f"Mirrors {len(mirrors)} demo HTTPS servers on loopback "
+            f"({STALE} serves a timestamp 9 hours old)"
+        )
         store_url = f"sqlite:///{state / 'health.sqlite'}"
         store = Store(store_url)
         rounds = max(p.checks.fall for p in config.pools.values())
@@ -104,10 +122,18 @@ async def demo(args: argparse.Namespace) -> int:
             result = await run_once(config, store, ca_bundle=pki.ca_bundle)
             say(f"Checker round {i + 1}/{rounds}: {result.summary()}")
         report.print_table(report.build_rows(store.states(), config=config), sys.stdout, width=150)
-        server = Server(ServerSettings(
-            config_dir=args.config, listen=[("127.0.0.1", args.port), ("::1", args.port)],
-            geoip_asn=asn, geoip_city=city, state_dir=state, store_url=store_url,
-            health_interval=2.0, metrics=("127.0.0.1", args.metrics_port)))
+        server = Server(
+            ServerSettings(
+                config_dir=args.config,
+                listen=[("127.0.0.1", args.port), ("::1", args.port)],
+                geoip_asn=asn,
+                geoip_city=city,
+                state_dir=state,
+                store_url=store_url,
+                health_interval=2.0,
+                metrics=("127.0.0.1", args.metrics_port),
+            )
+        )
         server.load_initial()
         await server.start()
         ok = await show_answers(args.port, args.metrics_port, config, store_url, state)
@@ -135,15 +161,29 @@ async def demo(args: argparse.Namespace) -> int:
         pki.cleanup()
 
 
-async def show_answers(port: int, metrics_port: int, config, store_url: str,  # type: ignore[no-untyped-def]
-                       state: Path) -> bool:
-    stale = {str(a) for p in config.pools.values() for m in p.mirrors if m.name == STALE
-             for a in m.addresses()}
-    names = {str(a): m.name for p in config.pools.values() for m in p.mirrors for a in m.addresses()}
+async def show_answers(
+    port: int,
+    metrics_port: int,
+    config,
+    store_url: str,  # type: ignore[no-untyped-def]
+    state: Path,
+) -> bool:
+    stale = {
+        str(a)
+        for p in config.pools.values()
+        for m in p.mirrors
+        if m.name == STALE
+        for a in m.addresses()
+    }
+    names = {
+        str(a): m.name for p in config.pools.values() for m in p.mirrors for a in m.addresses()
+    }
     ok = True
     print()
-    say(f"DNS     geodns on 127.0.0.1:{port} and [::1]:{port}; metrics on "
-        f"http://127.0.0.1:{metrics_port}/metrics")
+    say(
+        f"DNS     geodns on 127.0.0.1:{port} and [::1]:{port}; metrics on "
+        f"http://127.0.0.1:{metrics_port}/metrics"
+    )
     print()
     for subnet, where in CLIENTS:
         rtype = "AAAA" if ":" in subnet else "A"
@@ -159,8 +199,10 @@ async def show_answers(port: int, metrics_port: int, config, store_url: str,  # 
     geo = state / "geoip"
     print()
     print(f"  kdig @127.0.0.1 -p {port} dl.example.org A +subnet=192.0.2.0/24")
-    print(f"  .venv/bin/geodns explain dl.example.org --client 198.51.100.0/24 "
-          f"--geoip-dir {geo} --store {store_url}")
+    print(
+        f"  .venv/bin/geodns explain dl.example.org --client 198.51.100.0/24 "
+        f"--geoip-dir {geo} --store {store_url}"
+    )
     print(f"  .venv/bin/checker report --store {store_url}")
     print()
     say(f"{STALE} never appears: {'confirmed' if ok else 'NOT confirmed'}")
@@ -169,8 +211,12 @@ async def show_answers(port: int, metrics_port: int, config, store_url: str,  # 
 
 def _ask(port: int, rtype: str, subnet: str) -> list[str]:
     net = ipaddress.ip_network(subnet)
-    q = dns.message.make_query("dl.example.org", rtype, use_edns=0,
-                               options=[dns.edns.ECSOption(str(net.network_address), net.prefixlen)])
+    q = dns.message.make_query(
+        "dl.example.org",
+        rtype,
+        use_edns=0,
+        options=[dns.edns.ECSOption(str(net.network_address), net.prefixlen)],
+    )
     r = dns.query.udp(q, "127.0.0.1", port=port, timeout=3)
     return [rr.address for rrset in r.answer for rr in rrset if hasattr(rr, "address")]
 

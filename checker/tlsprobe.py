@@ -61,14 +61,19 @@ async def _handshake(
     try:
         async with asyncio.timeout_at(deadline):
             plain, protocol = await loop.create_connection(
-                asyncio.Protocol, target.address, target.port)
+                asyncio.Protocol, target.address, target.port
+            )
     except TimeoutError:
         raise ConnectTimeout from None
     try:
         async with asyncio.timeout_at(deadline):
             transport = await loop.start_tls(
-                plain, protocol, ctx, server_hostname=target.sni,
-                ssl_handshake_timeout=max(deadline - loop.time(), 0.001))
+                plain,
+                protocol,
+                ctx,
+                server_hostname=target.sni,
+                ssl_handshake_timeout=max(deadline - loop.time(), 0.001),
+            )
     except BaseException:
         plain.abort()
         raise

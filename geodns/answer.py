@@ -37,8 +37,16 @@ _OPT_DO = wire.opt_record(True)
 class Stats:
     """Plain counters bumped on the hot path; exported by geodns.metrics."""
 
-    __slots__ = ("qtypes", "rcodes", "tiers", "truncated", "ecs", "dropped", "formerr_reasons",
-                 "latency")
+    __slots__ = (
+        "qtypes",
+        "rcodes",
+        "tiers",
+        "truncated",
+        "ecs",
+        "dropped",
+        "formerr_reasons",
+        "latency",
+    )
 
     def __init__(self) -> None:
         from .metrics import Latency
@@ -68,8 +76,9 @@ class _Body:
     heads_opt: tuple[bytes, ...] = ()
 
     def __post_init__(self) -> None:
-        flag_words = [struct.pack("!HH", self.flags | (i & 1) << 8 | (i & 2) << 3, 1)
-                      for i in range(4)]
+        flag_words = [
+            struct.pack("!HH", self.flags | (i & 1) << 8 | (i & 2) << 3, 1) for i in range(4)
+        ]
         self.heads = tuple(f + self.counts for f in flag_words)
         self.heads_opt = tuple(f + self.counts_opt for f in flag_words)
 
@@ -91,8 +100,13 @@ class _Cycle:
 
     __slots__ = ("bodies", "i", "tier_key", "make")
 
-    def __init__(self, bodies: list[_Body | None], pool: str, tier: str,
-                 make: Callable[[int], _Body] | None = None) -> None:
+    def __init__(
+        self,
+        bodies: list[_Body | None],
+        pool: str,
+        tier: str,
+        make: Callable[[int], _Body] | None = None,
+    ) -> None:
         self.bodies = bodies
         self.i = 0
         self.tier_key = (pool, tier)  # for the steered-answers counter
@@ -108,9 +122,16 @@ class _Cycle:
 
 
 class Responder:
-    def __init__(self, tables: Tables, steering: Steering, geodb: GeoDB | None, stats: Stats,
-                 *, ecs_trusted: Callable[[str], bool] | None = None,
-                 query_log: bool = False) -> None:
+    def __init__(
+        self,
+        tables: Tables,
+        steering: Steering,
+        geodb: GeoDB | None,
+        stats: Stats,
+        *,
+        ecs_trusted: Callable[[str], bool] | None = None,
+        query_log: bool = False,
+    ) -> None:
         self.tables = tables
         self.steering = steering
         self.geodb = geodb
@@ -149,7 +170,13 @@ class Responder:
                 return self._slow(data, src, tcp)
             ln = data[off]
         qend = off + 5
-        if qend > n or off > 266 or data[off + 3 : qend] != b"\x00\x01" or data[off + 2] == 41 and data[off + 1] == 0:
+        if (
+            qend > n
+            or off > 266
+            or data[off + 3 : qend] != b"\x00\x01"
+            or data[off + 2] == 41
+            and data[off + 1] == 0
+        ):
             return self._slow(data, src, tcp)
         qtype = (data[off + 1] << 8) | data[off + 2]
         ar = data[11] | (data[10] << 8)
@@ -161,14 +188,26 @@ class Responder:
             limit = 65535 if tcp else 512
         elif ar == 1:
             # OPT: root owner, type 41, version 0, options to the end of the packet
-            if (n < qend + 11 or data[qend : qend + 3] != b"\x00\x00\x29"
-                    or data[qend + 6] != 0
-                    or qend + 11 + ((data[qend + 9] << 8) | data[qend + 10]) != n):
+            if (
+                n < qend + 11
+                or data[qend : qend + 3] != b"\x00\x00\x29"
+                or data[qend + 6] != 0
+                or qend + 11 + ((data[qend + 9] << 8) | data[qend + 10]) != n
+            ):
                 return self._slow(data, src, tcp)
             edns = True
             payload = (data[qend + 3] << 8) | data[qend + 4]
-            limit = 65535 if tcp else (wire.EDNS_PAYLOAD if payload > wire.EDNS_PAYLOAD
-                                       else 512 if payload < 512 else payload)
+            limit = (
+                65535
+                if tcp
+                else (
+                    wire.EDNS_PAYLOAD
+                    if payload > wire.EDNS_PAYLOAD
+                    else 512
+                    if payload < 512
+                    else payload
+                )
+            )
             o = qend + 11
             while o < n:
                 if o + 4 > n:
@@ -198,22 +237,49 @@ class Responder:
             # ec: (profile, info, OPT scope 0, same with DO, OPT true scope, same with DO, scope)
             body = self._geo_body(entry, ec[1], ec[0]) if geo else entry  # type: ignore[arg-type]
             opt = ec[(4 if geo else 2) + (data[qend + 7] >> 7)]
-            resp = b"".join((data[:2], body.heads_opt[(data[2] & 1) | ((data[3] >> 3) & 2)],
-                             question, body.body, opt))
+            resp = b"".join(
+                (
+                    data[:2],
+                    body.heads_opt[(data[2] & 1) | ((data[3] >> 3) & 2)],
+                    question,
+                    body.body,
+                    opt,
+                )
+            )
         else:
             if geo:
                 info = self._src_client(src)
-                body = self._geo_body(entry, info, (info.asn, info.country, info.continent,  # type: ignore[arg-type]
-                                                    info.location))
+                body = self._geo_body(
+                    entry,
+                    info,
+                    (
+                        info.asn,
+                        info.country,
+                        info.continent,  # type: ignore[arg-type]
+                        info.location,
+                    ),
+                )
             else:
                 body = entry  # type: ignore[assignment]
             if edns:
-                resp = b"".join((data[:2], body.heads_opt[(data[2] & 1) | ((data[3] >> 3) & 2)],
-                                 question, body.body,
-                                 _OPT_DO if data[qend + 7] & 0x80 else _OPT_PLAIN))
+                resp = b"".join(
+                    (
+                        data[:2],
+                        body.heads_opt[(data[2] & 1) | ((data[3] >> 3) & 2)],
+                        question,
+                        body.body,
+                        _OPT_DO if data[qend + 7] & 0x80 else _OPT_PLAIN,
+                    )
+                )
             else:
-                resp = b"".join((data[:2], body.heads[(data[2] & 1) | ((data[3] >> 3) & 2)],
-                                 question, body.body))
+                resp = b"".join(
+                    (
+                        data[:2],
+                        body.heads[(data[2] & 1) | ((data[3] >> 3) & 2)],
+                        question,
+                        body.body,
+                    )
+                )
         if len(resp) > limit:
             return self._slow(data, src, tcp)
         qd = stats.qtypes[tcp][":" in src]
@@ -221,8 +287,13 @@ class Responder:
         rc = stats.rcodes
         rc[body.rcode] = rc.get(body.rcode, 0) + 1
         if self.query_log:
-            log.info("%s %s %s %s", src, wire.TYPE_NAMES.get(qtype, qtype),
-                     question[:-4].decode("ascii", "replace"), wire.RCODE_NAMES.get(body.rcode))
+            log.info(
+                "%s %s %s %s",
+                src,
+                wire.TYPE_NAMES.get(qtype, qtype),
+                question[:-4].decode("ascii", "replace"),
+                wire.RCODE_NAMES.get(body.rcode),
+            )
         return resp
 
     def _ecs_client(self, ecs_opt: bytes, src: str) -> tuple[Any, ...]:
@@ -244,9 +315,15 @@ class Responder:
             scope = info.prefix
         echo0 = ecs_opt[:7] + b"\x00" + ecs_opt[8:]
         echo = ecs_opt[:7] + bytes((scope,)) + ecs_opt[8:]
-        ec = ((info.asn, info.country, info.continent, info.location), info,
-              wire.opt_record(False, echo0), wire.opt_record(True, echo0),
-              wire.opt_record(False, echo), wire.opt_record(True, echo), scope)
+        ec = (
+            (info.asn, info.country, info.continent, info.location),
+            info,
+            wire.opt_record(False, echo0),
+            wire.opt_record(True, echo0),
+            wire.opt_record(False, echo),
+            wire.opt_record(True, echo),
+            scope,
+        )
         if by_source:
             return ec  # depends on the packet source too: never cache it by option alone
         if len(self.ecs_clients) > CACHE_MAX:
@@ -307,8 +384,7 @@ class Responder:
         query name that leads to it (dl, www → dl, downloads → www → dl)."""
         st = res.steer
         assert st is not None
-        key = (st, res.steer_family, client.asn, client.country, client.continent,
-               client.location)
+        key = (st, res.steer_family, client.asn, client.country, client.continent, client.location)
         sr = self.steer_cache.get(key)
         if sr is None:
             if len(self.steer_cache) > CACHE_MAX // 8:
@@ -360,8 +436,10 @@ class Responder:
         variants = sr.variants
 
         def make(i: int) -> _Body:
-            rrs = [(res.steer_owner, wire.rr_tail(rtype, st.ttl, r.candidate.address.packed))
-                   for r in variants[i]]
+            rrs = [
+                (res.steer_owner, wire.rr_tail(rtype, st.ttl, r.candidate.address.packed))
+                for r in variants[i]
+            ]
             return _encode(qname, res, res.answer + rrs, res.authority, res.additional)
 
         tier = tier_name(variants[0][0]) if sr.case == "nearest" else sr.case
@@ -416,8 +494,12 @@ class Responder:
             resp = self._fit(q, body, flags, opt, limit)
         self.stats.rcodes[body.rcode] = self.stats.rcodes.get(body.rcode, 0) + 1
         if self.query_log:
-            log.info("%s %s %s", wire.TYPE_NAMES.get(q.qtype, q.qtype),
-                     q.qname.decode("ascii", "replace"), wire.RCODE_NAMES.get(body.rcode))
+            log.info(
+                "%s %s %s",
+                wire.TYPE_NAMES.get(q.qtype, q.qtype),
+                q.qname.decode("ascii", "replace"),
+                wire.RCODE_NAMES.get(body.rcode),
+            )
         return resp
 
     def _fit(self, q: wire.Query, body: _Body, flags: int, opt: bytes, limit: int) -> bytes:
@@ -438,10 +520,17 @@ class Responder:
         if off <= len(b) and len(short) <= limit:
             return short
         self.stats.truncated += 1
-        return (struct.pack("!HH", q.id, flags | 0x0200) + b"\x00\x01"
-                + struct.pack("!HHH", 0, 0, arc) + q.question + opt)
+        return (
+            struct.pack("!HH", q.id, flags | 0x0200)
+            + b"\x00\x01"
+            + struct.pack("!HHH", 0, 0, arc)
+            + q.question
+            + opt
+        )
 
-    def _error(self, data: bytes, rcode: int, tcp: bool, edns_do: bool | None = None) -> bytes | None:
+    def _error(
+        self, data: bytes, rcode: int, tcp: bool, edns_do: bool | None = None
+    ) -> bytes | None:
         """FORMERR/NOTIMP/BADVERS: echo ID, opcode, RD; the question only if it parses."""
         self.stats.rcodes[rcode] = self.stats.rcodes.get(rcode, 0) + 1
         if len(data) < 12:
@@ -459,8 +548,11 @@ class Responder:
         opt = b""
         if edns_do is not None:
             opt = wire.opt_record(edns_do, ext_rcode=rcode >> 4)
-        return struct.pack("!HHHHHH", qid, out_flags, 1 if question else 0, 0, 0,
-                           1 if opt else 0) + question + opt
+        return (
+            struct.pack("!HHHHHH", qid, out_flags, 1 if question else 0, 0, 0, 1 if opt else 0)
+            + question
+            + opt
+        )
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -470,8 +562,9 @@ def _plain(rcode: int) -> _Body:
     return _Body(0x8000 | rcode, b"\x00\x00" * 3, b"\x00\x00\x00\x00\x00\x01", b"", rcode)
 
 
-def _encode(qname: bytes, res: Resolution, answer: list[RR], authority: list[RR],
-            additional: list[RR]) -> _Body:
+def _encode(
+    qname: bytes, res: Resolution, answer: list[RR], authority: list[RR], additional: list[RR]
+) -> _Body:
     """Encode sections to follow a question for `qname` (offsets assume the
     question starts at 12; owner names compress against it and each other)."""
     comp = wire.NameCompressor()
@@ -519,6 +612,8 @@ def _ecs_ok(data: bytes, o: int, olen: int) -> bool:
 
 def _packed(src: str) -> bytes:
     try:
-        return socket.inet_pton(socket.AF_INET6 if ":" in src else socket.AF_INET, src.split("%")[0])
+        return socket.inet_pton(
+            socket.AF_INET6 if ":" in src else socket.AF_INET, src.split("%")[0]
+        )
     except OSError:
         return ipaddress.ip_address(src).packed

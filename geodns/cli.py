@@ -33,7 +33,8 @@ def _hostport(text: str, default_port: int = 53) -> tuple[str, int]:
         ipaddress.ip_address(host)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"'{text}' is not ADDRESS:PORT (e.g. 127.0.0.1:5353 or [::1]:5353)") from None
+            f"'{text}' is not ADDRESS:PORT (e.g. 127.0.0.1:5353 or [::1]:5353)"
+        ) from None
     if not 0 <= port < 65536:
         raise argparse.ArgumentTypeError(f"port {port} out of range")
     return host, port
@@ -47,38 +48,76 @@ def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 
 
 def _add_geo_store(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", type=Path, default=Path("zones"),
-                   help="zone and pool YAML directory (default: ./zones)")
+    p.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("zones"),
+        help="zone and pool YAML directory (default: ./zones)",
+    )
     p.add_argument("--geoip-asn", type=Path, help="ASN database (GeoLite2-ASN / GeoIP2-ISP)")
     p.add_argument("--geoip-city", type=Path, help="City or Country database")
-    p.add_argument("--geoip-dir", type=Path, action="append",
-                   help="where to look for GeoLite2-*.mmdb (default: /var/lib/GeoIP, "
-                        "/usr/share/GeoIP, /usr/local/share/GeoIP); repeatable")
-    p.add_argument("--state-dir", type=Path,
-                   help="state directory (default: $STATE_DIRECTORY or ./.geodns-state)")
-    p.add_argument("--store", help="health store URL (default: sqlite in the state directory; "
-                                   "env GEODNS_STORE); 'none' to ignore health")
+    p.add_argument(
+        "--geoip-dir",
+        type=Path,
+        action="append",
+        help="where to look for GeoLite2-*.mmdb (default: /var/lib/GeoIP, "
+        "/usr/share/GeoIP, /usr/local/share/GeoIP); repeatable",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="state directory (default: $STATE_DIRECTORY or ./.geodns-state)",
+    )
+    p.add_argument(
+        "--store",
+        help="health store URL (default: sqlite in the state directory; "
+        "env GEODNS_STORE); 'none' to ignore health",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="geodns", description="Geo-aware authoritative DNS for mirror networks")
+    ap = argparse.ArgumentParser(
+        prog="geodns", description="Geo-aware authoritative DNS for mirror networks"
+    )
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("serve", help="run the DNS server")
     _add_geo_store(s)
-    s.add_argument("--listen", "-l", type=_hostport, action="append",
-                   help="ADDRESS:PORT for UDP and TCP; repeatable (default 127.0.0.1:5353)")
-    s.add_argument("--metrics", type=lambda t: _hostport(t, 9153),
-                   help="serve Prometheus /metrics and /healthz on ADDRESS:PORT (off by default)")
-    s.add_argument("--workers", type=int, default=1,
-                   help="processes sharing the sockets with SO_REUSEPORT (default 1)")
+    s.add_argument(
+        "--listen",
+        "-l",
+        type=_hostport,
+        action="append",
+        help="ADDRESS:PORT for UDP and TCP; repeatable (default 127.0.0.1:5353)",
+    )
+    s.add_argument(
+        "--metrics",
+        type=lambda t: _hostport(t, 9153),
+        help="serve Prometheus /metrics and /healthz on ADDRESS:PORT (off by default)",
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the sockets with SO_REUSEPORT (default 1)",
+    )
     s.add_argument("--query-log", action="store_true", help="log every query at info level")
     s.add_argument("--health-interval", type=float, default=5.0, help="seconds between store polls")
-    s.add_argument("--geoip-interval", type=float, default=60.0,
-                   help="seconds between checks for new GeoIP files")
-    s.add_argument("--ecs-trust", type=_network, action="append", default=[],
-                   help="only use EDNS Client Subnet from these source networks (default: all)")
+    s.add_argument(
+        "--geoip-interval",
+        type=float,
+        default=60.0,
+        help="seconds between checks for new GeoIP files",
+    )
+    s.add_argument(
+        "--ecs-trust",
+        type=_network,
+        action="append",
+        default=[],
+        help="only use EDNS Client Subnet from these source networks (default: all)",
+    )
     s.add_argument("--tcp-idle-timeout", type=float, default=10.0)
     s.add_argument("--tcp-max-connections", type=int, default=1000)
 
@@ -92,22 +131,32 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     _add_geo_store(e)
 
-    g = sub.add_parser("geoip-demo", help="write demo GeoLite2-ASN/-City databases (MaxMind format)")
+    g = sub.add_parser(
+        "geoip-demo", help="write demo GeoLite2-ASN/-City databases (MaxMind format)"
+    )
     g.add_argument("outdir", type=Path)
     g.add_argument("--networks", type=Path, help="YAML list of networks (default: built-in demo)")
 
     for p in (s, v, e, g):
         # `geodns serve --log-level debug` reads as well as `geodns --log-level debug serve`
-        p.add_argument("--log-level", dest="sub_log_level", default=None,
-                       choices=["debug", "info", "warning", "error"], help=argparse.SUPPRESS)
+        p.add_argument(
+            "--log-level",
+            dest="sub_log_level",
+            default=None,
+            choices=["debug", "info", "warning", "error"],
+            help=argparse.SUPPRESS,
+        )
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = getattr(args, "sub_log_level", None) or args.log_level
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if args.cmd == "validate":
         return cmd_validate(args.config)
     if args.cmd == "serve":
@@ -135,24 +184,29 @@ def cmd_validate(config: Path) -> int:
         return 1
     mirrors = sum(len(p.mirrors) for p in cfg.pools.values())
     names = sum(len(z.rrsets) for z in cfg.zones)
-    print(f"{config}: OK — {len(cfg.zones)} zone(s), {names} record set(s), "
-          f"{len(cfg.pools)} pool(s), {mirrors} mirror(s)")
+    print(
+        f"{config}: OK — {len(cfg.zones)} zone(s), {names} record set(s), "
+        f"{len(cfg.pools)} pool(s), {mirrors} mirror(s)"
+    )
     return 0
 
 
-def settings_from_args(args: argparse.Namespace) -> "ServerSettings":  # noqa: F821
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:  # noqa: F821
     from .server import ServerSettings
 
     store = None if args.store is None else ("" if args.store == "none" else args.store)
     return ServerSettings(
         config_dir=args.config,
         listen=getattr(args, "listen", None) or [("127.0.0.1", 5353)],
-        geoip_asn=args.geoip_asn, geoip_city=args.geoip_city,
+        geoip_asn=args.geoip_asn,
+        geoip_city=args.geoip_city,
         geoip_dirs=tuple(args.geoip_dir) if args.geoip_dir else None,
-        state_dir=args.state_dir, store_url=store,
+        state_dir=args.state_dir,
+        store_url=store,
         health_interval=getattr(args, "health_interval", 5.0),
         geoip_interval=getattr(args, "geoip_interval", 60.0),
-        metrics=getattr(args, "metrics", None), query_log=getattr(args, "query_log", False),
+        metrics=getattr(args, "metrics", None),
+        query_log=getattr(args, "query_log", False),
         ecs_trust=tuple(getattr(args, "ecs_trust", ())),
         tcp_idle_timeout=getattr(args, "tcp_idle_timeout", 10.0),
         tcp_max_connections=getattr(args, "tcp_max_connections", 1000),

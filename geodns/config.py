@@ -87,7 +87,12 @@ def load_config(root: Path | str, *, serial_state: Path | None = None) -> Config
             if z is not None:
                 if any(o.name == z.name for o in zones):
                     other = next(o for o in zones if o.name == z.name)
-                    p.add(shown, doc.lines["zone"], "", f"zone: '{z.name or '.'}' is already defined in {other.where}")
+                    p.add(
+                        shown,
+                        doc.lines["zone"],
+                        "",
+                        f"zone: '{z.name or '.'}' is already defined in {other.where}",
+                    )
                 else:
                     zones.append(z)
                     zone_digests[z.name] = hashlib.sha256(raw).hexdigest()
@@ -95,7 +100,12 @@ def load_config(root: Path | str, *, serial_state: Path | None = None) -> Config
             pool = _pool(Section(p, shown, doc, ""), shown, root)
             if pool is not None:
                 if pool.name in pools:
-                    p.add(shown, doc.lines["pool"], "", f"pool: '{pool.name}' is already defined in {pools[pool.name].where}")
+                    p.add(
+                        shown,
+                        doc.lines["pool"],
+                        "",
+                        f"pool: '{pool.name}' is already defined in {pools[pool.name].where}",
+                    )
                 else:
                     pools[pool.name] = pool
         else:
@@ -104,8 +114,12 @@ def load_config(root: Path | str, *, serial_state: Path | None = None) -> Config
         for s in z.steered:
             if s.pool not in pools:
                 known = ", ".join(sorted(pools)) or "none defined"
-                p.add(s.where.file, s.where.line, f"steered '{_rel(s.name, z.name)}'",
-                      f"pool: no pool named '{s.pool}' (known pools: {known})")
+                p.add(
+                    s.where.file,
+                    s.where.line,
+                    f"steered '{_rel(s.name, z.name)}'",
+                    f"pool: no pool named '{s.pool}' (known pools: {known})",
+                )
     if p:
         raise ConfigError(p.items)
     zones = _assign_serials(zones, zone_digests, serial_state)
@@ -122,9 +136,11 @@ def _yaml_files(root: Path, p: Problems) -> list[Path]:
         p.add(str(root), 0, "", "no such file or directory")
         raise ConfigError(p.items)
     files = sorted(
-        f for f in root.rglob("*")
-        if f.suffix in (".yaml", ".yml") and f.is_file() and not any(
-            part.startswith(".") for part in f.relative_to(root).parts)
+        f
+        for f in root.rglob("*")
+        if f.suffix in (".yaml", ".yml")
+        and f.is_file()
+        and not any(part.startswith(".") for part in f.relative_to(root).parts)
     )
     if not files:
         p.add(str(root), 0, "", "no *.yaml files found")
@@ -184,8 +200,15 @@ def _zone(s: Section, file: str) -> Zone | None:
                 steered.append(item)
     if soa is None:
         return None
-    zone = Zone(name=zname, soa=soa, ns=tuple(ns_names), ttl=default_ttl, rrsets=tuple(rrsets),
-                steered=tuple(steered), where=Where(file, s.line))
+    zone = Zone(
+        name=zname,
+        soa=soa,
+        ns=tuple(ns_names),
+        ttl=default_ttl,
+        rrsets=tuple(rrsets),
+        steered=tuple(steered),
+        where=Where(file, s.line),
+    )
     _check_zone(zone, s)
     return zone
 
@@ -194,8 +217,10 @@ def _soa(s: Section, zname: str) -> SOA | None:
     soa = s.sub("soa", f"zone '{zname}' soa")
     if soa is None:
         return None
-    soa.keys(("mname", "rname", "serial", "refresh", "retry", "expire", "minimum", "ttl"),
-             required=("mname", "rname"))
+    soa.keys(
+        ("mname", "rname", "serial", "refresh", "retry", "expire", "minimum", "ttl"),
+        required=("mname", "rname"),
+    )
     mname_raw = soa.str_("mname", required=True)
     rname_raw = soa.str_("rname", required=True)
     mname = _name_value(soa, "mname", mname_raw, soa.line_of("mname"), zname) if mname_raw else None
@@ -211,7 +236,9 @@ def _soa(s: Section, zname: str) -> SOA | None:
     if mname is None or rname is None:
         return None
     return SOA(
-        mname=mname, rname=rname, serial=serial,
+        mname=mname,
+        rname=rname,
+        serial=serial,
         refresh=soa.int_("refresh", 3600, hi=MAX_TTL) or 0,
         retry=soa.int_("retry", 600, hi=MAX_TTL) or 0,
         expire=soa.int_("expire", 1209600, hi=MAX_TTL) or 0,
@@ -260,8 +287,15 @@ def _owner(recs: Section, file: str, owner_raw: str, zname: str, default_ttl: in
                 else:
                     values.append(text)
         if values:
-            out.append(RRSet(owner, rtype, ttl if ttl is not None else default_ttl, tuple(values),
-                             Where(file, s.line_of(rtype))))
+            out.append(
+                RRSet(
+                    owner,
+                    rtype,
+                    ttl if ttl is not None else default_ttl,
+                    tuple(values),
+                    Where(file, s.line_of(rtype)),
+                )
+            )
     return out
 
 
@@ -288,11 +322,14 @@ def _rdata(s: Section, rtype: str, v: Any, line: int, origin: dns.name.Name) -> 
         # Operators write plain text; make it one presentation string per 255 bytes.
         raw = text.encode("utf-8")
         chunks = [raw[i : i + 255] for i in range(0, len(raw), 255)] or [b""]
-        text = " ".join('"' + c.decode("utf-8", "ignore").replace("\\", "\\\\").replace('"', '\\"') + '"'
-                        for c in chunks)
+        text = " ".join(
+            '"' + c.decode("utf-8", "ignore").replace("\\", "\\\\").replace('"', '\\"') + '"'
+            for c in chunks
+        )
     try:
-        rd = dns.rdata.from_text(1, dns.rdatatype.from_text(rtype), text, origin=origin,
-                                 relativize=False)
+        rd = dns.rdata.from_text(
+            1, dns.rdatatype.from_text(rtype), text, origin=origin, relativize=False
+        )
     except (dns.exception.DNSException, ValueError) as e:
         s.error(rtype, f"'{v}' is not valid {rtype} data: {e}", line)
         return None
@@ -351,44 +388,80 @@ def _check_zone(z: Zone, s: Section) -> None:
         label = _rel(owner, z.name)
         if "CNAME" in types:
             if owner == z.name:
-                s.p.add(w.file, types["CNAME"].where.line, f"zone '{z.name}' record '@'",
-                        "CNAME: not allowed at the zone apex (the apex has SOA and NS)")
+                s.p.add(
+                    w.file,
+                    types["CNAME"].where.line,
+                    f"zone '{z.name}' record '@'",
+                    "CNAME: not allowed at the zone apex (the apex has SOA and NS)",
+                )
             others = [t for t in types if t != "CNAME"]
             if others or owner in steered:
                 what = ", ".join(others) if others else "a steered name"
-                s.p.add(w.file, types["CNAME"].where.line, f"zone '{z.name}' record '{label}'",
-                        f"CNAME: cannot stand beside other data ({what}) — RFC 1034 §3.6.2")
+                s.p.add(
+                    w.file,
+                    types["CNAME"].where.line,
+                    f"zone '{z.name}' record '{label}'",
+                    f"CNAME: cannot stand beside other data ({what}) — RFC 1034 §3.6.2",
+                )
         if owner == z.name and "NS" in types:
-            s.p.add(w.file, types["NS"].where.line, f"zone '{z.name}' record '@'",
-                    "NS: apex name servers go in the zone's 'ns:' list")
+            s.p.add(
+                w.file,
+                types["NS"].where.line,
+                f"zone '{z.name}' record '@'",
+                "NS: apex name servers go in the zone's 'ns:' list",
+            )
         if owner in cuts and len(types) > 1:
             extra = [t for t in types if t not in ("NS",)]
-            s.p.add(w.file, types["NS"].where.line, f"zone '{z.name}' record '{label}'",
-                    f"NS: a delegation point cannot have other data ({', '.join(extra)})")
+            s.p.add(
+                w.file,
+                types["NS"].where.line,
+                f"zone '{z.name}' record '{label}'",
+                f"NS: a delegation point cannot have other data ({', '.join(extra)})",
+            )
         cut = below_cut(owner)
         if cut is not None:
             not_glue = [t for t in types if t not in ("A", "AAAA")]
             if not_glue:
-                s.p.add(w.file, w.line, f"zone '{z.name}' record '{label}'",
-                        f"{not_glue[0]}: is below the delegation '{_rel(cut, z.name)}' "
-                        "(only A/AAAA glue may stand there)")
+                s.p.add(
+                    w.file,
+                    w.line,
+                    f"zone '{z.name}' record '{label}'",
+                    f"{not_glue[0]}: is below the delegation '{_rel(cut, z.name)}' "
+                    "(only A/AAAA glue may stand there)",
+                )
         if owner.startswith("*.") and "NS" in types:
-            s.p.add(w.file, types["NS"].where.line, f"zone '{z.name}' record '{label}'",
-                    "NS: a wildcard name cannot be a delegation")
+            s.p.add(
+                w.file,
+                types["NS"].where.line,
+                f"zone '{z.name}' record '{label}'",
+                "NS: a wildcard name cannot be a delegation",
+            )
 
     for name, st in steered.items():
         label = _rel(name, z.name)
         types = by_owner.get(name, {})
         clash = [t for t in ("A", "AAAA", "CNAME", "NS") if t in types]
         if clash and "CNAME" not in clash:
-            s.p.add(st.where.file, st.where.line, f"zone '{z.name}' steered '{label}'",
-                    f"pool: the name also has static {'/'.join(clash)} records")
+            s.p.add(
+                st.where.file,
+                st.where.line,
+                f"zone '{z.name}' steered '{label}'",
+                f"pool: the name also has static {'/'.join(clash)} records",
+            )
         if (cut := below_cut(name) or (name if name in cuts else None)) is not None:
-            s.p.add(st.where.file, st.where.line, f"zone '{z.name}' steered '{label}'",
-                    f"is at or below the delegation '{_rel(cut, z.name)}'")
+            s.p.add(
+                st.where.file,
+                st.where.line,
+                f"zone '{z.name}' steered '{label}'",
+                f"is at or below the delegation '{_rel(cut, z.name)}'",
+            )
         if name == z.name:
-            s.p.add(st.where.file, st.where.line, f"zone '{z.name}' steered '@'",
-                    "steering the zone apex is not supported (use a name below it)")
+            s.p.add(
+                st.where.file,
+                st.where.line,
+                f"zone '{z.name}' steered '@'",
+                "steering the zone apex is not supported (use a name below it)",
+            )
 
     # Glue: an in-zone name server needs address records we can hand out.
     ns_sets: list[tuple[str, Iterable[str], Where]] = [(z.name, z.ns, z.where)]
@@ -401,8 +474,12 @@ def _check_zone(z: Zone, s: Section) -> None:
             types = by_owner.get(tn, {})
             if "A" not in types and "AAAA" not in types:
                 where_ctx = "ns" if owner == z.name else f"record '{_rel(owner, z.name)}' NS"
-                s.p.add(w.file, w.line, f"zone '{z.name}' {where_ctx}",
-                        f"name server '{tn}' is inside the zone but has no A/AAAA (glue) records")
+                s.p.add(
+                    w.file,
+                    w.line,
+                    f"zone '{z.name}' {where_ctx}",
+                    f"name server '{tn}' is inside the zone but has no A/AAAA (glue) records",
+                )
 
 
 # ----------------------------------------------------------------------------- pools
@@ -433,8 +510,12 @@ def _pool(s: Section, file: str, root: Path) -> Pool | None:
             continue
         for a in m.addresses():
             if str(a) in seen_addr:
-                s.p.add(file, line, f"pool '{name}' mirror '{m.name}'",
-                        f"{'ipv4' if a.version == 4 else 'ipv6'}: address {a} is already used by mirror '{seen_addr[str(a)]}'")
+                s.p.add(
+                    file,
+                    line,
+                    f"pool '{name}' mirror '{m.name}'",
+                    f"ipv{a.version}: address {a} is already used by mirror '{seen_addr[str(a)]}'",
+                )
             seen_addr[str(a)] = m.name
         mirrors.append(m)
     if "mirrors" in s.data and isinstance(items, list) and not items:
@@ -445,9 +526,14 @@ def _pool(s: Section, file: str, root: Path) -> Pool | None:
             s.error("fallback", f"no mirror named '{v}' in this pool", line)
         else:
             fallback.append(str(v))
-    return Pool(name=name, mirrors=tuple(mirrors), fallback=tuple(fallback),
-                on_empty=on_empty,  # type: ignore[arg-type]
-                checks=checks, where=Where(file, s.line))
+    return Pool(
+        name=name,
+        mirrors=tuple(mirrors),
+        fallback=tuple(fallback),
+        on_empty=on_empty,  # type: ignore[arg-type]
+        checks=checks,
+        where=Where(file, s.line),
+    )
 
 
 def _ident_ok(v: str) -> bool:
@@ -457,8 +543,21 @@ def _ident_ok(v: str) -> bool:
 def _mirror(s: Section, file: str) -> Mirror | None:
     if not s.ok:
         return None
-    s.keys(("name", "url", "ipv4", "ipv6", "weight", "enabled", "asn", "country", "continent",
-            "location"), required=("name", "url"))
+    s.keys(
+        (
+            "name",
+            "url",
+            "ipv4",
+            "ipv6",
+            "weight",
+            "enabled",
+            "asn",
+            "country",
+            "continent",
+            "location",
+        ),
+        required=("name", "url"),
+    )
     name = s.str_("name", required=True)
     if name is None:
         return None
@@ -504,19 +603,29 @@ def _mirror(s: Section, file: str) -> Mirror | None:
     location = None
     if "location" in s.data and s.data["location"] is not None:
         loc = s.data["location"]
-        ok = (isinstance(loc, list) and len(loc) == 2
-              and all(isinstance(x, int | float) and not isinstance(x, bool) for x in loc)
-              and -90 <= loc[0] <= 90 and -180 <= loc[1] <= 180)
+        ok = (
+            isinstance(loc, list)
+            and len(loc) == 2
+            and all(isinstance(x, int | float) and not isinstance(x, bool) for x in loc)
+            and -90 <= loc[0] <= 90
+            and -180 <= loc[1] <= 180
+        )
         if ok:
             location = (float(loc[0]), float(loc[1]))
         else:
             s.error("location", f"expected [latitude, longitude] in degrees, got {loc!r}")
     return Mirror(
-        name=name, url=url, ipv4=tuple(ips[4]), ipv6=tuple(ips[6]),
+        name=name,
+        url=url,
+        ipv4=tuple(ips[4]),
+        ipv6=tuple(ips[6]),
         weight=s.int_("weight", 100, hi=1_000_000) if "weight" in s.data else 100,  # type: ignore[arg-type]
         enabled=s.bool_("enabled", True),
-        asn=s.int_("asn", None, lo=1, hi=2**32 - 1), country=country, continent=continent,
-        location=location, where=Where(file, s.line),
+        asn=s.int_("asn", None, lo=1, hi=2**32 - 1),
+        country=country,
+        continent=continent,
+        location=location,
+        where=Where(file, s.line),
     )
 
 
@@ -528,9 +637,12 @@ def _checks(s: Section | None, root: Path) -> Checks:
     if (t := s.sub("tls", s.ctx + " tls")) is not None and t.ok:
         t.keys(("sni", "warn_days", "ca_bundle", "interval"))
         ca = t.str_("ca_bundle")
-        tls = TLSCheck(sni=t.str_("sni"), warn_days=t.int_("warn_days", 14, hi=3650) or 0,
-                       ca_bundle=_path(ca, root) if ca else None,
-                       interval=t.duration("interval", 300.0) or 300.0)
+        tls = TLSCheck(
+            sni=t.str_("sni"),
+            warn_days=t.int_("warn_days", 14, hi=3650) or 0,
+            ca_bundle=_path(ca, root) if ca else None,
+            interval=t.duration("interval", 300.0) or 300.0,
+        )
     if (f := s.sub("freshness", s.ctx + " freshness")) is not None and f.ok:
         f.keys(("path", "max_lag", "format", "origin", "interval"), required=("path", "max_lag"))
         path = f.str_("path", required=True)
@@ -542,32 +654,55 @@ def _checks(s: Section | None, root: Path) -> Checks:
             f.error("path", f"'{path}' must start with '/'")
         if path and lag:
             fresh = FreshnessCheck(
-                path=path, max_lag=lag, origin=origin,
+                path=path,
+                max_lag=lag,
+                origin=origin,
                 format=f.choice("format", ("auto", "epoch", "rfc3339", "debian-trace"), "auto"),  # type: ignore[arg-type]
-                interval=f.duration("interval", 300.0) or 300.0)
+                interval=f.duration("interval", 300.0) or 300.0,
+            )
     if (o := s.sub("objects", s.ctx + " objects")) is not None and o.ok:
-        o.keys(("manifest", "sample", "critical", "concurrency", "max_missing", "verify_sha256",
-                "interval"), required=("manifest",))
+        o.keys(
+            (
+                "manifest",
+                "sample",
+                "critical",
+                "concurrency",
+                "max_missing",
+                "verify_sha256",
+                "interval",
+            ),
+            required=("manifest",),
+        )
         manifest = o.str_("manifest", required=True)
         if manifest:
             mpath = _path(manifest, root)
             if not mpath.is_file():
-                o.error("manifest", f"no such file: {mpath} (build it with `checker manifest build`)")
+                o.error(
+                    "manifest", f"no such file: {mpath} (build it with `checker manifest build`)"
+                )
             objects = ObjectsCheck(
-                manifest=mpath, sample=o.int_("sample", 200, lo=1, hi=10_000_000) or 200,
+                manifest=mpath,
+                sample=o.int_("sample", 200, lo=1, hi=10_000_000) or 200,
                 critical=tuple(str(v).lstrip("/") for v, _ in o.list_("critical")),
                 concurrency=o.int_("concurrency", 8, lo=1, hi=256) or 8,
                 max_missing=o.int_("max_missing", 0) or 0,
                 verify_sha256=o.int_("verify_sha256", 0, hi=10_000) or 0,
-                interval=o.duration("interval", 900.0) or 900.0)
+                interval=o.duration("interval", 900.0) or 900.0,
+            )
     if (a := s.sub("apt", s.ctx + " apt")) is not None and a.ok:
         a.keys(("suites", "interval"), required=("suites",))
         suites = tuple(str(v) for v, _ in a.list_("suites", required=True))
         if suites:
             apt = AptCheck(suites=suites, interval=a.duration("interval", 300.0) or 300.0)
-    return Checks(tls=tls, freshness=fresh, objects=objects, apt=apt,
-                  fall=s.int_("fall", 3, lo=1, hi=100) or 3, rise=s.int_("rise", 2, lo=1, hi=100) or 2,
-                  timeout=s.duration("timeout", 10.0) or 10.0)
+    return Checks(
+        tls=tls,
+        freshness=fresh,
+        objects=objects,
+        apt=apt,
+        fall=s.int_("fall", 3, lo=1, hi=100) or 3,
+        rise=s.int_("rise", 2, lo=1, hi=100) or 2,
+        timeout=s.duration("timeout", 10.0) or 10.0,
+    )
 
 
 def _path(v: str, root: Path) -> Path:

@@ -34,19 +34,27 @@ def explain(server: Server, name: str, client: str, qtype: str = "A") -> dict[st
     qname = to_wire(name.lower().rstrip("."))
     res = responder.resolve(qname, qt)  # type: ignore[attr-defined]
     out: dict[str, Any] = {
-        "name": name, "type": qtype, "client": str(net if has_prefix else addr),
+        "name": name,
+        "type": qtype,
+        "client": str(net if has_prefix else addr),
         "client_geo": _geo(info),
         "generation": server.generation,
-        "health": {"store_ok": server.health.ok, "down": len(server.health.down),
-                   "snapshot": server.health.have_snapshot},
+        "health": {
+            "store_ok": server.health.ok,
+            "down": len(server.health.down),
+            "snapshot": server.health.have_snapshot,
+        },
         "rcode": wire.RCODE_NAMES.get(res.rcode, str(res.rcode)),
         "chain": [_rr_text(o) for o, _t in res.answer],
     }
     if res.steer is None:
         out["steered"] = False
         out["ecs_scope"] = 0 if has_prefix else None
-        out["note"] = ("not a steered name: the answer does not depend on the client"
-                       if res.rcode != wire.REFUSED else "not in any of our zones (REFUSED)")
+        out["note"] = (
+            "not a steered name: the answer does not depend on the client"
+            if res.rcode != wire.REFUSED
+            else "not in any of our zones (REFUSED)"
+        )
         return out
     st = res.steer
     sr = responder.steer(res, info)  # type: ignore[attr-defined]
@@ -55,41 +63,78 @@ def explain(server: Server, name: str, client: str, qtype: str = "A") -> dict[st
     ranked = {(r.mirror, str(r.address)): r for r in rows}
     mirrors = []
     for cand, why in sr.skipped:
-        mirrors.append({"mirror": cand.mirror, "address": str(cand.address), "state": "skipped",
-                        "why": why, "weight": cand.weight, "geo": _geo(cand.geo)})
+        mirrors.append(
+            {
+                "mirror": cand.mirror,
+                "address": str(cand.address),
+                "state": "skipped",
+                "why": why,
+                "weight": cand.weight,
+                "geo": _geo(cand.geo),
+            }
+        )
     fam_attr = "ipv6" if qt == wire.AAAA else "ipv4"
     for m in pool.mirrors:
         for a in getattr(m, fam_attr):
             key = (m.name, str(a))
             if key in ranked:
                 r = ranked[key]
-                mirrors.append({
-                    "mirror": m.name, "address": str(a), "state": "answered" if r.answered else "ranked",
-                    "group": r.group, "tier": r.tier, "distance_km": _round(r.distance_km),
-                    "weight": r.weight, "answered_share": round(r.answered, 3),
-                    "first_share": round(r.leading, 3),
-                    "why": (f"in {r.answered:.0%} of answers" if r.answered
-                            else f"nearer mirrors fill all {st.answers} answers"),
-                })
+                mirrors.append(
+                    {
+                        "mirror": m.name,
+                        "address": str(a),
+                        "state": "answered" if r.answered else "ranked",
+                        "group": r.group,
+                        "tier": r.tier,
+                        "distance_km": _round(r.distance_km),
+                        "weight": r.weight,
+                        "answered_share": round(r.answered, 3),
+                        "first_share": round(r.leading, 3),
+                        "why": (
+                            f"in {r.answered:.0%} of answers"
+                            if r.answered
+                            else f"nearer mirrors fill all {st.answers} answers"
+                        ),
+                    }
+                )
             elif m.name in pool.fallback and sr.case == "nearest":
-                mirrors.append({"mirror": m.name, "address": str(a), "state": "fallback",
-                                "why": "fallback only: answered when no other mirror is healthy"})
-    out.update({
-        "steered": True, "pool": st.pool, "answers": st.answers, "ttl": st.ttl, "case": sr.case,
-        "mirrors": mirrors,
-        "answer": [str(r.candidate.address) for r in sr.variants[0]] if sr.variants else [],
-        "cycle": len(sr.variants),
-        "variants": [[str(r.candidate.address) for r in v] for v in sr.variants],
-        "ecs_scope": info.prefix if has_prefix and server.geodb is not None else (0 if has_prefix else None),
-    })
+                mirrors.append(
+                    {
+                        "mirror": m.name,
+                        "address": str(a),
+                        "state": "fallback",
+                        "why": "fallback only: answered when no other mirror is healthy",
+                    }
+                )
+    out.update(
+        {
+            "steered": True,
+            "pool": st.pool,
+            "answers": st.answers,
+            "ttl": st.ttl,
+            "case": sr.case,
+            "mirrors": mirrors,
+            "answer": [str(r.candidate.address) for r in sr.variants[0]] if sr.variants else [],
+            "cycle": len(sr.variants),
+            "variants": [[str(r.candidate.address) for r in v] for v in sr.variants],
+            "ecs_scope": info.prefix
+            if has_prefix and server.geodb is not None
+            else (0 if has_prefix else None),
+        }
+    )
     if sr.rcode != wire.NOERROR:
         out["rcode"] = wire.RCODE_NAMES[sr.rcode]
     return out
 
 
 def _geo(g: GeoInfo) -> dict[str, Any]:
-    return {"asn": g.asn, "country": g.country, "continent": g.continent,
-            "location": list(g.location) if g.location else None, "network_prefix": g.prefix}
+    return {
+        "asn": g.asn,
+        "country": g.country,
+        "continent": g.continent,
+        "location": list(g.location) if g.location else None,
+        "network_prefix": g.prefix,
+    }
 
 
 def _round(v: float | None) -> float | None:
@@ -143,12 +188,18 @@ def render(r: dict[str, Any]) -> str:
         lines.append(f"  {r['note']}; rcode {r['rcode']}")
         return "\n".join(lines)
     lines.append(f"  pool {r['pool']}: case '{r['case']}', answers {r['answers']}, ttl {r['ttl']}s")
-    lines.append(f"  {'mirror':<16} {'address':<26} {'state':<9} {'tier':<10} {'km':>8} {'weight':>6}  why")
+    lines.append(
+        f"  {'mirror':<16} {'address':<26} {'state':<9} {'tier':<10} {'km':>8} {'weight':>6}  why"
+    )
     for m in r["mirrors"]:
         km = "" if m.get("distance_km") is None else f"{m['distance_km']:.0f}"
-        lines.append(f"  {m['mirror']:<16} {m['address']:<26} {m['state']:<9} {m.get('tier', ''):<10} "
-                     f"{km:>8} {m.get('weight', ''):>6}  {m['why']}")
+        lines.append(
+            f"  {m['mirror']:<16} {m['address']:<26} {m['state']:<9} {m.get('tier', ''):<10} "
+            f"{km:>8} {m.get('weight', ''):>6}  {m['why']}"
+        )
     scope = "" if r["ecs_scope"] is None else f"; ECS scope /{r['ecs_scope']}"
-    lines.append(f"  answer: rcode {r['rcode']}, {', '.join(r['answer']) or '(no addresses)'}"
-                 f" (one of {r['cycle']} rotating variants){scope}")
+    lines.append(
+        f"  answer: rcode {r['rcode']}, {', '.join(r['answer']) or '(no addresses)'}"
+        f" (one of {r['cycle']} rotating variants){scope}"
+    )
     return "\n".join(lines)

@@ -84,7 +84,12 @@ class Section:
         return str(v)
 
     def int_(
-        self, key: str, default: int | None = None, *, lo: int = 0, hi: int = 2**31 - 1,
+        self,
+        key: str,
+        default: int | None = None,
+        *,
+        lo: int = 0,
+        hi: int = 2**31 - 1,
         required: bool = False,
     ) -> int | None:
         if key not in self.data or self.data[key] is None:
@@ -100,7 +105,9 @@ class Section:
             return default
         return v
 
-    def float_(self, key: str, default: float | None = None, *, lo: float, hi: float) -> float | None:
+    def float_(
+        self, key: str, default: float | None = None, *, lo: float, hi: float
+    ) -> float | None:
         if key not in self.data or self.data[key] is None:
             return default
         v = self.data[key]
@@ -121,7 +128,9 @@ class Section:
             return default
         return v
 
-    def duration(self, key: str, default: float | None = None, *, required: bool = False) -> float | None:
+    def duration(
+        self, key: str, default: float | None = None, *, required: bool = False
+    ) -> float | None:
         """Seconds from `90`, `90s`, `30m`, `6h`, `1d`, `1h30m`."""
         if key not in self.data or self.data[key] is None:
             if required:

@@ -56,8 +56,9 @@ class ServerCollector(Collector):
     def collect(self) -> Iterator[Any]:
         srv = self.server
         st = srv.stats
-        c = CounterMetricFamily("geodns_dns_requests", "DNS queries received",
-                                labels=["proto", "family", "qtype"])
+        c = CounterMetricFamily(
+            "geodns_dns_requests", "DNS queries received", labels=["proto", "family", "qtype"]
+        )
         for tcp, proto in ((0, "udp"), (1, "tcp")):
             for v6, fam in ((0, "4"), (1, "6")):
                 by_name: dict[str, int] = {}
@@ -71,16 +72,23 @@ class ServerCollector(Collector):
         for rcode, n in sorted(st.rcodes.items()):
             c.add_metric([wire.RCODE_NAMES.get(rcode, str(rcode))], n)
         yield c
-        yield CounterMetricFamily("geodns_dns_responses_truncated",
-                                  "UDP responses sent with TC=1", value=st.truncated)
-        yield CounterMetricFamily("geodns_dns_ecs_requests",
-                                  "queries carrying EDNS Client Subnet", value=st.ecs)
-        yield CounterMetricFamily("geodns_dns_dropped",
-                                  "packets dropped unanswered (not a query, too short, internal error)",
-                                  value=st.dropped)
-        c = CounterMetricFamily("geodns_steered_answers", "steered answers by pool and the tier "
-                                "of the first address (or fallback/failopen/servfail/nodata)",
-                                labels=["pool", "tier"])
+        yield CounterMetricFamily(
+            "geodns_dns_responses_truncated", "UDP responses sent with TC=1", value=st.truncated
+        )
+        yield CounterMetricFamily(
+            "geodns_dns_ecs_requests", "queries carrying EDNS Client Subnet", value=st.ecs
+        )
+        yield CounterMetricFamily(
+            "geodns_dns_dropped",
+            "packets dropped unanswered (not a query, too short, internal error)",
+            value=st.dropped,
+        )
+        c = CounterMetricFamily(
+            "geodns_steered_answers",
+            "steered answers by pool and the tier "
+            "of the first address (or fallback/failopen/servfail/nodata)",
+            labels=["pool", "tier"],
+        )
         for (pool, tier), n in sorted(st.tiers.items()):
             c.add_metric([pool, tier], n)
         yield c
@@ -90,27 +98,46 @@ class ServerCollector(Collector):
         for b, n in zip((*BUCKETS, float("inf")), lat.counts, strict=True):
             cum += n
             buckets.append(("+Inf" if b == float("inf") else repr(b), cum))
-        yield HistogramMetricFamily("geodns_dns_request_duration_seconds",
-                                    "time to answer a query (sampled 1 in 16)",
-                                    buckets=buckets, sum_value=lat.total)
+        yield HistogramMetricFamily(
+            "geodns_dns_request_duration_seconds",
+            "time to answer a query (sampled 1 in 16)",
+            buckets=buckets,
+            sum_value=lat.total,
+        )
         h = srv.health
         age = time.monotonic() - h.updated if h.updated else float("nan")
-        yield GaugeMetricFamily("geodns_health_snapshot_age_seconds",
-                                "seconds since the health store was last read successfully", value=age)
-        yield GaugeMetricFamily("geodns_health_store_up", "1 if the last store poll succeeded",
-                                value=1 if h.ok else 0)
-        yield CounterMetricFamily("geodns_health_store_errors", "failed health store polls",
-                                  value=h.errors)
-        yield GaugeMetricFamily("geodns_health_addresses_down",
-                                "mirror addresses down in the current snapshot", value=len(h.down))
-        yield GaugeMetricFamily("geodns_config_generation", "config generation being served",
-                                value=srv.generation)
-        yield GaugeMetricFamily("geodns_config_reload_success", "1 if the last reload succeeded",
-                                value=1 if srv.last_reload_ok else 0)
-        yield GaugeMetricFamily("geodns_config_last_reload_seconds", "duration of the last reload",
-                                value=srv.reload_seconds)
-        yield GaugeMetricFamily("geodns_tcp_connections", "open TCP connections",
-                                value=srv.tcp_limits.open)
+        yield GaugeMetricFamily(
+            "geodns_health_snapshot_age_seconds",
+            "seconds since the health store was last read successfully",
+            value=age,
+        )
+        yield GaugeMetricFamily(
+            "geodns_health_store_up", "1 if the last store poll succeeded", value=1 if h.ok else 0
+        )
+        yield CounterMetricFamily(
+            "geodns_health_store_errors", "failed health store polls", value=h.errors
+        )
+        yield GaugeMetricFamily(
+            "geodns_health_addresses_down",
+            "mirror addresses down in the current snapshot",
+            value=len(h.down),
+        )
+        yield GaugeMetricFamily(
+            "geodns_config_generation", "config generation being served", value=srv.generation
+        )
+        yield GaugeMetricFamily(
+            "geodns_config_reload_success",
+            "1 if the last reload succeeded",
+            value=1 if srv.last_reload_ok else 0,
+        )
+        yield GaugeMetricFamily(
+            "geodns_config_last_reload_seconds",
+            "duration of the last reload",
+            value=srv.reload_seconds,
+        )
+        yield GaugeMetricFamily(
+            "geodns_tcp_connections", "open TCP connections", value=srv.tcp_limits.open
+        )
 
 
 def healthz(server: Server) -> tuple[int, dict[str, Any]]:
@@ -136,13 +163,16 @@ async def start_metrics(server: Server, host: str, port: int) -> web.AppRunner:
     registry.register(ServerCollector(server))
 
     async def metrics(_req: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry),
-                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+        return web.Response(
+            body=generate_latest(registry),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
 
     async def health(_req: web.Request) -> web.Response:
         status, body = healthz(server)
-        return web.Response(status=status, text=json.dumps(body) + "\n",
-                            content_type="application/json")
+        return web.Response(
+            status=status, text=json.dumps(body) + "\n", content_type="application/json"
+        )
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)

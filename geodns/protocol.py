@@ -56,8 +56,9 @@ class UDPProtocol(asyncio.DatagramProtocol):
 
 
 class TCPLimits:
-    def __init__(self, idle_timeout: float = 10.0, max_connections: int = 1000,
-                 max_pipelined: int = 100) -> None:
+    def __init__(
+        self, idle_timeout: float = 10.0, max_connections: int = 1000, max_pipelined: int = 100
+    ) -> None:
         self.idle_timeout = idle_timeout  # RFC 7766 §6.2.3: seconds, not minutes
         self.max_connections = max_connections
         self.max_pipelined = max_pipelined
@@ -83,7 +84,9 @@ class TCPProtocol(asyncio.Protocol):
         self.peer = peer[0] if peer else ""
         lim = self.limits
         if lim.open >= lim.max_connections:
-            log.warning("TCP connection limit (%d) reached; closing %s", lim.max_connections, self.peer)
+            log.warning(
+                "TCP connection limit (%d) reached; closing %s", lim.max_connections, self.peer
+            )
             transport.close()
             return
         lim.open += 1

@@ -128,16 +128,23 @@ class Server:
 
     def load_initial(self) -> None:
         """Synchronous first load; raises ConfigError so start-up fails loudly."""
-        self.geodb = GeoDB.discover(self.s.geoip_asn, self.s.geoip_city,
-                                    dirs=self.s.geoip_dirs) if self.s.geoip_dirs else \
-            GeoDB.discover(self.s.geoip_asn, self.s.geoip_city)
+        self.geodb = (
+            GeoDB.discover(self.s.geoip_asn, self.s.geoip_city, dirs=self.s.geoip_dirs)
+            if self.s.geoip_dirs
+            else GeoDB.discover(self.s.geoip_asn, self.s.geoip_city)
+        )
         self._open_store()
         self._poll_health_sync()
         config = self._load_config()
         self._install(config, Tables(config))
         gc.freeze()
-        log.info("config generation %d loaded: %d zones, %d pools from %s",
-                 self.generation, len(config.zones), len(config.pools), self.s.config_dir)
+        log.info(
+            "config generation %d loaded: %d zones, %d pools from %s",
+            self.generation,
+            len(config.zones),
+            len(config.pools),
+            self.s.config_dir,
+        )
 
     def _load_config(self) -> Config:
         state = self.s.resolved_state_dir()
@@ -145,8 +152,14 @@ class Server:
 
     def _build(self, config: Config, tables: Tables) -> Responder:
         steering = Steering(config, self.geodb, self.health.down, tie_km=self.s.tie_km)
-        return Responder(tables, steering, self.geodb, self.stats,
-                         ecs_trusted=self._trusted, query_log=self.s.query_log)
+        return Responder(
+            tables,
+            steering,
+            self.geodb,
+            self.stats,
+            ecs_trusted=self._trusted,
+            query_log=self.s.query_log,
+        )
 
     def _install(self, config: Config, tables: Tables, responder: Responder | None = None) -> None:
         responder = responder or self._build(config, tables)
@@ -167,7 +180,7 @@ class Server:
         if isinstance(old, Responder):
             deadline = time.monotonic() + WARM_SECONDS
             slice_end = time.monotonic() + WARM_SLICE
-            for warmed in new.warm_from(old):
+            for warmed in new.warm_from(old):  # noqa: B007 — logged below
                 now = time.monotonic()
                 if now > slice_end:  # let the loop answer what arrived meanwhile
                     await asyncio.sleep(0)
@@ -178,8 +191,13 @@ class Server:
         # The caches are long-lived and acyclic: keep them out of the cyclic GC's
         # full passes, which otherwise pause the loop for tens of milliseconds.
         gc.freeze()
-        log.debug("%s: generation %d live after %.0f ms (%d answers warmed)", reason,
-                  self.generation, (time.perf_counter() - t0) * 1000, warmed)
+        log.debug(
+            "%s: generation %d live after %.0f ms (%d answers warmed)",
+            reason,
+            self.generation,
+            (time.perf_counter() - t0) * 1000,
+            warmed,
+        )
 
     # ------------------------------------------------------------------ store
 
@@ -193,8 +211,9 @@ class Server:
         except StoreError as e:
             self.store = None
             self._store_state = "error"  # said once here; polling stays quiet until it changes
-            log.warning("health store not available (%s): every enabled mirror counts as up "
-                        "until it is", e)
+            log.warning(
+                "health store not available (%s): every enabled mirror counts as up until it is", e
+            )
 
     def _poll_health_sync(self) -> bool:
         """One poll; returns True when the down-set changed."""
@@ -220,8 +239,11 @@ class Server:
         except (StoreError, Exception) as e:  # noqa: BLE001 — fail static on anything
             h.errors += 1
             if h.ok or self._store_state != "error":
-                log.error("health store unreachable, keeping the last snapshot (%s addresses "
-                          "down): %s", len(h.down), e)
+                log.error(
+                    "health store unreachable, keeping the last snapshot (%s addresses down): %s",
+                    len(h.down),
+                    e,
+                )
             h.ok = False
             self._store_state = "error"
             return False
@@ -239,12 +261,18 @@ class Server:
             fam = socket.AF_INET6 if ":" in host else socket.AF_INET
             udp_sock = _bind_udp(host, port, fam, self.s.reuse_port)
             port = udp_sock.getsockname()[1]  # port 0 → the same ephemeral port for TCP
-            tr, _ = await loop.create_datagram_endpoint(lambda: UDPProtocol(self.current, self.stats.latency),
-                                                          sock=udp_sock)
+            tr, _ = await loop.create_datagram_endpoint(
+                lambda: UDPProtocol(self.current, self.stats.latency), sock=udp_sock
+            )
             self.transports.append(tr)
-            srv = await loop.create_server(lambda: TCPProtocol(self.current, self.tcp_limits),
-                                           host=host, port=port, family=fam,
-                                           reuse_port=self.s.reuse_port or None, backlog=1024)
+            srv = await loop.create_server(
+                lambda: TCPProtocol(self.current, self.tcp_limits),
+                host=host,
+                port=port,
+                family=fam,
+                reuse_port=self.s.reuse_port or None,
+                backlog=1024,
+            )
             self.servers.append(srv)
             self.bound.append((host, port))
             log.info("listening on %s port %d (UDP and TCP)", host, port)
@@ -252,8 +280,12 @@ class Server:
             from .metrics import start_metrics
 
             self.metrics_server = await start_metrics(self, *self.s.metrics)
-        self.tasks.append(asyncio.create_task(self._every(self.s.health_interval, self.poll_health)))
-        self.tasks.append(asyncio.create_task(self._every(self.s.geoip_interval, self.refresh_geoip)))
+        self.tasks.append(
+            asyncio.create_task(self._every(self.s.health_interval, self.poll_health))
+        )
+        self.tasks.append(
+            asyncio.create_task(self._every(self.s.geoip_interval, self.refresh_geoip))
+        )
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -318,8 +350,11 @@ class Server:
                 config, tables = await run_forked(self._load_and_compile)
             except ConfigError as e:
                 self.last_reload_ok = False
-                log.error("reload rejected, still serving generation %d:\n%s", self.generation,
-                          "\n".join(e.problems))
+                log.error(
+                    "reload rejected, still serving generation %d:\n%s",
+                    self.generation,
+                    "\n".join(e.problems),
+                )
                 return False
             except Exception:  # noqa: BLE001
                 self.last_reload_ok = False
@@ -329,9 +364,13 @@ class Server:
             self.last_reload_ok = True
             self.last_reload_time = time.time()
             self.reload_seconds = time.perf_counter() - t0
-            log.info("config generation %d loaded: %d zones, %d pools in %.0f ms",
-                     self.generation, len(config.zones), len(config.pools),
-                     self.reload_seconds * 1000)
+            log.info(
+                "config generation %d loaded: %d zones, %d pools in %.0f ms",
+                self.generation,
+                len(config.zones),
+                len(config.pools),
+                self.reload_seconds * 1000,
+            )
             return True
 
     def _load_and_compile(self) -> tuple[Config, Tables]:
@@ -350,8 +389,11 @@ class Server:
         # one small query; a thread is fine here (it waits on I/O, not the CPU)
         changed = await asyncio.to_thread(self._poll_health_sync)
         if changed:
-            log.info("health snapshot version %s: %d addresses down", self.health.version,
-                     len(self.health.down))
+            log.info(
+                "health snapshot version %s: %d addresses down",
+                self.health.version,
+                len(self.health.down),
+            )
             await self.rebuild("health change")
 
     async def refresh_geoip(self) -> None:

@@ -38,14 +38,22 @@ class _Family:
 
 
 class Steering:
-    def __init__(self, config: Config, geodb: GeoDB | None, down: Iterable[Key] = (),
-                 *, tie_km: float = 100.0, max_variants: int = 256) -> None:
+    def __init__(
+        self,
+        config: Config,
+        geodb: GeoDB | None,
+        down: Iterable[Key] = (),
+        *,
+        tie_km: float = 100.0,
+        max_variants: int = 256,
+    ) -> None:
         self.tie_km = tie_km
         self.max_variants = max_variants
         down_set = frozenset(down)
         # per pool: the down addresses that concern it (to tell what a change touched)
         self.down_by_pool: dict[str, frozenset[Key]] = {
-            name: frozenset(k for k in down_set if k[0] == name) for name in config.pools}
+            name: frozenset(k for k in down_set if k[0] == name) for name in config.pools
+        }
         self.pools: dict[str, dict[int, _Family]] = {
             name: {fam: _family(pool, fam, geodb, down_set) for fam in (4, 6)}
             for name, pool in config.pools.items()
@@ -55,9 +63,12 @@ class Steering:
     def unchanged_pools(self, old: Steering) -> set[str]:
         """Pools whose definition and health are the same as in `old` (the caller
         also checks that GeoIP data did not change)."""
-        return {name for name, pool in self.config.pools.items()
-                if old.config.pools.get(name) == pool
-                and old.down_by_pool.get(name) == self.down_by_pool[name]}
+        return {
+            name
+            for name, pool in self.config.pools.items()
+            if old.config.pools.get(name) == pool
+            and old.down_by_pool.get(name) == self.down_by_pool[name]
+        }
 
     def steer(self, st: Steered, family: int, client: GeoInfo) -> SteerResult:
         fam = self.pools[st.pool][family]

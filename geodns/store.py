@@ -248,6 +248,17 @@ def address_text(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -
     return str(ipaddress.ip_address(address))
 
 
+def _where_address(stmt: Any, pool: str | None, mirror: str | None, address: str | None) -> Any:
+    """Narrow a query joined on AddressRow to a pool, mirror and/or address."""
+    if pool is not None:
+        stmt = stmt.where(AddressRow.pool == pool)
+    if mirror is not None:
+        stmt = stmt.where(AddressRow.mirror == mirror)
+    if address is not None:
+        stmt = stmt.where(AddressRow.address == address_text(address))
+    return stmt
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -691,15 +702,14 @@ class Store:
         limit: int = 100,
     ) -> list[StateChange]:
         """State changes, newest first."""
-        stmt = select(AddressRow, StateChangeRow).join(
-            StateChangeRow, StateChangeRow.address_id == AddressRow.id
+        stmt = _where_address(
+            select(AddressRow, StateChangeRow).join(
+                StateChangeRow, StateChangeRow.address_id == AddressRow.id
+            ),
+            pool,
+            mirror,
+            address,
         )
-        if mirror is not None:
-            stmt = stmt.where(AddressRow.mirror == mirror)
-        if pool is not None:
-            stmt = stmt.where(AddressRow.pool == pool)
-        if address is not None:
-            stmt = stmt.where(AddressRow.address == address_text(address))
         if region is not None:
             stmt = stmt.where(StateChangeRow.region == region)
         stmt = stmt.order_by(StateChangeRow.at.desc(), StateChangeRow.id.desc()).limit(limit)
@@ -728,15 +738,14 @@ class Store:
         limit: int = 100,
     ) -> list[ProbeResult]:
         """Probe results, newest first."""
-        stmt = select(AddressRow, ProbeResultRow).join(
-            ProbeResultRow, ProbeResultRow.address_id == AddressRow.id
+        stmt = _where_address(
+            select(AddressRow, ProbeResultRow).join(
+                ProbeResultRow, ProbeResultRow.address_id == AddressRow.id
+            ),
+            pool,
+            mirror,
+            address,
         )
-        if pool is not None:
-            stmt = stmt.where(AddressRow.pool == pool)
-        if mirror is not None:
-            stmt = stmt.where(AddressRow.mirror == mirror)
-        if address is not None:
-            stmt = stmt.where(AddressRow.address == address_text(address))
         if kind is not None:
             stmt = stmt.where(ProbeResultRow.kind == kind)
         stmt = stmt.order_by(ProbeResultRow.at.desc(), ProbeResultRow.id.desc()).limit(limit)

@@ -14,15 +14,37 @@ from dataclasses import dataclass
 # RFC 1035 §4.1.1 / RFC 6895 codes
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 BADVERS = 16  # RFC 6891 §9: extended RCODE, upper 8 bits go into the OPT TTL
-RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP",
-               5: "REFUSED", 16: "BADVERS"}
+RCODE_NAMES = {
+    0: "NOERROR",
+    1: "FORMERR",
+    2: "SERVFAIL",
+    3: "NXDOMAIN",
+    4: "NOTIMP",
+    5: "REFUSED",
+    16: "BADVERS",
+}
 
 A, NS, CNAME, SOA, PTR, MX, TXT, AAAA, SRV, OPT, DS = 1, 2, 5, 6, 12, 15, 16, 28, 33, 41, 43
 IXFR, AXFR, MAILB, MAILA, ANY, CAA = 251, 252, 253, 254, 255, 257
-TYPE_CODES = {"A": A, "NS": NS, "CNAME": CNAME, "SOA": SOA, "PTR": PTR, "MX": MX, "TXT": TXT,
-              "AAAA": AAAA, "SRV": SRV, "CAA": CAA}
-TYPE_NAMES = {v: k for k, v in TYPE_CODES.items()} | {ANY: "ANY", DS: "DS", AXFR: "AXFR",
-                                                        IXFR: "IXFR", OPT: "OPT"}
+TYPE_CODES = {
+    "A": A,
+    "NS": NS,
+    "CNAME": CNAME,
+    "SOA": SOA,
+    "PTR": PTR,
+    "MX": MX,
+    "TXT": TXT,
+    "AAAA": AAAA,
+    "SRV": SRV,
+    "CAA": CAA,
+}
+TYPE_NAMES = {v: k for k, v in TYPE_CODES.items()} | {
+    ANY: "ANY",
+    DS: "DS",
+    AXFR: "AXFR",
+    IXFR: "IXFR",
+    OPT: "OPT",
+}
 CLASS_IN = 1
 ECS_CODE = 8  # RFC 7871 §6
 EDNS_PAYLOAD = 1232  # the DNS flag day 2020 size: fits every common path MTU
@@ -244,7 +266,9 @@ def parse_ecs(opt: bytes) -> ECS:
         raise WireError(FORMERR, "Client Subnet scope must be 0 in queries")
     need = (source + 7) // 8
     if len(addr) != need:
-        raise WireError(FORMERR, f"Client Subnet address has {len(addr)} octets, /{source} needs {need}")
+        raise WireError(
+            FORMERR, f"Client Subnet address has {len(addr)} octets, /{source} needs {need}"
+        )
     if need and source % 8:
         mask = 0xFF >> (source % 8)
         if addr[-1] & mask:

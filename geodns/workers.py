@@ -62,8 +62,12 @@ def run_workers(settings: ServerSettings, n: int) -> int:
         for i, p in list(procs.items()):
             if not p.is_alive() and not stopping:
                 restarts += 1
-                log.error("worker %d exited with %s; restarting (%d restarts so far)", i,
-                          p.exitcode, restarts)
+                log.error(
+                    "worker %d exited with %s; restarting (%d restarts so far)",
+                    i,
+                    p.exitcode,
+                    restarts,
+                )
                 if restarts > 10 * n:
                     log.error("workers keep dying; giving up")
                     stopping = True

@@ -111,7 +111,9 @@ class Tables:
         return res  # chain too long (or a loop): return what we have
 
 
-def _lookup_in(cz: CompiledZone, qname: bytes, owner: bytes, qtype: int, res: Resolution) -> bytes | None:
+def _lookup_in(
+    cz: CompiledZone, qname: bytes, owner: bytes, qtype: int, res: Resolution
+) -> bytes | None:
     """Fill `res` for qname in zone cz. Returns a CNAME target to chase, or None."""
     nodes = cz.nodes
     # Walk from just below the apex down to qname looking for a zone cut.
@@ -242,29 +244,36 @@ def _compile(z: Zone) -> CompiledZone:
                 nodes[pk] = Node()
         return n
 
-    soa_rdata = (to_wire(z.soa.mname) + to_wire(z.soa.rname)
-                 + struct.pack("!IIIII", z.soa.serial, z.soa.refresh, z.soa.retry,
-                               z.soa.expire, z.soa.minimum))
+    soa_rdata = (
+        to_wire(z.soa.mname)
+        + to_wire(z.soa.rname)
+        + struct.pack(
+            "!IIIII", z.soa.serial, z.soa.refresh, z.soa.retry, z.soa.expire, z.soa.minimum
+        )
+    )
     soa = RRSet(apex, wire.SOA, z.soa.ttl, (wire.rr_tail(wire.SOA, z.soa.ttl, soa_rdata),))
     apex_node = node(z.name)
     apex_node.rrsets[wire.SOA] = soa
     ns_targets = tuple(to_wire(n) for n in z.ns)
     apex_node.rrsets[wire.NS] = RRSet(
-        apex, wire.NS, z.ttl,
-        tuple(wire.rr_tail(wire.NS, z.ttl, t) for t in ns_targets), ns_targets)
+        apex, wire.NS, z.ttl, tuple(wire.rr_tail(wire.NS, z.ttl, t) for t in ns_targets), ns_targets
+    )
     for rr in z.rrsets:
         rtype = wire.TYPE_CODES[rr.rtype]
         tails = []
         targets = []
         for text in rr.rdata:
-            rd = dns.rdata.from_text(1, dns.rdatatype.from_text(rr.rtype), text, origin=origin,
-                                     relativize=False)
+            rd = dns.rdata.from_text(
+                1, dns.rdatatype.from_text(rr.rtype), text, origin=origin, relativize=False
+            )
             tails.append(wire.rr_tail(rtype, rr.ttl, rd.to_wire()))
             for attr in ("target", "exchange"):
                 t = getattr(rd, attr, None)
                 if isinstance(t, dns.name.Name):
                     targets.append(t.canonicalize().to_wire())
-        node(rr.name).rrsets[rtype] = RRSet(to_wire(rr.name), rtype, rr.ttl, tuple(tails), tuple(targets))
+        node(rr.name).rrsets[rtype] = RRSet(
+            to_wire(rr.name), rtype, rr.ttl, tuple(tails), tuple(targets)
+        )
     for st in z.steered:
         node(st.name).steered = st
     # RFC 2308 §3: the negative TTL is the smaller of the SOA's TTL and MINIMUM.

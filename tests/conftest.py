@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from checker.demomirror import DemoPKI
 from geodns.geoip_demo import write_databases
 
 from .util import ServerThread, settings_for
@@ -24,11 +25,26 @@ def demo_geoip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, demo_geoip: tuple[Path, Path]) -> Iterator[ServerThread]:
+def pki() -> Iterator[DemoPKI]:
+    """A throw-away CA issuing the demo mirrors' certificates of every kind."""
+    p = DemoPKI()
+    yield p
+    p.cleanup()
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, demo_geoip: tuple[Path, Path]
+) -> Iterator[ServerThread]:
     """The test zones on 127.0.0.1 and ::1, ephemeral ports, no health store."""
     tmp = tmp_path_factory.mktemp("server")
-    settings = settings_for(TEST_ZONES, tmp, demo_geoip,
-                            listen=[("127.0.0.1", 0), ("::1", 0)],
-                            tcp_idle_timeout=1.0, tcp_max_connections=50)
+    settings = settings_for(
+        TEST_ZONES,
+        tmp,
+        demo_geoip,
+        listen=[("127.0.0.1", 0), ("::1", 0)],
+        tcp_idle_timeout=1.0,
+        tcp_max_connections=50,
+    )
     with ServerThread(settings) as st:
         yield st

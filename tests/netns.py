@@ -330,8 +330,10 @@ class NetnsBed:
     def start(self) -> None:
         remove_stale()
         # The switch's ports carry no addresses: no IPv6 there at all.
-        self._create_ns(self.switch, {"net.ipv6.conf.all.disable_ipv6": "1",
-                                      "net.ipv6.conf.default.disable_ipv6": "1"})
+        self._create_ns(
+            self.switch,
+            {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"},
+        )
 
         def bridge(sw: Any) -> None:
             sw.link("add", ifname="br0", kind="bridge", br_mcast_snooping=0)
@@ -349,18 +351,22 @@ class NetnsBed:
         if len(port) > 15 or role in self.hosts:
             raise BedError(f"host role {role!r} is too long or used twice")
         host = Host(role, f"{self.prefix}-{role}", a4, a6)
-        self._create_ns(host.ns, {
-            "net.ipv6.conf.all.disable_ipv6": "0",
-            "net.ipv6.conf.default.disable_ipv6": "0",
-            "net.ipv6.conf.all.accept_dad": "0",
-            "net.ipv6.conf.default.accept_dad": "0",
-            "net.ipv6.conf.default.accept_ra": "0",
-        })
+        self._create_ns(
+            host.ns,
+            {
+                "net.ipv6.conf.all.disable_ipv6": "0",
+                "net.ipv6.conf.default.disable_ipv6": "0",
+                "net.ipv6.conf.all.accept_dad": "0",
+                "net.ipv6.conf.default.accept_dad": "0",
+                "net.ipv6.conf.default.accept_ra": "0",
+            },
+        )
 
         def plug(sw: Any) -> None:
             # The peer is created directly in the host's namespace, as eth0.
-            sw.link("add", ifname=port, kind="veth",
-                    peer={"ifname": host.ifname, "net_ns_fd": host.ns})
+            sw.link(
+                "add", ifname=port, kind="veth", peer={"ifname": host.ifname, "net_ns_fd": host.ns}
+            )
             self._ports.append(port)
             (idx,) = sw.link_lookup(ifname=port)
             (br,) = sw.link_lookup(ifname="br0")
@@ -369,8 +375,7 @@ class NetnsBed:
         def configure(ipr: Any) -> None:
             (eth,) = ipr.link_lookup(ifname=host.ifname)
             ipr.addr("add", index=eth, address=str(a4), prefixlen=NET4.prefixlen)
-            ipr.addr("add", index=eth, address=str(a6), prefixlen=NET6.prefixlen,
-                     flags=IFA_F_NODAD)
+            ipr.addr("add", index=eth, address=str(a6), prefixlen=NET6.prefixlen, flags=IFA_F_NODAD)
             ipr.link("set", index=eth, state="up")
 
         self.rtnl(self.switch, plug)
@@ -387,8 +392,9 @@ class NetnsBed:
             out = {}
             for msg in ipr.get_addr(index=eth):
                 flags = msg.get_attr("IFA_FLAGS")  # 32 bits; the header's field has 8
-                out[str(msg.get_attr("IFA_ADDRESS"))] = int(flags if flags is not None
-                                                            else msg["flags"])
+                out[str(msg.get_attr("IFA_ADDRESS"))] = int(
+                    flags if flags is not None else msg["flags"]
+                )
             return out
 
         return self.rtnl(host.ns, read)
@@ -441,14 +447,19 @@ class NetnsBed:
         # (the in-namespace mirrors), which Python documents as deadlock-prone.
         return ["ip", "netns", "exec", host.ns, *argv]
 
-    def popen(self, host: Host, argv: Sequence[str], *, log: Path | None = None,
-              **kw: Any) -> subprocess.Popen[bytes]:
+    def popen(
+        self, host: Host, argv: Sequence[str], *, log: Path | None = None, **kw: Any
+    ) -> subprocess.Popen[bytes]:
         """Start a long-running process in `host`; `close()` stops it."""
         out: IO[bytes] | None = open(log, "wb") if log is not None else None  # noqa: SIM115
         try:
-            proc = subprocess.Popen(self.argv(host, argv), stdin=subprocess.DEVNULL,
-                                    stdout=out if out is not None else subprocess.DEVNULL,
-                                    stderr=subprocess.STDOUT, **kw)
+            proc = subprocess.Popen(
+                self.argv(host, argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out if out is not None else subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+                **kw,
+            )
         except BaseException:
             if out is not None:
                 out.close()
@@ -456,16 +467,28 @@ class NetnsBed:
         self._procs.append((proc, out))
         return proc
 
-    def run(self, host: Host, argv: Sequence[str], *, timeout: float = 60.0,
-            **kw: Any) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, host: Host, argv: Sequence[str], *, timeout: float = 60.0, **kw: Any
+    ) -> subprocess.CompletedProcess[str]:
         """Run a command in `host` to completion (bounded), capturing its output."""
-        return subprocess.run(self.argv(host, argv), capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL, check=False, **kw)
+        return subprocess.run(
+            self.argv(host, argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+            **kw,
+        )
 
     def executor(self, host: Host, workers: int = 2) -> ThreadPoolExecutor:
         """A thread pool whose every worker lives in `host`'s namespace."""
-        ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"ns-{host.role}",
-                                initializer=enter_netns, initargs=(host.ns,))
+        ex = ThreadPoolExecutor(
+            max_workers=workers,
+            thread_name_prefix=f"ns-{host.role}",
+            initializer=enter_netns,
+            initargs=(host.ns,),
+        )
         self._executors.append(ex)
         return ex
 
@@ -507,7 +530,6 @@ class NetnsBed:
         for ex in self._executors:
             ex.shutdown(wait=True, cancel_futures=True)
         from pyroute2 import netns
-
 
         def unplug(sw: Any) -> None:
             for port in [*self._ports, "br0"]:  # a veth goes with its peer

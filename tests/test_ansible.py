@@ -54,6 +54,8 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from .geodata import make_databases
+
 REPO = Path(__file__).resolve().parents[1]
 ANSIBLE_DIR = REPO / "ansible"
 EXAMPLE_INVENTORY = ANSIBLE_DIR / "inventories" / "example"
@@ -361,42 +363,21 @@ def _build_wheel(dest: Path) -> Path:
 
 
 def _write_geoip(dest: Path) -> None:
-    """Small GeoLite2-ASN/-City files in MaxMind format, made with a writer library."""
-    from mmdb_writer import MMDBWriter
-    from netaddr import IPSet
-
+    """Small GeoLite2-ASN/-City files in MaxMind format (the demo writer's code path)."""
     dest.mkdir(parents=True)
-    asn = MMDBWriter(
-        ip_version=6,
-        ipv4_compatible=True,
-        database_type="GeoLite2-ASN",
-        languages=["en"],
-        description={"en": "geodns ansible test"},
+    make_databases(
+        dest,
+        [
+            {
+                "network": "127.0.0.0/8",
+                "asn": 64500,
+                "org": "Loopback test AS",
+                "country": "DE",
+                "continent": "EU",
+                "location": [50.11, 8.68],
+            }
+        ],
     )
-    asn.insert_network(
-        IPSet(["127.0.0.0/8"]),
-        {
-            "autonomous_system_number": 64500,
-            "autonomous_system_organization": "Loopback test AS",
-        },
-    )
-    asn.to_db_file(str(dest / "GeoLite2-ASN.mmdb"))
-    city = MMDBWriter(
-        ip_version=6,
-        ipv4_compatible=True,
-        database_type="GeoLite2-City",
-        languages=["en"],
-        description={"en": "geodns ansible test"},
-    )
-    city.insert_network(
-        IPSet(["127.0.0.0/8"]),
-        {
-            "continent": {"code": "EU"},
-            "country": {"iso_code": "DE"},
-            "location": {"latitude": 50.11, "longitude": 8.68},
-        },
-    )
-    city.to_db_file(str(dest / "GeoLite2-City.mmdb"))
 
 
 @pytest.fixture(scope="module")

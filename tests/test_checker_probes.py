@@ -26,13 +26,6 @@ CRITICAL = "releases/latest.iso"
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(scope="module")
-def pki() -> Iterator[DemoPKI]:
-    p = DemoPKI()
-    yield p
-    p.cleanup()
-
-
 @pytest.fixture
 def tree() -> Tree:
     t = Tree.generate(60, critical=(CRITICAL,))

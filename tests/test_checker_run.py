@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,6 @@ from geodns.model import Checks, FreshnessCheck, ObjectsCheck, Pool, TLSCheck
 from geodns.store import Store
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(scope="module")
-def pki() -> Iterator[DemoPKI]:
-    p = DemoPKI()
-    yield p
-    p.cleanup()
 
 
 def fast_checks(tmp: Path, tree: Tree, interval: float = 0.2) -> Checks:

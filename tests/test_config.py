@@ -63,8 +63,12 @@ def test_good_config_loads(tmp_path: Path) -> None:
 
 
 def test_bad_ipv4_names_file_line_mirror_and_field(tmp_path: Path) -> None:
-    msg = one(tmp_path, {"z.yaml": ZONE_OK, "pools/p.yaml": POOL_OK.replace("192.0.2.10", "300.1.2.3")})
-    assert msg.endswith("pools/p.yaml:5: pool 'p' mirror 'm1': ipv4: '300.1.2.3' is not an IPv4 address")
+    msg = one(
+        tmp_path, {"z.yaml": ZONE_OK, "pools/p.yaml": POOL_OK.replace("192.0.2.10", "300.1.2.3")}
+    )
+    assert msg.endswith(
+        "pools/p.yaml:5: pool 'p' mirror 'm1': ipv4: '300.1.2.3' is not an IPv4 address"
+    )
 
 
 def test_unknown_key_is_an_error(tmp_path: Path) -> None:
@@ -73,7 +77,9 @@ def test_unknown_key_is_an_error(tmp_path: Path) -> None:
 
 
 def test_bad_names(tmp_path: Path) -> None:
-    z = ZONE_OK.replace("ns1: {A: 192.0.2.53}", "ns1: {A: 192.0.2.53}\n  bad_label!: {A: 192.0.2.1}")
+    z = ZONE_OK.replace(
+        "ns1: {A: 192.0.2.53}", "ns1: {A: 192.0.2.53}\n  bad_label!: {A: 192.0.2.1}"
+    )
     msg = one(tmp_path, {"z.yaml": z, "pools/p.yaml": POOL_OK})
     assert "z.yaml:6:" in msg and "record 'bad_label!'" in msg and "not a valid owner name" in msg
     msg = one(tmp_path / "b", {"z.yaml": ZONE_OK + "  x..y: {pool: p}\n", "pools/p.yaml": POOL_OK})
@@ -81,9 +87,15 @@ def test_bad_names(tmp_path: Path) -> None:
 
 
 def test_cname_beside_other_data(tmp_path: Path) -> None:
-    z = ZONE_OK.replace("ns1: {A: 192.0.2.53}", "ns1: {A: 192.0.2.53}\n  www: {CNAME: ns1, TXT: hi}")
+    z = ZONE_OK.replace(
+        "ns1: {A: 192.0.2.53}", "ns1: {A: 192.0.2.53}\n  www: {CNAME: ns1, TXT: hi}"
+    )
     msg = one(tmp_path, {"z.yaml": z, "pools/p.yaml": POOL_OK})
-    assert "z.yaml:6:" in msg and "record 'www'" in msg and "CNAME: cannot stand beside other data (TXT)" in msg
+    assert (
+        "z.yaml:6:" in msg
+        and "record 'www'" in msg
+        and "CNAME: cannot stand beside other data (TXT)" in msg
+    )
 
 
 def test_cname_beside_steered_name(tmp_path: Path) -> None:
@@ -99,13 +111,17 @@ def test_duplicate_zones(tmp_path: Path) -> None:
 
 
 def test_dangling_pool_reference(tmp_path: Path) -> None:
-    msg = one(tmp_path, {"z.yaml": ZONE_OK.replace("pool: p", "pool: nope"), "pools/p.yaml": POOL_OK})
+    msg = one(
+        tmp_path, {"z.yaml": ZONE_OK.replace("pool: p", "pool: nope"), "pools/p.yaml": POOL_OK}
+    )
     assert "z.yaml:7:" in msg and "steered 'dl'" in msg and "pool: no pool named 'nope'" in msg
     assert "known pools: p" in msg
 
 
 def test_out_of_zone_data(tmp_path: Path) -> None:
-    z = ZONE_OK.replace("ns1: {A: 192.0.2.53}", "ns1: {A: 192.0.2.53}\n  ns.other.net.: {A: 192.0.2.1}")
+    z = ZONE_OK.replace(
+        "ns1: {A: 192.0.2.53}", "ns1: {A: 192.0.2.53}\n  ns.other.net.: {A: 192.0.2.1}"
+    )
     msg = one(tmp_path, {"z.yaml": z, "pools/p.yaml": POOL_OK})
     assert "z.yaml:6:" in msg and "'ns.other.net' is not inside zone 'example.org'" in msg
 
@@ -118,14 +134,16 @@ def test_missing_glue_for_in_zone_name_server(tmp_path: Path) -> None:
 
 
 def test_data_below_delegation(tmp_path: Path) -> None:
-    z = ZONE_OK.replace("ns1: {A: 192.0.2.53}",
-                        "ns1: {A: 192.0.2.53}\n  sub: {NS: ns1.example.org.}\n  www.sub: {TXT: hidden}")
+    z = ZONE_OK.replace(
+        "ns1: {A: 192.0.2.53}",
+        "ns1: {A: 192.0.2.53}\n  sub: {NS: ns1.example.org.}\n  www.sub: {TXT: hidden}",
+    )
     msg = one(tmp_path, {"z.yaml": z, "pools/p.yaml": POOL_OK})
     assert "record 'www.sub'" in msg and "below the delegation 'sub'" in msg
 
 
 def test_bad_rdata_reports_type(tmp_path: Path) -> None:
-    z = ZONE_OK.replace("ns1: {A: 192.0.2.53}", "ns1: {A: 192.0.2.53}\n  \"@\": {MX: \"ten mail\"}")
+    z = ZONE_OK.replace("ns1: {A: 192.0.2.53}", 'ns1: {A: 192.0.2.53}\n  "@": {MX: "ten mail"}')
     msg = one(tmp_path, {"z.yaml": z, "pools/p.yaml": POOL_OK})
     assert "z.yaml:6:" in msg and "MX: 'ten mail' is not valid MX data" in msg
 
@@ -155,32 +173,45 @@ def test_mirror_field_errors_collected_at_once(tmp_path: Path) -> None:
     """
     ps = problems(write(tmp_path, {"z.yaml": ZONE_OK, "pools/p.yaml": pool}))
     text = "\n".join(ps)
-    for needle in ("p.yaml:2: pool 'p': fallback: no mirror named 'ghost'",
-                   "p.yaml:3: pool 'p': on_empty: expected one of failopen, servfail",
-                   "p.yaml:5: pool 'p' checks freshness: path: 'timestamp.txt' must start with '/'",
-                   "max_lag: expected a positive duration",
-                   "p.yaml:6: pool 'p' checks: fall: 0 is out of range 1..100",
-                   "p.yaml:9: pool 'p' mirror 'm1': url: 'ftp://m1.example.net/' is not an http",
-                   "p.yaml:11: pool 'p' mirror 'm1': ipv6: '2001:db8::zz' is not an IPv6 address",
-                   "p.yaml:12: pool 'p' mirror 'm1': weight: expected a whole number",
-                   "country: 'Germany' is not a two-letter",
-                   "continent: 'XX' is not one of",
-                   "location: expected [latitude, longitude]",
-                   "p.yaml:16: pool 'p': mirror: duplicate mirror name 'm1'",
-                   "mirror 'm2': a mirror needs at least one address"):
+    for needle in (
+        "p.yaml:2: pool 'p': fallback: no mirror named 'ghost'",
+        "p.yaml:3: pool 'p': on_empty: expected one of failopen, servfail",
+        "p.yaml:5: pool 'p' checks freshness: path: 'timestamp.txt' must start with '/'",
+        "max_lag: expected a positive duration",
+        "p.yaml:6: pool 'p' checks: fall: 0 is out of range 1..100",
+        "p.yaml:9: pool 'p' mirror 'm1': url: 'ftp://m1.example.net/' is not an http",
+        "p.yaml:11: pool 'p' mirror 'm1': ipv6: '2001:db8::zz' is not an IPv6 address",
+        "p.yaml:12: pool 'p' mirror 'm1': weight: expected a whole number",
+        "country: 'Germany' is not a two-letter",
+        "continent: 'XX' is not one of",
+        "location: expected [latitude, longitude]",
+        "p.yaml:16: pool 'p': mirror: duplicate mirror name 'm1'",
+        "mirror 'm2': a mirror needs at least one address",
+    ):
         assert needle in text, f"{needle!r} not in:\n{text}"
 
 
 def test_yaml_syntax_error_and_duplicate_keys(tmp_path: Path) -> None:
-    ps = problems(write(tmp_path, {"z.yaml": ZONE_OK + "records: {}\n", "pools/p.yaml": "pool: [unclosed\n"}))
+    ps = problems(
+        write(tmp_path, {"z.yaml": ZONE_OK + "records: {}\n", "pools/p.yaml": "pool: [unclosed\n"})
+    )
     text = "\n".join(ps)
     assert "z.yaml:8: duplicate key 'records'" in text
     assert "pools/p.yaml:2: YAML syntax" in text
 
 
 def test_file_kind_must_be_known(tmp_path: Path) -> None:
-    ps = problems(write(tmp_path, {"z.yaml": ZONE_OK, "pools/p.yaml": POOL_OK, "junk.yaml": "hello: 1\n",
-                                   "empty.yaml": ""}))
+    ps = problems(
+        write(
+            tmp_path,
+            {
+                "z.yaml": ZONE_OK,
+                "pools/p.yaml": POOL_OK,
+                "junk.yaml": "hello: 1\n",
+                "empty.yaml": "",
+            },
+        )
+    )
     assert any("junk.yaml:1: expected a top-level 'zone:' or 'pool:' key" in p for p in ps)
     assert any("empty.yaml: file is empty" in p for p in ps)
 
@@ -188,7 +219,9 @@ def test_file_kind_must_be_known(tmp_path: Path) -> None:
 def test_validate_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["validate", str(REPO / "zones")]) == 0
     assert "OK" in capsys.readouterr().out
-    bad = write(tmp_path, {"z.yaml": ZONE_OK, "pools/p.yaml": POOL_OK.replace("192.0.2.10", "nope")})
+    bad = write(
+        tmp_path, {"z.yaml": ZONE_OK, "pools/p.yaml": POOL_OK.replace("192.0.2.10", "nope")}
+    )
     assert cli_main(["validate", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "ipv4: 'nope' is not an IPv4 address" in err and "1 problem(s)" in err

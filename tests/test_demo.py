@@ -11,9 +11,23 @@ from .util import REPO, free_port
 
 def test_demo_once(tmp_path: Path) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "checker.demo", "--once", "--state-dir", str(tmp_path / "demo"),
-         "--port", str(free_port()), "--metrics-port", str(free_port())],
-        cwd=REPO, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "checker.demo",
+            "--once",
+            "--state-dir",
+            str(tmp_path / "demo"),
+            "--port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert "mirror-fr  │ 127.4.0.1  │ down" in out and "stale: 9h behind" in out, out

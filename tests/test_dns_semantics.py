@@ -16,7 +16,10 @@ import pytest
 
 from .util import ServerThread, query, raw_tcp_many, raw_udp, rrset_texts, tcp, udp
 
-SOA_NEG = "example.org. 300 IN SOA ns1.example.org. hostmaster.example.org. 2026010100 3600 600 1209600 300"
+SOA_NEG = (
+    "example.org. 300 IN SOA ns1.example.org. hostmaster.example.org. "
+    "2026010100 3600 600 1209600 300"
+)
 
 
 def texts(msg: dns.message.Message) -> tuple[list[str], list[str], list[str]]:
@@ -76,25 +79,39 @@ def test_apex_soa_and_ns_with_glue(server: ServerThread) -> None:
     assert texts(r)[0] == [SOA_NEG.replace(" 300 IN", " 3600 IN")]
     r = udp(query("example.org", "NS"), server.addr())
     assert texts(r) == (
-        ["example.org. 3600 IN NS ns.elsewhere.net.", "example.org. 3600 IN NS ns1.example.org.",
-         "example.org. 3600 IN NS ns2.example.org."],
+        [
+            "example.org. 3600 IN NS ns.elsewhere.net.",
+            "example.org. 3600 IN NS ns1.example.org.",
+            "example.org. 3600 IN NS ns2.example.org.",
+        ],
         [],
-        ["ns1.example.org. 3600 IN A 192.0.2.53", "ns1.example.org. 3600 IN AAAA 2001:db8::53",
-         "ns2.example.org. 3600 IN A 198.51.100.53"],
+        [
+            "ns1.example.org. 3600 IN A 192.0.2.53",
+            "ns1.example.org. 3600 IN AAAA 2001:db8::53",
+            "ns2.example.org. 3600 IN A 198.51.100.53",
+        ],
     )
 
 
 def test_mx_caa_srv_txt(server: ServerThread) -> None:
     r = udp(query("example.org", "MX"), server.addr())
-    assert texts(r) == (["example.org. 3600 IN MX 10 mail.example.org.",
-                         "example.org. 3600 IN MX 20 mx.elsewhere.net."], [],
-                        ["mail.example.org. 3600 IN A 192.0.2.25"])
+    assert texts(r) == (
+        [
+            "example.org. 3600 IN MX 10 mail.example.org.",
+            "example.org. 3600 IN MX 20 mx.elsewhere.net.",
+        ],
+        [],
+        ["mail.example.org. 3600 IN A 192.0.2.25"],
+    )
     assert texts(udp(query("example.org", "CAA"), server.addr()))[0] == [
-        'example.org. 3600 IN CAA 0 issue "letsencrypt.org"']
+        'example.org. 3600 IN CAA 0 issue "letsencrypt.org"'
+    ]
     assert texts(udp(query("_https._tcp.dl.example.org", "SRV"), server.addr()))[0] == [
-        "_https._tcp.dl.example.org. 3600 IN SRV 0 100 443 dl.example.org."]
+        "_https._tcp.dl.example.org. 3600 IN SRV 0 100 443 dl.example.org."
+    ]
     assert texts(udp(query("example.org", "TXT"), server.addr()))[0] == [
-        'example.org. 3600 IN TXT "v=spf1 mx -all"']
+        'example.org. 3600 IN TXT "v=spf1 mx -all"'
+    ]
 
 
 def test_referral_for_delegation_with_glue(server: ServerThread) -> None:
@@ -103,8 +120,14 @@ def test_referral_for_delegation_with_glue(server: ServerThread) -> None:
     assert r.rcode() == dns.rcode.NOERROR and not r.flags & dns.flags.AA
     assert texts(r) == (
         [],
-        ["lab.example.org. 3600 IN NS ns.elsewhere.net.", "lab.example.org. 3600 IN NS ns.lab.example.org."],
-        ["ns.lab.example.org. 3600 IN A 192.0.2.99", "ns.lab.example.org. 3600 IN AAAA 2001:db8::99"],
+        [
+            "lab.example.org. 3600 IN NS ns.elsewhere.net.",
+            "lab.example.org. 3600 IN NS ns.lab.example.org.",
+        ],
+        [
+            "ns.lab.example.org. 3600 IN A 192.0.2.99",
+            "ns.lab.example.org. 3600 IN AAAA 2001:db8::99",
+        ],
     )
 
 
@@ -128,14 +151,22 @@ def test_cname_chain_followed_inside_zone(server: ServerThread) -> None:
     r = udp(query("downloads.example.org", "MX"), server.addr())
     assert r.rcode() == dns.rcode.NOERROR and r.flags & dns.flags.AA
     # downloads → www → dl (steered, no MX) → NODATA after the chain
-    assert texts(r) == (["downloads.example.org. 3600 IN CNAME www.example.org.",
-                         "www.example.org. 3600 IN CNAME dl.example.org."], [SOA_NEG], [])
+    assert texts(r) == (
+        [
+            "downloads.example.org. 3600 IN CNAME www.example.org.",
+            "www.example.org. 3600 IN CNAME dl.example.org.",
+        ],
+        [SOA_NEG],
+        [],
+    )
 
 
 def test_cname_chain_across_our_zones(server: ServerThread) -> None:
     r = udp(query("hop.other.test", "TXT"), server.addr())
-    assert rrset_texts(r.answer) == ["hop.other.test. 3600 IN CNAME www.example.org.",
-                                     "www.example.org. 3600 IN CNAME dl.example.org."]
+    assert rrset_texts(r.answer) == [
+        "hop.other.test. 3600 IN CNAME www.example.org.",
+        "www.example.org. 3600 IN CNAME dl.example.org.",
+    ]
 
 
 def test_cname_out_of_zone_and_dangling_and_loop(server: ServerThread) -> None:
@@ -144,7 +175,11 @@ def test_cname_out_of_zone_and_dangling_and_loop(server: ServerThread) -> None:
     r = udp(query("dangling.example.org"), server.addr())
     # RFC 6604: the rcode speaks of the last name in the chain
     assert r.rcode() == dns.rcode.NXDOMAIN
-    assert texts(r) == (["dangling.example.org. 3600 IN CNAME nothing-here.example.org."], [SOA_NEG], [])
+    assert texts(r) == (
+        ["dangling.example.org. 3600 IN CNAME nothing-here.example.org."],
+        [SOA_NEG],
+        [],
+    )
     r = udp(query("loop1.example.org"), server.addr())
     assert r.rcode() == dns.rcode.NOERROR and 2 <= len(r.answer) <= 8
 
@@ -204,26 +239,42 @@ def test_notimp_for_other_opcodes(server: ServerThread) -> None:
         assert flags & 0xF == dns.rcode.NOTIMP
 
 
-def _hdr(qid: int = 0x1234, flags: int = 0x0100, qd: int = 1, an: int = 0, ns: int = 0, ar: int = 0) -> bytes:
+def _hdr(
+    qid: int = 0x1234, flags: int = 0x0100, qd: int = 1, an: int = 0, ns: int = 0, ar: int = 0
+) -> bytes:
     return struct.pack("!HHHHHH", qid, flags, qd, an, ns, ar)
 
 
 QUESTION = b"\x07example\x03org\x00\x00\x06\x00\x01"
 
 
-@pytest.mark.parametrize(("packet", "why"), [
-    (_hdr(qd=0), "no question"),
-    (_hdr(qd=2) + QUESTION + QUESTION, "two questions"),
-    (_hdr() + b"\x07example\x03or", "truncated name"),
-    (_hdr() + b"\x07example\x03org\x00\x00\x06", "truncated type/class"),
-    (_hdr() + b"\x47example\x03org\x00\x00\x06\x00\x01", "extended label type"),
-    (_hdr() + b"\xc0\x0c\x00\x06\x00\x01", "compression pointer in question"),
-    (_hdr() + b"\x3f" + b"a" * 63 + (b"\x3f" + b"a" * 63) * 3 + b"\x00\x00\x01\x00\x01", "name > 255"),
-    (_hdr(ar=1) + QUESTION + b"\x00\x00\x29\x04", "truncated OPT"),
-    (_hdr(ar=2) + QUESTION + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00" * 2, "two OPT records"),
-    (_hdr(ar=1) + QUESTION + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x05\x00\x0a\x00\x09x", "option overruns"),
-    (_hdr() + b"\x07example\x03org\x00\x00\x29\x00\x01", "OPT as the query type"),
-])
+@pytest.mark.parametrize(
+    ("packet", "why"),
+    [
+        (_hdr(qd=0), "no question"),
+        (_hdr(qd=2) + QUESTION + QUESTION, "two questions"),
+        (_hdr() + b"\x07example\x03or", "truncated name"),
+        (_hdr() + b"\x07example\x03org\x00\x00\x06", "truncated type/class"),
+        (_hdr() + b"\x47example\x03org\x00\x00\x06\x00\x01", "extended label type"),
+        (_hdr() + b"\xc0\x0c\x00\x06\x00\x01", "compression pointer in question"),
+        (
+            _hdr() + b"\x3f" + b"a" * 63 + (b"\x3f" + b"a" * 63) * 3 + b"\x00\x00\x01\x00\x01",
+            "name > 255",
+        ),
+        (_hdr(ar=1) + QUESTION + b"\x00\x00\x29\x04", "truncated OPT"),
+        (
+            _hdr(ar=2) + QUESTION + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00" * 2,
+            "two OPT records",
+        ),
+        (
+            _hdr(ar=1)
+            + QUESTION
+            + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x05\x00\x0a\x00\x09x",
+            "option overruns",
+        ),
+        (_hdr() + b"\x07example\x03org\x00\x00\x29\x00\x01", "OPT as the query type"),
+    ],
+)
 def test_formerr_for_malformed_queries(server: ServerThread, packet: bytes, why: str) -> None:
     raw = raw_udp(packet, server.addr())
     assert raw is not None, why

@@ -26,20 +26,32 @@ def addrs(msg: dns.message.Message) -> list[str]:
 
 def ecs_packet(option: bytes, name: bytes = b"\x02dl\x07example\x03org\x00") -> bytes:
     opt_rdata = struct.pack("!HH", 8, len(option)) + option
-    return (struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 1) + name + b"\x00\x01\x00\x01"
-            + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00" + struct.pack("!H", len(opt_rdata)) + opt_rdata)
+    return (
+        struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 1)
+        + name
+        + b"\x00\x01\x00\x01"
+        + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00"
+        + struct.pack("!H", len(opt_rdata))
+        + opt_rdata
+    )
 
 
-@pytest.mark.parametrize(("option", "why"), [
-    (struct.pack("!HBB", 3, 24, 0) + b"\xc0\x00\x02", "unknown family 3"),
-    (struct.pack("!HBB", 1, 33, 0) + b"\xc0\x00\x02\x00\x00", "IPv4 source prefix > 32"),
-    (struct.pack("!HBB", 2, 129, 0) + b"\x20\x01" + b"\x00" * 15, "IPv6 source prefix > 128"),
-    (struct.pack("!HBB", 1, 24, 0) + b"\xc0\x00\x02\x00", "address longer than the prefix needs"),
-    (struct.pack("!HBB", 1, 24, 0) + b"\xc0\x00", "address shorter than the prefix needs"),
-    (struct.pack("!HBB", 1, 23, 0) + b"\xc0\x00\x03", "host bits set beyond the prefix"),
-    (struct.pack("!HBB", 1, 24, 16) + b"\xc0\x00\x02", "scope not zero in a query"),
-    (struct.pack("!HB", 1, 24), "option shorter than 4 octets"),
-])
+@pytest.mark.parametrize(
+    ("option", "why"),
+    [
+        (struct.pack("!HBB", 3, 24, 0) + b"\xc0\x00\x02", "unknown family 3"),
+        (struct.pack("!HBB", 1, 33, 0) + b"\xc0\x00\x02\x00\x00", "IPv4 source prefix > 32"),
+        (struct.pack("!HBB", 2, 129, 0) + b"\x20\x01" + b"\x00" * 15, "IPv6 source prefix > 128"),
+        (
+            struct.pack("!HBB", 1, 24, 0) + b"\xc0\x00\x02\x00",
+            "address longer than the prefix needs",
+        ),
+        (struct.pack("!HBB", 1, 24, 0) + b"\xc0\x00", "address shorter than the prefix needs"),
+        (struct.pack("!HBB", 1, 23, 0) + b"\xc0\x00\x03", "host bits set beyond the prefix"),
+        (struct.pack("!HBB", 1, 24, 16) + b"\xc0\x00\x02", "scope not zero in a query"),
+        (struct.pack("!HB", 1, 24), "option shorter than 4 octets"),
+    ],
+)
 def test_malformed_ecs_is_formerr(server: ServerThread, option: bytes, why: str) -> None:
     """RFC 7871 §7.1.1 / §6: a malformed option → FORMERR (with an OPT, no ECS)."""
     raw = raw_udp(ecs_packet(option), server.addr())
@@ -53,19 +65,33 @@ def test_malformed_ecs_is_formerr(server: ServerThread, option: bytes, why: str)
 def test_two_ecs_options_is_formerr(server: ServerThread) -> None:
     opt = struct.pack("!HBB", 1, 24, 0) + b"\xc0\x00\x02"
     one = struct.pack("!HH", 8, len(opt)) + opt
-    pkt = (struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 1) + b"\x02dl\x07example\x03org\x00\x00\x01\x00\x01"
-           + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00" + struct.pack("!H", 2 * len(one)) + one + one)
+    pkt = (
+        struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 1)
+        + b"\x02dl\x07example\x03org\x00\x00\x01\x00\x01"
+        + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00"
+        + struct.pack("!H", 2 * len(one))
+        + one
+        + one
+    )
     raw = raw_udp(pkt, server.addr())
     assert raw is not None and dns.message.from_wire(raw).rcode() == dns.rcode.FORMERR
 
 
-@pytest.mark.parametrize(("subnet", "expected", "scope"), [
-    ("192.0.2.0/24", ["127.1.0.1", "127.5.0.1"], 24),      # DE client → both German mirrors
-    ("192.0.2.128/25", ["127.1.0.1", "127.5.0.1"], 24),    # more specific source: the db's /24
-    ("198.51.100.0/24", ["127.2.0.1", "127.4.0.1"], 24),   # US client → US, then the nearest abroad
-])
-def test_ecs_steers_and_scope_is_the_geoip_network(server: ServerThread, subnet: str,
-                                                   expected: list[str], scope: int) -> None:
+@pytest.mark.parametrize(
+    ("subnet", "expected", "scope"),
+    [
+        ("192.0.2.0/24", ["127.1.0.1", "127.5.0.1"], 24),  # DE client → both German mirrors
+        ("192.0.2.128/25", ["127.1.0.1", "127.5.0.1"], 24),  # more specific source: the db's /24
+        (
+            "198.51.100.0/24",
+            ["127.2.0.1", "127.4.0.1"],
+            24,
+        ),  # US client → US, then the nearest abroad
+    ],
+)
+def test_ecs_steers_and_scope_is_the_geoip_network(
+    server: ServerThread, subnet: str, expected: list[str], scope: int
+) -> None:
     r = udp(query("dl.example.org", ecs=subnet), server.addr())
     assert r.rcode() == dns.rcode.NOERROR
     assert addrs(r) == expected
@@ -91,7 +117,13 @@ def test_jp_client_gets_jp_then_the_nearest_tie_group(server: ServerThread) -> N
 
 def test_answers_match_explain(server: ServerThread) -> None:
     """The running server and `geodns explain` give the same answer and scope."""
-    for subnet in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "81.2.69.0/24", "10.9.0.0/16"):
+    for subnet in (
+        "192.0.2.0/24",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "81.2.69.0/24",
+        "10.9.0.0/16",
+    ):
         r = udp(query("dl.example.org", ecs=subnet), server.addr())
         ex = explain(server.server, "dl.example.org", subnet, "A")
         assert addrs(r) in [sorted(v) for v in ex["variants"]], subnet
@@ -164,11 +196,14 @@ def test_round_robin_order_rotates(server: ServerThread) -> None:
     assert firsts == {"127.1.0.1", "127.5.0.1"}
 
 
-def test_ecs_from_untrusted_source_is_ignored(tmp_path: Path, demo_geoip: tuple[Path, Path]) -> None:
+def test_ecs_from_untrusted_source_is_ignored(
+    tmp_path: Path, demo_geoip: tuple[Path, Path]
+) -> None:
     import ipaddress
 
-    s = settings_for(TEST_ZONES, tmp_path, demo_geoip,
-                     ecs_trust=(ipaddress.ip_network("10.0.0.0/8"),))
+    s = settings_for(
+        TEST_ZONES, tmp_path, demo_geoip, ecs_trust=(ipaddress.ip_network("10.0.0.0/8"),)
+    )
     with ServerThread(s) as st:
         r = udp(query("dl.example.org", ecs="198.51.100.0/24"), st.addr())
         e = ecs_of(r)
@@ -182,12 +217,48 @@ def test_geoip_files_replaced_on_disk(tmp_path: Path, caplog: pytest.LogCaptureF
     a corrupt replacement keeps the old database with an error logged."""
     geo = tmp_path / "geoip"
     nets = [
-        {"network": "127.1.0.0/16", "asn": 64501, "country": "DE", "continent": "EU", "location": [50.11, 8.68]},
-        {"network": "127.2.0.0/16", "asn": 64502, "country": "US", "continent": "NA", "location": [39.04, -77.49]},
-        {"network": "127.3.0.0/16", "asn": 64503, "country": "JP", "continent": "AS", "location": [35.68, 139.65]},
-        {"network": "127.4.0.0/16", "asn": 64504, "country": "FR", "continent": "EU", "location": [48.86, 2.35]},
-        {"network": "127.5.0.0/16", "asn": 64501, "country": "DE", "continent": "EU", "location": [49.45, 11.08]},
-        {"network": "100.64.0.0/24", "asn": 64999, "country": "US", "continent": "NA", "location": [40.71, -74.01]},
+        {
+            "network": "127.1.0.0/16",
+            "asn": 64501,
+            "country": "DE",
+            "continent": "EU",
+            "location": [50.11, 8.68],
+        },
+        {
+            "network": "127.2.0.0/16",
+            "asn": 64502,
+            "country": "US",
+            "continent": "NA",
+            "location": [39.04, -77.49],
+        },
+        {
+            "network": "127.3.0.0/16",
+            "asn": 64503,
+            "country": "JP",
+            "continent": "AS",
+            "location": [35.68, 139.65],
+        },
+        {
+            "network": "127.4.0.0/16",
+            "asn": 64504,
+            "country": "FR",
+            "continent": "EU",
+            "location": [48.86, 2.35],
+        },
+        {
+            "network": "127.5.0.0/16",
+            "asn": 64501,
+            "country": "DE",
+            "continent": "EU",
+            "location": [49.45, 11.08],
+        },
+        {
+            "network": "100.64.0.0/24",
+            "asn": 64999,
+            "country": "US",
+            "continent": "NA",
+            "location": [40.71, -74.01],
+        },
     ]
     asn, city = make_databases(geo, nets)
     s = settings_for(TEST_ZONES, tmp_path, (asn, city))
@@ -195,8 +266,13 @@ def test_geoip_files_replaced_on_disk(tmp_path: Path, caplog: pytest.LogCaptureF
         r = udp(query("one.example.org", ecs="100.64.0.0/24"), st.addr())
         assert addrs(r) == ["127.2.0.1"]
         # the same network moves to Japan in the new edition
-        nets[-1] = {"network": "100.64.0.0/24", "asn": 64998, "country": "JP", "continent": "AS",
-                    "location": [34.69, 135.50]}
+        nets[-1] = {
+            "network": "100.64.0.0/24",
+            "asn": 64998,
+            "country": "JP",
+            "continent": "AS",
+            "location": [34.69, 135.50],
+        }
         staged = tmp_path / "staged"
         make_databases(staged, nets)
         for f in ("GeoLite2-ASN.mmdb", "GeoLite2-City.mmdb"):
@@ -214,4 +290,5 @@ def test_geoip_files_replaced_on_disk(tmp_path: Path, caplog: pytest.LogCaptureF
         r = udp(query("one.example.org", ecs="100.64.0.0/24"), st.addr())
         assert addrs(r) == ["127.3.0.1"]
         assert rrset_texts(udp(query("mail.example.org"), st.addr()).answer) == [
-            "mail.example.org. 3600 IN A 192.0.2.25"]
+            "mail.example.org. 3600 IN A 192.0.2.25"
+        ]

@@ -94,8 +94,10 @@ def pool_yaml() -> str:
         "mirrors:",
     ]
     for role, (v4, v6, *_rest) in MIRRORS.items():
-        lines.append(f'  - {{name: {role}, url: "https://{role}.mirrors.test/", '
-                     f'ipv4: [{v4}], ipv6: ["{v6}"]}}')
+        lines.append(
+            f'  - {{name: {role}, url: "https://{role}.mirrors.test/", '
+            f'ipv4: [{v4}], ipv6: ["{v6}"]}}'
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -105,8 +107,15 @@ def geo_networks() -> list[dict[str, Any]]:
         for net in (f"{v4}/32", f"{v6}/128"):
             nets.append({"network": net, "asn": asn, "country": country, "location": list(loc)})
     for addr, plen in ((CLIENT[0], 32), (CLIENT[1], 128)):
-        nets.append({"network": f"{addr}/{plen}", "asn": 64600, "country": "DE",
-                     "city": "Berlin", "location": list(BERLIN)})
+        nets.append(
+            {
+                "network": f"{addr}/{plen}",
+                "asn": 64600,
+                "country": "DE",
+                "city": "Berlin",
+                "location": list(BERLIN),
+            }
+        )
     return nets
 
 
@@ -122,13 +131,21 @@ def _addresses(msg: dns.message.Message) -> list[str]:
 def _query(name: str, qtype: str, server: str) -> list[str]:
     r = dns.query.udp(dns.message.make_query(name, qtype), server, port=53, timeout=2)
     if r.rcode() != dns.rcode.NOERROR or not r.flags & dns.flags.AA:
-        raise AssertionError(f"{name} {qtype} @{server}: {dns.rcode.to_text(r.rcode())} "
-                             f"flags {dns.flags.to_text(r.flags)}")
+        raise AssertionError(
+            f"{name} {qtype} @{server}: {dns.rcode.to_text(r.rcode())} "
+            f"flags {dns.flags.to_text(r.flags)}"
+        )
     return _addresses(r)
 
 
-def _watch(name: str, qtype: str, server: str, pred: Callable[[list[str]], bool],
-           timeout: float, stop: threading.Event) -> tuple[list[str], float, int]:
+def _watch(
+    name: str,
+    qtype: str,
+    server: str,
+    pred: Callable[[list[str]], bool],
+    timeout: float,
+    stop: threading.Event,
+) -> tuple[list[str], float, int]:
     """Query every 10 ms until pred(answer); (answer, wall time seen, queries)."""
     deadline = time.monotonic() + timeout
     got: list[str] = []
@@ -175,8 +192,9 @@ class MirrorHost:
         self.name = host.role
         self.loop = bed.loop(host, f"mirror-{host.role}")
         self.servers = {
-            fam: DemoMirror(host=str(addr), port=443, hostname=f"{host.role}.mirrors.test",
-                            pki=pki, tree=tree)
+            fam: DemoMirror(
+                host=str(addr), port=443, hostname=f"{host.role}.mirrors.test", pki=pki, tree=tree
+            )
             for fam, addr in ((4, host.ipv4), (6, host.ipv6))
         }
         self.running: set[int] = set()
@@ -225,8 +243,19 @@ class World:
     # ---------------------------------------------------------------- checker
 
     def checker_round(self) -> Round:
-        argv = [sys.executable, "-m", "checker.cli", "run", "--once", "--config",
-                str(self.config), "--store", self.store_url, "--ca-bundle", str(self.ca_bundle)]
+        argv = [
+            sys.executable,
+            "-m",
+            "checker.cli",
+            "run",
+            "--once",
+            "--config",
+            str(self.config),
+            "--store",
+            self.store_url,
+            "--ca-bundle",
+            str(self.ca_bundle),
+        ]
         t0 = time.monotonic()
         r = self.bed.run(self.chk, argv, timeout=60, cwd=REPO)
         exit_wall = time.time()
@@ -242,16 +271,27 @@ class World:
     def ask(self, name: str, qtype: str = "A", server: str = DNS4) -> list[str]:
         return self.client_pool.submit(_query, name, qtype, server).result(10)
 
-    def watch(self, name: str, qtype: str, pred: Callable[[list[str]], bool],
-              stop: threading.Event, timeout: float = 30.0
-              ) -> Future[tuple[list[str], float, int]]:
+    def watch(
+        self,
+        name: str,
+        qtype: str,
+        pred: Callable[[list[str]], bool],
+        stop: threading.Event,
+        timeout: float = 30.0,
+    ) -> Future[tuple[list[str], float, int]]:
         return self.client_pool.submit(_watch, name, qtype, DNS4, pred, timeout, stop)
 
     def server_log_text(self) -> str:
         return self.server_log.read_text(errors="replace")[-4000:]
 
-    def change(self, what: str, addresses: list[str], name: str, qtype: str,
-               pred: Callable[[list[str]], bool]) -> Round:
+    def change(
+        self,
+        what: str,
+        addresses: list[str],
+        name: str,
+        qtype: str,
+        pred: Callable[[list[str]], bool],
+    ) -> Round:
         """Run a checker round while watching `name` until pred(answer).
 
         Poll-to-answer delay: from the store commit of the last of `addresses`
@@ -267,8 +307,9 @@ class World:
         try:
             _, seen, _ = watcher.result(30)
         except AssertionError as exc:
-            raise AssertionError(f"{exc}\nchecker:\n{rnd.stdout}\nserver log:\n"
-                                 f"{self.server_log_text()}") from None
+            raise AssertionError(
+                f"{exc}\nchecker:\n{rnd.stdout}\nserver log:\n{self.server_log_text()}"
+            ) from None
         states = self.states()
         committed = max(states[a].since.timestamp() for a in addresses)
         delay = seen - committed
@@ -278,8 +319,9 @@ class World:
         assert 0 <= delay < HEALTH_INTERVAL + 1.0, (what, delay, rnd.stdout)
         return rnd
 
-    def expect(self, name: str, qtype: str, want: list[str], server: str = DNS4,
-               times: int = 5) -> None:
+    def expect(
+        self, name: str, qtype: str, want: list[str], server: str = DNS4, times: int = 5
+    ) -> None:
         for _ in range(times):  # several queries: round-robin must not hide anything
             assert self.ask(name, qtype, server) == sorted(want), (name, qtype, server)
 
@@ -299,8 +341,9 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory,
-          request: pytest.FixtureRequest) -> Iterator[World]:
+def world(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[World]:
     require_netns()
     from checker.demomirror import DemoPKI, Tree
 
@@ -330,12 +373,33 @@ def world(tmp_path_factory: pytest.TempPathFactory,
             m.start()
 
         log = tmp / "geodns.log"
-        proc = bed.popen(dns_host, [
-            sys.executable, "-m", "geodns.cli", "serve", "--config", str(config),
-            "--listen", f"{DNS4}:53", "--listen", f"[{DNS6}]:53", "--store", store_url,
-            "--health-interval", str(HEALTH_INTERVAL), "--geoip-asn", str(asn_db),
-            "--geoip-city", str(city_db), "--state-dir", str(tmp / "state"),
-        ], log=log, cwd=REPO)
+        proc = bed.popen(
+            dns_host,
+            [
+                sys.executable,
+                "-m",
+                "geodns.cli",
+                "serve",
+                "--config",
+                str(config),
+                "--listen",
+                f"{DNS4}:53",
+                "--listen",
+                f"[{DNS6}]:53",
+                "--store",
+                store_url,
+                "--health-interval",
+                str(HEALTH_INTERVAL),
+                "--geoip-asn",
+                str(asn_db),
+                "--geoip-city",
+                str(city_db),
+                "--state-dir",
+                str(tmp / "state"),
+            ],
+            log=log,
+            cwd=REPO,
+        )
         deadline = time.monotonic() + 20
         for _ in range(400):
             if log.read_text(errors="replace").count("listening on") >= 2:
@@ -346,14 +410,29 @@ def world(tmp_path_factory: pytest.TempPathFactory,
         else:
             raise AssertionError(f"geodns not up: {log.read_text(errors='replace')}")
 
-        w = World(bed, tmp, config, store_url, pki.ca_bundle, log, mirrors, chk, client,
-                  bed.executor(client, workers=2))
+        w = World(
+            bed,
+            tmp,
+            config,
+            store_url,
+            pki.ca_bundle,
+            log,
+            mirrors,
+            chk,
+            client,
+            bed.executor(client, workers=2),
+        )
         yield w
         if w.measured:
-            report = ["", f"poll-to-answer delay, health interval {HEALTH_INTERVAL} s "
-                      "(store commit → first changed answer | checker exit → answer | round):"]
-            report += [f"  {what:<32} {commit * 1000:5.0f} ms | {exit_ * 1000:5.0f} ms | "
-                       f"{rnd:4.1f} s" for what, commit, exit_, rnd in w.measured]
+            report = [
+                "",
+                f"poll-to-answer delay, health interval {HEALTH_INTERVAL} s "
+                "(store commit → first changed answer | checker exit → answer | round):",
+            ]
+            report += [
+                f"  {what:<32} {commit * 1000:5.0f} ms | {exit_ * 1000:5.0f} ms | {rnd:4.1f} s"
+                for what, commit, exit_, rnd in w.measured
+            ]
             capman = request.config.pluginmanager.getplugin("capturemanager")
             with capman.global_and_fixture_disabled() if capman else nullcontext():
                 print("\n".join(report), flush=True)
@@ -368,8 +447,9 @@ def healthy(world: World) -> Iterator[World]:
         assert world.all_up(), world.states()
     deadline = time.monotonic() + 10
     for _ in range(200):
-        if world.ask(DL, "A") == sorted(V4.values()) and \
-                world.ask(DL, "AAAA") == sorted(V6.values()):
+        if world.ask(DL, "A") == sorted(V4.values()) and world.ask(DL, "AAAA") == sorted(
+            V6.values()
+        ):
             break
         assert time.monotonic() < deadline, world.server_log_text()
         time.sleep(0.05)
@@ -401,10 +481,15 @@ def test_checker_fills_store_and_every_mirror_is_answered(world: World) -> None:
     world.expect(NEAR, "AAAA", [V6["m1"]], DNS6)
 
     # The same from a separate process in the client namespace, over UDP and TCP.
-    asks = [[proto, server, DL, qtype] for proto in ("udp", "tcp") for server in (DNS4, DNS6)
-            for qtype in ("A", "AAAA")]
-    r = world.bed.run(world.client, [sys.executable, "-c", CLIENT_SCRIPT, json.dumps(asks)],
-                      timeout=30, cwd=REPO)
+    asks = [
+        [proto, server, DL, qtype]
+        for proto in ("udp", "tcp")
+        for server in (DNS4, DNS6)
+        for qtype in ("A", "AAAA")
+    ]
+    r = world.bed.run(
+        world.client, [sys.executable, "-c", CLIENT_SCRIPT, json.dumps(asks)], timeout=30, cwd=REPO
+    )
     assert r.returncode == 0, r.stderr
     for ans in json.loads(r.stdout):
         want = V4 if ans["type"] == "A" else V6
@@ -416,8 +501,9 @@ def test_stopped_mirror_and_expired_certificate_drop_out_then_return(healthy: Wo
     w = healthy
     w.mirrors["m1"].stop()  # nothing listens on 10.99.0.11:443 nor [fd00:99::11]:443
     w.mirrors["m3"].set_cert("expired")
-    rnd = w.change("down: m1 stopped + m3 expired", [V4["m1"], V4["m3"]], DL, "A",
-                   lambda a: a == [V4["m2"]])
+    rnd = w.change(
+        "down: m1 stopped + m3 expired", [V4["m1"], V4["m3"]], DL, "A", lambda a: a == [V4["m2"]]
+    )
     states = w.states()
     for addr in (V4["m1"], V6["m1"]):
         assert not states[addr].up and "refused" in states[addr].reason, states[addr].reason
@@ -433,8 +519,13 @@ def test_stopped_mirror_and_expired_certificate_drop_out_then_return(healthy: Wo
 
     w.mirrors["m1"].start()
     w.mirrors["m3"].set_cert("good")
-    w.change("up: m1 + m3 restored (rise 1)", [V4["m1"], V4["m3"]], DL, "A",
-             lambda a: a == sorted(V4.values()))
+    w.change(
+        "up: m1 + m3 restored (rise 1)",
+        [V4["m1"], V4["m3"]],
+        DL,
+        "A",
+        lambda a: a == sorted(V4.values()),
+    )
     assert w.all_up(), w.states()
     w.expect(DL, "A", list(V4.values()))
     w.expect(DL, "AAAA", list(V6.values()))
@@ -447,8 +538,13 @@ def test_broken_ipv6_only_removes_aaaa(healthy: World) -> None:
     m1 = w.mirrors["m1"]
     w.bed.del_address(m1.host, 6)  # its IPv6 is gone from the LAN; IPv4 untouched
     w.cut_v6.add("m1")
-    w.change("down: m1 IPv6 address removed", [V6["m1"]], DL, "AAAA",
-             lambda a: a == sorted([V6["m2"], V6["m3"]]))
+    w.change(
+        "down: m1 IPv6 address removed",
+        [V6["m1"]],
+        DL,
+        "AAAA",
+        lambda a: a == sorted([V6["m2"], V6["m3"]]),
+    )
     states = w.states()
     assert not states[V6["m1"]].up, states[V6["m1"]]
     assert "timed out" in states[V6["m1"]].reason, states[V6["m1"]].reason
@@ -460,8 +556,9 @@ def test_broken_ipv6_only_removes_aaaa(healthy: World) -> None:
 
     w.bed.add_address(m1.host, 6)
     w.cut_v6.discard("m1")
-    w.change("up: m1 IPv6 address restored", [V6["m1"]], DL, "AAAA",
-             lambda a: a == sorted(V6.values()))
+    w.change(
+        "up: m1 IPv6 address restored", [V6["m1"]], DL, "AAAA", lambda a: a == sorted(V6.values())
+    )
     assert w.all_up(), w.states()
     w.expect(DL, "AAAA", list(V6.values()))
     w.expect(NEAR, "AAAA", [V6["m1"]])

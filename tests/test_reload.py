@@ -25,12 +25,25 @@ def test_sighup_reload_good_then_bad(tmp_path: Path, demo_geoip: tuple[Path, Pat
     zones = _copy_zones(tmp_path)
     port = free_port()
     addr = ("127.0.0.1", port)
-    args = ["serve", "--config", str(zones), "--listen", f"127.0.0.1:{port}",
-            "--geoip-asn", str(demo_geoip[0]), "--geoip-city", str(demo_geoip[1]),
-            "--state-dir", str(tmp_path / "state"), "--store", "none"]
+    args = [
+        "serve",
+        "--config",
+        str(zones),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--geoip-asn",
+        str(demo_geoip[0]),
+        "--geoip-city",
+        str(demo_geoip[1]),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--store",
+        "none",
+    ]
     with ServerProcess(args, port, tmp_path / "server.log") as sp:
         assert rrset_texts(udp(query("mail.example.org"), addr).answer) == [
-            "mail.example.org. 3600 IN A 192.0.2.25"]
+            "mail.example.org. 3600 IN A 192.0.2.25"
+        ]
         # Queries keep flowing during reloads; none may be lost.
         stop = threading.Event()
         failures: list[str] = []
@@ -53,23 +66,31 @@ def test_sighup_reload_good_then_bad(tmp_path: Path, demo_geoip: tuple[Path, Pat
             zf = zones / "example.org.yaml"
             zf.write_text(zf.read_text().replace("mail: {A: 192.0.2.25}", "mail: {A: 192.0.2.26}"))
             pf = zones / "pools" / "distfiles.yaml"
-            pf.write_text(pf.read_text().replace(
-                "  - {name: origin,",
-                '  - {name: mirror-de3, url: "https://de3.example.net/", ipv4: [192.0.2.77], '
-                "country: DE, continent: EU, location: [52.52, 13.40], weight: 1000}\n  - {name: origin,"))
+            pf.write_text(
+                pf.read_text().replace(
+                    "  - {name: origin,",
+                    '  - {name: mirror-de3, url: "https://de3.example.net/", ipv4: [192.0.2.77], '
+                    "country: DE, continent: EU, location: [52.52, 13.40], weight: 1000}\n"
+                    "  - {name: origin,",
+                )
+            )
             sp.signal(signal.SIGHUP)
             assert sp.wait_log("config generation 2 loaded"), sp.log()
             assert rrset_texts(udp(query("mail.example.org"), addr).answer) == [
-                "mail.example.org. 3600 IN A 192.0.2.26"]
+                "mail.example.org. 3600 IN A 192.0.2.26"
+            ]
             r = udp(query("dl.example.org", ecs="192.0.2.0/24"), addr)
-            assert r.answer[0][0].address == "192.0.2.77" or "192.0.2.77" in {x.address for x in r.answer[0]}
+            assert r.answer[0][0].address == "192.0.2.77" or "192.0.2.77" in {
+                x.address for x in r.answer[0]
+            }
             # bad edit: rejected, old config keeps serving
             pf.write_text(pf.read_text().replace("192.0.2.77", "192.0.2.777"))
             sp.signal(signal.SIGHUP)
             assert sp.wait_log("reload rejected"), sp.log()
             assert "ipv4: '192.0.2.777' is not an IPv4 address" in sp.log()
             assert rrset_texts(udp(query("mail.example.org"), addr).answer) == [
-                "mail.example.org. 3600 IN A 192.0.2.26"]
+                "mail.example.org. 3600 IN A 192.0.2.26"
+            ]
             # several good reloads in a row under load
             pf.write_text(pf.read_text().replace("192.0.2.777", "192.0.2.78"))
             for i in range(3):
@@ -81,7 +102,9 @@ def test_sighup_reload_good_then_bad(tmp_path: Path, demo_geoip: tuple[Path, Pat
             t.join(10)
         assert sent[0] > 50
         assert failures == [], f"{len(failures)} of {sent[0]} queries failed: {failures[:5]}"
-        assert "192.0.2.78" in {x.address for x in udp(query("dl.example.org", ecs="192.0.2.0/24"), addr).answer[0]}
+        assert "192.0.2.78" in {
+            x.address for x in udp(query("dl.example.org", ecs="192.0.2.0/24"), addr).answer[0]
+        }
 
 
 def test_invalid_config_at_startup_exits_nonzero(tmp_path: Path) -> None:
@@ -90,10 +113,27 @@ def test_invalid_config_at_startup_exits_nonzero(tmp_path: Path) -> None:
 
     zones = _copy_zones(tmp_path)
     (zones / "pools" / "distfiles.yaml").write_text("pool: distfiles\nmirrors: []\n")
-    r = subprocess.run([sys.executable, "-m", "geodns.cli", "serve", "--config", str(zones),
-                        "--listen", f"127.0.0.1:{free_port()}", "--store", "none",
-                        "--state-dir", str(tmp_path / "s")],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "geodns.cli",
+            "serve",
+            "--config",
+            str(zones),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--store",
+            "none",
+            "--state-dir",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 1
-    assert "distfiles.yaml:2: pool 'distfiles': mirrors: a pool needs at least one mirror" in r.stderr
+    assert (
+        "distfiles.yaml:2: pool 'distfiles': mirrors: a pool needs at least one mirror" in r.stderr
+    )
     assert "not starting" in r.stderr

@@ -20,9 +20,14 @@ SEED = 20261123
 
 def valid_queries() -> list[bytes]:
     out = []
-    for name, t, ecs in [("dl.example.org", "A", "192.0.2.0/24"), ("mail.example.org", "A", None),
-                         ("example.org", "ANY", None), ("x.lab.example.org", "AAAA", "2001:db8:1::/48"),
-                         ("big.example.org", "TXT", None), ("nope.example.org", "MX", "198.51.100.0/24")]:
+    for name, t, ecs in [
+        ("dl.example.org", "A", "192.0.2.0/24"),
+        ("mail.example.org", "A", None),
+        ("example.org", "ANY", None),
+        ("x.lab.example.org", "AAAA", "2001:db8:1::/48"),
+        ("big.example.org", "TXT", None),
+        ("nope.example.org", "MX", "198.51.100.0/24"),
+    ]:
         out.append(query(name, t, ecs=ecs).to_wire())
         out.append(query(name, t, edns=0).to_wire())
     return out
@@ -47,7 +52,7 @@ def mutate(rng: random.Random, pkt: bytes) -> bytes:
     elif kind == 5:  # label lengths pointing anywhere
         b[12] = rng.choice([0x3F, 0x40, 0x80, 0xC0, 0xFF, 0x00, len(b)])
     else:  # EDNS area garbage
-        b[-rng.randint(1, min(20, len(b))):] = rng.randbytes(rng.randint(1, 20))
+        b[-rng.randint(1, min(20, len(b))) :] = rng.randbytes(rng.randint(1, 20))
     return bytes(b)
 
 
@@ -65,9 +70,23 @@ def fuzz_packets(n: int) -> list[bytes]:
 
 def test_10000_random_and_mutated_packets(tmp_path: Path, demo_geoip: tuple[Path, Path]) -> None:
     port = free_port()
-    args = ["serve", "--config", str(TEST_ZONES), "--listen", f"127.0.0.1:{port}",
-            "--geoip-asn", str(demo_geoip[0]), "--geoip-city", str(demo_geoip[1]),
-            "--state-dir", str(tmp_path / "state"), "--store", "none", "--tcp-idle-timeout", "1"]
+    args = [
+        "serve",
+        "--config",
+        str(TEST_ZONES),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--geoip-asn",
+        str(demo_geoip[0]),
+        "--geoip-city",
+        str(demo_geoip[1]),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--store",
+        "none",
+        "--tcp-idle-timeout",
+        "1",
+    ]
     addr = ("127.0.0.1", port)
     with ServerProcess(args, port, tmp_path / "server.log") as sp:
         packets = fuzz_packets(10_000)
@@ -135,10 +154,15 @@ def test_hypothesis_parser_never_raises(tmp_path: Path, demo_geoip: tuple[Path, 
     base = valid_queries()
 
     @settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(st.one_of(st.binary(max_size=700),
-                     st.tuples(st.sampled_from(base), st.integers(0, 200), st.binary(max_size=40))
-                     .map(lambda t: t[0][: t[1]] + t[2] + t[0][t[1] + len(t[2]):])),
-           st.booleans())
+    @given(
+        st.one_of(
+            st.binary(max_size=700),
+            st.tuples(st.sampled_from(base), st.integers(0, 200), st.binary(max_size=40)).map(
+                lambda t: t[0][: t[1]] + t[2] + t[0][t[1] + len(t[2]) :]
+            ),
+        ),
+        st.booleans(),
+    )
     def check(pkt: bytes, tcp: bool) -> None:
         before = responder.stats.dropped
         out = responder._fast(pkt, "127.0.0.1", tcp)  # noqa: SLF001 — no catch-all here

@@ -10,14 +10,30 @@ from .conftest import TEST_ZONES
 from .util import ServerProcess, free_port, query, rrset_texts, udp
 
 
-def test_two_workers_share_the_port_and_reload_together(tmp_path: Path, demo_geoip: tuple[Path, Path]) -> None:
+def test_two_workers_share_the_port_and_reload_together(
+    tmp_path: Path, demo_geoip: tuple[Path, Path]
+) -> None:
     zones = tmp_path / "zones"
     shutil.copytree(TEST_ZONES, zones)
     port = free_port()
     addr = ("127.0.0.1", port)
-    args = ["serve", "--workers", "2", "--config", str(zones), "--listen", f"127.0.0.1:{port}",
-            "--geoip-asn", str(demo_geoip[0]), "--geoip-city", str(demo_geoip[1]),
-            "--state-dir", str(tmp_path / "state"), "--store", "none"]
+    args = [
+        "serve",
+        "--workers",
+        "2",
+        "--config",
+        str(zones),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--geoip-asn",
+        str(demo_geoip[0]),
+        "--geoip-city",
+        str(demo_geoip[1]),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--store",
+        "none",
+    ]
     with ServerProcess(args, port, tmp_path / "server.log") as sp:
         assert sp.wait_log("listening on", count=2), sp.log()
         for _ in range(50):
@@ -28,7 +44,8 @@ def test_two_workers_share_the_port_and_reload_together(tmp_path: Path, demo_geo
         assert sp.wait_log("config generation 2 loaded", count=2), sp.log()
         for _ in range(50):  # whichever worker the kernel picks answers the new data
             assert rrset_texts(udp(query("mail.example.org"), addr).answer) == [
-                "mail.example.org. 3600 IN A 192.0.2.27"]
+                "mail.example.org. 3600 IN A 192.0.2.27"
+            ]
         sp.signal(signal.SIGTERM)
         assert sp.proc is not None
         assert sp.proc.wait(15) == 0

@@ -95,21 +95,35 @@ class ServerThread:
         return self.server.bound[i]
 
 
-def settings_for(config: Path, tmp: Path, geoip: tuple[Path, Path] | None = None,
-                 **kw: Any) -> ServerSettings:
+def settings_for(
+    config: Path, tmp: Path, geoip: tuple[Path, Path] | None = None, **kw: Any
+) -> ServerSettings:
     listen = kw.pop("listen", [("127.0.0.1", 0)])
     return ServerSettings(
-        config_dir=config, listen=listen,
-        geoip_asn=geoip[0] if geoip else None, geoip_city=geoip[1] if geoip else None,
+        config_dir=config,
+        listen=listen,
+        geoip_asn=geoip[0] if geoip else None,
+        geoip_city=geoip[1] if geoip else None,
         geoip_dirs=(tmp / "no-geoip",) if geoip is None else None,
-        state_dir=tmp / "state", store_url=kw.pop("store_url", ""), **kw)
+        state_dir=tmp / "state",
+        store_url=kw.pop("store_url", ""),
+        **kw,
+    )
 
 
 # ----------------------------------------------------------------------------- clients
 
 
-def query(name: str, rdtype: str = "A", *, edns: int | None = None, ecs: str | None = None,
-          rd: bool = True, payload: int = 1232, options: list[Any] | None = None) -> dns.message.Message:
+def query(
+    name: str,
+    rdtype: str = "A",
+    *,
+    edns: int | None = None,
+    ecs: str | None = None,
+    rd: bool = True,
+    payload: int = 1232,
+    options: list[Any] | None = None,
+) -> dns.message.Message:
     opts = list(options or [])
     if ecs is not None:
         addr, _, plen = ecs.partition("/")
@@ -117,8 +131,9 @@ def query(name: str, rdtype: str = "A", *, edns: int | None = None, ecs: str | N
     if opts and edns is None:
         edns = 0
     use_edns: int | bool = False if edns is None else edns
-    q = dns.message.make_query(name, rdtype, use_edns=use_edns, payload=payload,
-                               options=opts or None)
+    q = dns.message.make_query(
+        name, rdtype, use_edns=use_edns, payload=payload, options=opts or None
+    )
     if not rd:
         q.flags &= ~dns.flags.RD
     return q
@@ -188,8 +203,12 @@ class ServerProcess:
 
     def __enter__(self) -> ServerProcess:
         self.logfile = open(self.logpath, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "geodns.cli", *self.args],
-                                     stdout=self.logfile, stderr=subprocess.STDOUT, cwd=REPO)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "geodns.cli", *self.args],
+            stdout=self.logfile,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -240,6 +259,3 @@ def chdir(path: Path) -> Iterator[None]:
         yield
     finally:
         os.chdir(old)
-
-
-__all__ = ["dns", "dns.rcode", "dns.rdatatype"]
