@@ -12,7 +12,7 @@ import dns.exception
 import dns.rcode
 
 from .conftest import TEST_ZONES
-from .util import ServerProcess, free_port, query, rrset_texts, udp
+from .util import ServerProcess, free_port, query, rrset_texts, serve_args, udp
 
 
 def _copy_zones(tmp_path: Path) -> Path:
@@ -25,21 +25,7 @@ def test_sighup_reload_good_then_bad(tmp_path: Path, demo_geoip: tuple[Path, Pat
     zones = _copy_zones(tmp_path)
     port = free_port()
     addr = ("127.0.0.1", port)
-    args = [
-        "serve",
-        "--config",
-        str(zones),
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--geoip-asn",
-        str(demo_geoip[0]),
-        "--geoip-city",
-        str(demo_geoip[1]),
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--store",
-        "none",
-    ]
+    args = serve_args(zones, port, demo_geoip, tmp_path / "state")
     with ServerProcess(args, port, tmp_path / "server.log") as sp:
         assert rrset_texts(udp(query("mail.example.org"), addr).answer) == [
             "mail.example.org. 3600 IN A 192.0.2.25"

@@ -13,7 +13,16 @@ import dns.rcode
 import pytest
 
 from .conftest import TEST_ZONES
-from .util import ServerProcess, ServerThread, free_port, query, rrset_texts, settings_for, udp
+from .util import (
+    ServerProcess,
+    ServerThread,
+    free_port,
+    query,
+    rrset_texts,
+    serve_args,
+    settings_for,
+    udp,
+)
 
 SEED = 20261123
 
@@ -70,23 +79,7 @@ def fuzz_packets(n: int) -> list[bytes]:
 
 def test_10000_random_and_mutated_packets(tmp_path: Path, demo_geoip: tuple[Path, Path]) -> None:
     port = free_port()
-    args = [
-        "serve",
-        "--config",
-        str(TEST_ZONES),
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--geoip-asn",
-        str(demo_geoip[0]),
-        "--geoip-city",
-        str(demo_geoip[1]),
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--store",
-        "none",
-        "--tcp-idle-timeout",
-        "1",
-    ]
+    args = serve_args(TEST_ZONES, port, demo_geoip, tmp_path / "state", "--tcp-idle-timeout", "1")
     addr = ("127.0.0.1", port)
     with ServerProcess(args, port, tmp_path / "server.log") as sp:
         packets = fuzz_packets(10_000)

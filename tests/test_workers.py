@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 
 from .conftest import TEST_ZONES
-from .util import ServerProcess, free_port, query, rrset_texts, udp
+from .util import ServerProcess, free_port, query, rrset_texts, serve_args, udp
 
 
 def test_two_workers_share_the_port_and_reload_together(
@@ -17,23 +17,7 @@ def test_two_workers_share_the_port_and_reload_together(
     shutil.copytree(TEST_ZONES, zones)
     port = free_port()
     addr = ("127.0.0.1", port)
-    args = [
-        "serve",
-        "--workers",
-        "2",
-        "--config",
-        str(zones),
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--geoip-asn",
-        str(demo_geoip[0]),
-        "--geoip-city",
-        str(demo_geoip[1]),
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--store",
-        "none",
-    ]
+    args = serve_args(zones, port, demo_geoip, tmp_path / "state", "--workers", "2")
     with ServerProcess(args, port, tmp_path / "server.log") as sp:
         assert sp.wait_log("listening on", count=2), sp.log()
         for _ in range(50):

@@ -244,6 +244,28 @@ class ServerProcess:
         self.logfile.close()
 
 
+def serve_args(
+    zones: Path, port: int, geoip: tuple[Path, Path], state: Path, *extra: str
+) -> list[str]:
+    """`geodns serve` on 127.0.0.1:port with generated GeoIP and no health store."""
+    return [
+        "serve",
+        "--config",
+        str(zones),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--geoip-asn",
+        str(geoip[0]),
+        "--geoip-city",
+        str(geoip[1]),
+        "--state-dir",
+        str(state),
+        "--store",
+        "none",
+        *extra,
+    ]
+
+
 def free_port() -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) as s:
         s.bind(("127.0.0.1", 0))
