@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--query-log", action="store_true", help="log every query at info level")
     s.add_argument("--health-interval", type=float, default=5.0, help="seconds between store polls")
     s.add_argument(
+        "--quorum",
+        type=int,
+        default=1,
+        help="regional checkers that must agree an address is down (default 1)",
+    )
+    s.add_argument(
         "--geoip-interval",
         type=float,
         default=60.0,
@@ -204,6 +210,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:  # noqa: F82
         state_dir=args.state_dir,
         store_url=store,
         health_interval=getattr(args, "health_interval", 5.0),
+        quorum=getattr(args, "quorum", 1),
         geoip_interval=getattr(args, "geoip_interval", 60.0),
         metrics=getattr(args, "metrics", None),
         query_log=getattr(args, "query_log", False),

@@ -49,6 +49,7 @@ class ServerSettings:
     state_dir: Path | None = None
     store_url: str | None = None  # None: default; "" disables health polling
     health_interval: float = 5.0
+    quorum: int = 1  # regions that must call an address down (several regional checkers)
     geoip_interval: float = 60.0
     metrics: tuple[str, int] | None = None
     query_log: bool = False
@@ -207,7 +208,7 @@ class Server:
             log.info("no health store configured: every enabled mirror counts as up")
             return
         try:
-            self.store = Store(url, create=False)
+            self.store = Store(url, create=False, quorum=self.s.quorum)
         except StoreError as e:
             self.store = None
             self._store_state = "error"  # said once here; polling stays quiet until it changes
@@ -223,7 +224,7 @@ class Server:
         h = self.health
         try:
             if self.store is None:
-                self.store = Store(url, create=False)
+                self.store = Store(url, create=False, quorum=self.s.quorum)
             version = self.store.state_version()
             changed = False
             if version != h.version:

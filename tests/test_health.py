@@ -205,3 +205,18 @@ def test_metrics_move_with_queries(healthy_server: ServerThread) -> None:
         assert name in after, name
     status, body = fetch_json(st, "/healthz")
     assert status == 200 and body["status"] == "ok" and body["generation"] == 1
+
+
+def test_quorum_of_regions(tmp_path: Path, demo_geoip: tuple[Path, Path], store_url: str) -> None:
+    """With --quorum 2 one region's verdict (its network may be the broken one)
+    does not take a mirror out; a second region agreeing does."""
+    s = settings_for(
+        TEST_ZONES, tmp_path, demo_geoip, store_url=store_url, health_interval=0.2, quorum=2
+    )
+    with ServerThread(s) as st, Store(store_url) as store:
+        store.set_state("distfiles", "mirror-de2", "127.5.0.1", False, "eu: timeout", region="eu")
+        st.poll_health()
+        time.sleep(0.5)
+        assert "127.5.0.1" in addrs(udp(query("dl.example.org", ecs=DE), st.addr()))
+        store.set_state("distfiles", "mirror-de2", "127.5.0.1", False, "us: timeout", region="us")
+        wait_for(lambda: "127.5.0.1" not in addrs(udp(query("dl.example.org", ecs=DE), st.addr())))
