@@ -175,6 +175,24 @@ class Server:
         """Build the next generation on the loop, warm it from the running one in
         slices (queries keep being answered between slices), then swap."""
         t0 = time.perf_counter()
+        # Warming allocates a lot; a full collection over it would pause the loop.
+        gc.disable()
+        try:
+            warmed = await self._warm_and_install(config, tables)
+        finally:
+            # The caches are long-lived and acyclic: keep them out of the cyclic
+            # GC's full passes, which otherwise pause the loop for tens of ms.
+            gc.freeze()
+            gc.enable()
+        log.debug(
+            "%s: generation %d live after %.0f ms (%d answers warmed)",
+            reason,
+            self.generation,
+            (time.perf_counter() - t0) * 1000,
+            warmed,
+        )
+
+    async def _warm_and_install(self, config: Config, tables: Tables) -> int:
         new = self._build(config, tables)
         old = self.current.responder if self.current is not None else None
         warmed = 0
@@ -189,16 +207,7 @@ class Server:
                     if now > deadline:
                         break
         self._install(config, tables, new)
-        # The caches are long-lived and acyclic: keep them out of the cyclic GC's
-        # full passes, which otherwise pause the loop for tens of milliseconds.
-        gc.freeze()
-        log.debug(
-            "%s: generation %d live after %.0f ms (%d answers warmed)",
-            reason,
-            self.generation,
-            (time.perf_counter() - t0) * 1000,
-            warmed,
-        )
+        return warmed
 
     # ------------------------------------------------------------------ store
 
