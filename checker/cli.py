@@ -18,7 +18,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from geodns import fields
 from geodns.settings import default_store_url
 from geodns.store import Store, StoreError
 
@@ -34,18 +34,13 @@ from .errors import CheckerError, ManifestError
 
 log = logging.getLogger("checker")
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
 
 def parse_duration(value: str) -> float:
-    """ "90", "90s", "15m", "6h", "7d", "1h30m" → seconds."""
-    v = value.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", v):
-        return float(v)
-    parts = re.findall(r"(\d+(?:\.\d+)?)([smhdw])", v)
-    if not parts or "".join(n + u for n, u in parts) != v:
+    """Command-line durations, in the same grammar as the YAML (geodns.fields)."""
+    seconds = fields.parse_duration(value)
+    if seconds is None:
         raise argparse.ArgumentTypeError(f"{value!r} is not a duration (like 90s, 15m, 6h, 7d)")
-    return sum(float(n) * _UNITS[u] for n, u in parts)
+    return seconds
 
 
 def _addr(value: str) -> tuple[str, int]:

@@ -13,7 +13,9 @@ from typing import Any
 
 from .yamlsrc import YList, YMap
 
-_DURATION = re.compile(r"^\s*(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
+_NUMBER = re.compile(r"\d+(\.\d+)?")
+_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 class Problems:
@@ -166,17 +168,21 @@ class Section:
 
 
 def parse_duration(v: Any) -> float | None:
+    """Seconds from `90`, `90s`, `15m`, `6h`, `7d`, `2w`, `1h30m`; None if not a duration.
+    The one grammar for YAML and for the command lines."""
     if isinstance(v, bool):
         return None
     if isinstance(v, int | float):
         return float(v)
-    if not isinstance(v, str) or not v.strip():
+    if not isinstance(v, str):
         return None
-    m = _DURATION.match(v)
-    if not m or not any(m.groups()):
+    text = v.strip().lower()
+    if _NUMBER.fullmatch(text):
+        return float(text)
+    parts = _PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
         return None
-    d, h, mi, s = m.groups()
-    return int(d or 0) * 86400 + int(h or 0) * 3600 + int(mi or 0) * 60 + float(s or 0)
+    return sum(float(n) * _UNITS[u] for n, u in parts)
 
 
 def parse_ip(v: Any, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
