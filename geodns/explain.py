@@ -40,6 +40,7 @@ def explain(server: Server, name: str, client: str, qtype: str = "A") -> dict[st
         "client_geo": _geo(info),
         "generation": server.generation,
         "health": {
+            "store": bool(server.s.resolved_store_url()),
             "store_ok": server.health.ok,
             "down": len(server.health.down),
             "snapshot": server.health.have_snapshot,
@@ -106,6 +107,9 @@ def explain(server: Server, name: str, client: str, qtype: str = "A") -> dict[st
                         "why": "fallback only: answered when no other mirror is healthy",
                     }
                 )
+    # best first: ranked rows in rank order, then fallback and skipped ones
+    order = {"answered": 0, "ranked": 0, "fallback": 1, "skipped": 2}
+    mirrors.sort(key=lambda m: (order[m["state"]], m.get("group", 0), m.get("distance_km") or 0))
     out.update(
         {
             "steered": True,
@@ -179,8 +183,7 @@ def render(r: dict[str, Any]) -> str:
         f"{r['name']} {r['type']} for client {r['client']}",
         f"  client: AS{g['asn'] or '?'}  country {g['country'] or '?'}  continent "
         f"{g['continent'] or '?'}  location {loc}  (GeoIP network /{g['network_prefix']})",
-        f"  health: {'store OK' if r['health']['store_ok'] else 'store unavailable'}, "
-        f"{r['health']['down']} address(es) down",
+        f"  health: {_store_text(r['health'])}, {r['health']['down']} address(es) down",
     ]
     if r["chain"]:
         lines.append(f"  CNAME chain through: {' → '.join(r['chain'])}")
@@ -203,3 +206,9 @@ def render(r: dict[str, Any]) -> str:
         f" (one of {r['cycle']} rotating variants){scope}"
     )
     return "\n".join(lines)
+
+
+def _store_text(h: dict[str, Any]) -> str:
+    if not h["store"]:
+        return "no health store (every enabled mirror counts as up)"
+    return "store OK" if h["store_ok"] else "store unavailable (last snapshot, or all up)"
