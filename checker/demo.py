@@ -32,6 +32,7 @@ import dns.query
 
 from geodns.config import load_config
 from geodns.geoip_demo import write_databases
+from geodns.model import Config
 from geodns.server import Server, ServerSettings
 from geodns.store import Store
 
@@ -162,11 +163,7 @@ async def demo(args: argparse.Namespace) -> int:
 
 
 async def show_answers(
-    port: int,
-    metrics_port: int,
-    config,
-    store_url: str,  # type: ignore[no-untyped-def]
-    state: Path,
+    port: int, metrics_port: int, config: Config, store_url: str, state: Path
 ) -> bool:
     stale = {
         str(a)

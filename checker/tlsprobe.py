@@ -78,6 +78,9 @@ async def _handshake(
         plain.abort()
         raise
     latency = time.perf_counter() - t0
+    if transport is None:  # start_tls returns None only if the transport closed under it
+        plain.abort()
+        raise ConnectionResetError("connection closed during the TLS handshake")
     try:
         sslobj = transport.get_extra_info("ssl_object")
         cert = sslobj.getpeercert() if sslobj else {}

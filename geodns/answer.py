@@ -224,7 +224,7 @@ class Responder:
             return self._slow(data, src, tcp)
         question = data[12:qend]
         key = (question[:-4].lower(), qtype)
-        entry = self.cache.get(key)
+        entry: Any = self.cache.get(key)  # _Body or _Geo; tested by class below
         if entry is None:
             entry = self._entry(key[0], qtype)
         stats = self.stats
@@ -235,7 +235,7 @@ class Responder:
             if ec is None:
                 ec = self._ecs_client(ecs_opt, src)
             # ec: (profile, info, OPT scope 0, same with DO, OPT true scope, same with DO, scope)
-            body = self._geo_body(entry, ec[1], ec[0]) if geo else entry  # type: ignore[arg-type]
+            body = self._geo_body(entry, ec[1], ec[0]) if geo else entry
             opt = ec[(4 if geo else 2) + (data[qend + 7] >> 7)]
             resp = b"".join(
                 (
@@ -255,12 +255,12 @@ class Responder:
                     (
                         info.asn,
                         info.country,
-                        info.continent,  # type: ignore[arg-type]
+                        info.continent,
                         info.location,
                     ),
                 )
             else:
-                body = entry  # type: ignore[assignment]
+                body = entry
             if edns:
                 resp = b"".join(
                     (

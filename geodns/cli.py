@@ -10,8 +10,12 @@ import ipaddress
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .server import ServerSettings
 
 log = logging.getLogger("geodns")
 

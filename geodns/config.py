@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import dns.exception
 import dns.name
 import dns.rdata
+import dns.rdataclass
 import dns.rdatatype
 
 from .errors import ConfigError
@@ -42,7 +43,7 @@ from .model import (
     Zone,
 )
 from .names import absolute, in_zone, name_problem, parent
-from .yamlsrc import YAMLProblem, load_yaml
+from .yamlsrc import YAMLProblem, YMap, load_yaml
 
 RECORD_TYPES = ("A", "AAAA", "CNAME", "MX", "TXT", "SRV", "CAA", "NS", "PTR")
 CONTINENTS = ("AF", "AN", "AS", "EU", "NA", "OC", "SA")
@@ -80,7 +81,7 @@ def load_config(root: Path | str, *, serial_state: Path | None = None) -> Config
             p.add(shown, line, "", msg)
         if doc is None:
             p.add(shown, 0, "", "file is empty (expected a mapping with 'zone:' or 'pool:')")
-        elif not isinstance(doc, dict):
+        elif not isinstance(doc, YMap):
             p.add(shown, 1, "", "expected a mapping with 'zone:' or 'pool:' at the top")
         elif "zone" in doc:
             z = _zone(Section(p, shown, doc, ""), shown)
@@ -316,8 +317,8 @@ def _rdata(s: Section, rtype: str, v: Any, line: int, origin: dns.name.Name) -> 
         # the target is the last token; make it absolute by our rule (names.absolute)
         head, _, last = text.rpartition(" ")
         zone = origin.to_text(omit_final_dot=True).lower()
-        target = absolute(last, zone) + "." if last != "." else "."
-        text = f"{head} {target}" if head else target
+        absname = absolute(last, zone) + "." if last != "." else "."
+        text = f"{head} {absname}" if head else absname
     if rtype == "TXT":
         # Operators write plain text; make it one presentation string per 255 bytes.
         raw = text.encode("utf-8")
@@ -328,7 +329,7 @@ def _rdata(s: Section, rtype: str, v: Any, line: int, origin: dns.name.Name) -> 
         )
     try:
         rd = dns.rdata.from_text(
-            1, dns.rdatatype.from_text(rtype), text, origin=origin, relativize=False
+            dns.rdataclass.IN, dns.rdatatype.from_text(rtype), text, origin=origin, relativize=False
         )
     except (dns.exception.DNSException, ValueError) as e:
         s.error(rtype, f"'{v}' is not valid {rtype} data: {e}", line)
@@ -337,8 +338,8 @@ def _rdata(s: Section, rtype: str, v: Any, line: int, origin: dns.name.Name) -> 
     for attr in ("target", "exchange"):
         target = getattr(rd, attr, None)
         if isinstance(target, dns.name.Name):
-            t = target.to_text(omit_final_dot=True).lower()
-            if t != "" and (why := name_problem(t)) is not None:
+            tname = target.to_text(omit_final_dot=True).lower()
+            if tname != "" and (why := name_problem(tname)) is not None:
                 s.error(rtype, f"'{v}': {why}", line)
                 return None
     return rd.to_text()

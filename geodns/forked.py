@@ -87,7 +87,7 @@ def _step_aside() -> None:
 
 
 def _read_all(fd: int) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     try:
         while True:
             b = os.read(fd, 1 << 20)

@@ -21,11 +21,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from mmdb_writer import MmdbU16, MmdbU32, MMDBWriter
 from netaddr import IPNetwork, IPSet
 
 from geodns.geo import CONTINENTS, continent_of
+from geodns.yamlsrc import YAMLProblem, parse_yaml
 
 ASN_FILE = "GeoLite2-ASN.mmdb"
 CITY_FILE = "GeoLite2-City.mmdb"
@@ -96,39 +96,6 @@ class DemoNetwork:
 # --------------------------------------------------------------------------- YAML input
 
 
-class _LineDict(dict[str, Any]):
-    """A mapping that remembers its line and any duplicate keys (for errors)."""
-
-    line = 0
-    duplicates: tuple[str, ...] = ()
-
-
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _LineDict:
-    # Duplicates among the keys written here; keys merged in with `<<` may be
-    # overridden, as YAML intends.
-    own = [
-        k.value
-        for k, _ in node.value
-        if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge"
-    ]
-    loader.flatten_mapping(node)
-    result = _LineDict()
-    for key, value in loader.construct_pairs(node, deep=True):
-        if not isinstance(key, str | int | float | bool | None):
-            key = str(key)  # unhashable keys (lists, mappings) are reported as unknown fields
-        result[key] = value
-    result.line = node.start_mark.line + 1
-    result.duplicates = tuple(sorted({k for k in own if own.count(k) > 1}))
-    return result
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def load_networks(path: Path | None = None) -> list[DemoNetwork]:
     """Read and validate a networks YAML file (default: the packaged demo file)."""
     if path is None:
@@ -140,12 +107,10 @@ def load_networks(path: Path | None = None) -> list[DemoNetwork]:
         except (OSError, UnicodeDecodeError) as exc:
             raise DemoNetworksError([f"{path}: cannot read: {exc}"]) from exc
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise DemoNetworksError([f"{where}: invalid YAML: {problem}"]) from exc
+        data, _ = parse_yaml(text)  # the zones' line-aware loader; duplicates: below
+    except YAMLProblem as exc:
+        where = f"{source}:{exc.line}" if exc.line else source
+        raise DemoNetworksError([f"{where}: invalid YAML: {exc.message}"]) from exc
     if isinstance(data, Mapping) and set(data) == {"networks"}:
         data = data["networks"]
     if not isinstance(data, list):

@@ -327,7 +327,8 @@ class _GroupSchedule:
             if self.sampled:
                 included.update(self.cells[k + j * self.configs] for j in range(self.free))
             # rank order rotated to start at the lead (round-robin)
-            ordered = sorted(included, key=lambda i, lead=lead: (i - lead) % m)
+            start = lead
+            ordered = sorted(included, key=lambda i: (i - start) % m)
             out.append(tuple(self.members[i] for i in ordered))
         return out
 

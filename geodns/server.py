@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .answer import Responder, Stats
 from .config import load_config
@@ -102,7 +103,7 @@ class Server:
         self._reload_lock: asyncio.Lock | None = None
         self._trusted = self._make_trust()
         self.tcp_limits = TCPLimits(settings.tcp_idle_timeout, settings.tcp_max_connections)
-        self.metrics_server = None
+        self.metrics_server: Any = None  # aiohttp AppRunner when --metrics is on
         self.started = time.time()
         self.bound: list[tuple[str, int]] = []
         self.metrics_bound: tuple[str, int] | None = None
@@ -266,17 +267,18 @@ class Server:
         self._reload_lock = asyncio.Lock()
         if self.current is None:
             self.load_initial()
-        assert self.current is not None
+        current = self.current
+        assert current is not None
         for host, port in self.s.listen:
             fam = socket.AF_INET6 if ":" in host else socket.AF_INET
             udp_sock = _bind_udp(host, port, fam, self.s.reuse_port)
             port = udp_sock.getsockname()[1]  # port 0 → the same ephemeral port for TCP
             tr, _ = await loop.create_datagram_endpoint(
-                lambda: UDPProtocol(self.current, self.stats.latency), sock=udp_sock
+                lambda: UDPProtocol(current, self.stats.latency), sock=udp_sock
             )
             self.transports.append(tr)
             srv = await loop.create_server(
-                lambda: TCPProtocol(self.current, self.tcp_limits),
+                lambda: TCPProtocol(current, self.tcp_limits),
                 host=host,
                 port=port,
                 family=fam,

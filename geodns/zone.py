@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import dns.name
 import dns.rdata
+import dns.rdataclass
 import dns.rdatatype
 
 from . import wire
@@ -264,13 +265,17 @@ def _compile(z: Zone) -> CompiledZone:
         targets = []
         for text in rr.rdata:
             rd = dns.rdata.from_text(
-                1, dns.rdatatype.from_text(rr.rtype), text, origin=origin, relativize=False
+                dns.rdataclass.IN,
+                dns.rdatatype.from_text(rr.rtype),
+                text,
+                origin=origin,
+                relativize=False,
             )
-            tails.append(wire.rr_tail(rtype, rr.ttl, rd.to_wire()))
+            tails.append(wire.rr_tail(rtype, rr.ttl, rd.to_wire() or b""))
             for attr in ("target", "exchange"):
                 t = getattr(rd, attr, None)
                 if isinstance(t, dns.name.Name):
-                    targets.append(t.canonicalize().to_wire())
+                    targets.append(t.canonicalize().to_wire() or b"")
         node(rr.name).rrsets[rtype] = RRSet(
             to_wire(rr.name), rtype, rr.ttl, tuple(tails), tuple(targets)
         )

@@ -238,3 +238,15 @@ def test_auto_serial_moves_only_when_content_changes(tmp_path: Path) -> None:
     # an edit to a pool file does not change the zone's data
     (d / "pools/p.yaml").write_text(POOL_OK.replace("192.0.2.10", "192.0.2.12"))
     assert load_config(d, serial_state=state).zones[0].soa.serial == s2
+
+
+def test_yaml_anchors_and_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    pool = """\
+    pool: p
+    mirrors:
+      - &base {name: m1, url: "https://m1.example.net/", ipv4: [192.0.2.10], weight: 50}
+      - {<<: *base, name: m2, ipv4: [192.0.2.11]}
+    """
+    cfg = load_config(write(tmp_path, {"z.yaml": ZONE_OK, "pools/p.yaml": pool}))
+    m2 = cfg.pools["p"].mirror("m2")
+    assert (m2.weight, str(m2.ipv4[0]), m2.url) == (50, "192.0.2.11", "https://m1.example.net/")
