@@ -1,4 +1,4 @@
-"""`geodns` command line: serve, validate, explain, geoip-demo.
+"""`geodns` command line: serve, validate, explain, geoip-demo, withdraw.
 
 Arguments are turned into a `ServerSettings` here and nowhere else.
 """
@@ -49,6 +49,14 @@ def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         return ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a network like 10.0.0.0/8") from None
+
+
+def _interface(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    """`192.0.2.53` (→ /32), `2001:db8::53/128`."""
+    try:
+        return ipaddress.ip_interface(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an address like 192.0.2.53/32") from None
 
 
 def _add_geo_store(p: argparse.ArgumentParser) -> None:
@@ -128,6 +136,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="only use EDNS Client Subnet from these source networks (default: all)",
     )
+    s.add_argument(
+        "--service-address",
+        type=_interface,
+        action="append",
+        default=[],
+        help="anycast: ADDRESS[/PREFIX] put on --service-dev while serving and "
+        "withdrawn first on stop (needs CAP_NET_ADMIN); repeatable",
+    )
+    s.add_argument("--service-dev", default="lo", help="device for --service-address (lo)")
+    s.add_argument(
+        "--service-drain",
+        type=float,
+        default=1.0,
+        help="seconds to keep answering after withdrawing, before closing (1)",
+    )
     s.add_argument("--tcp-idle-timeout", type=float, default=10.0)
     s.add_argument("--tcp-max-connections", type=int, default=1000)
 
@@ -141,13 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     _add_geo_store(e)
 
+    w = sub.add_parser("withdraw", help="remove service addresses (for ExecStopPost=)")
+    w.add_argument("--service-address", type=_interface, action="append", required=True)
+    w.add_argument("--service-dev", default="lo")
+
     g = sub.add_parser(
         "geoip-demo", help="write demo GeoLite2-ASN/-City databases (MaxMind format)"
     )
     g.add_argument("outdir", type=Path)
     g.add_argument("--networks", type=Path, help="YAML list of networks (default: built-in demo)")
 
-    for p in (s, v, e, g):
+    for p in (s, v, e, g, w):
         # `geodns serve --log-level debug` reads as well as `geodns --log-level debug serve`
         p.add_argument(
             "--log-level",
@@ -175,6 +202,15 @@ def main(argv: list[str] | None = None) -> int:
         from .explain import cmd_explain
 
         return cmd_explain(args)
+    if args.cmd == "withdraw":
+        from .service_addr import ServiceAddressError, remove
+
+        try:
+            remove(args.service_address, args.service_dev)
+        except (ServiceAddressError, OSError) as e:
+            print(f"geodns withdraw: {e}", file=sys.stderr)
+            return 1
+        return 0
     if args.cmd == "geoip-demo":
         from .geoip_demo import geoip_demo_command
 
@@ -221,6 +257,9 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:  # noqa: F82
         ecs_trust=tuple(getattr(args, "ecs_trust", ())),
         tcp_idle_timeout=getattr(args, "tcp_idle_timeout", 10.0),
         tcp_max_connections=getattr(args, "tcp_max_connections", 1000),
+        service_addresses=tuple(getattr(args, "service_address", ())),
+        service_dev=getattr(args, "service_dev", "lo"),
+        service_drain=getattr(args, "service_drain", 1.0),
     )
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import service_addr
 from .answer import Responder, Stats
 from .config import load_config
 from .errors import ConfigError
@@ -59,6 +60,10 @@ class ServerSettings:
     tcp_max_connections: int = 1000
     reuse_port: bool = False
     tie_km: float = 100.0
+    # anycast: put these on `service_dev` while serving (geodns.service_addr)
+    service_addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = ()
+    service_dev: str = "lo"
+    service_drain: float = 1.0  # seconds between withdrawing and closing the sockets
 
     def resolved_state_dir(self) -> Path:
         return self.state_dir or default_state_dir()
@@ -269,6 +274,10 @@ class Server:
             self.load_initial()
         current = self.current
         assert current is not None
+        if self.s.service_addresses:
+            # before binding: the listen addresses may be the service addresses
+            # (in a thread: pyroute2's sync API runs an event loop of its own)
+            await asyncio.to_thread(service_addr.add, self.s.service_addresses, self.s.service_dev)
         for host, port in self.s.listen:
             fam = socket.AF_INET6 if ":" in host else socket.AF_INET
             udp_sock = _bind_udp(host, port, fam, self.s.reuse_port)
@@ -317,6 +326,17 @@ class Server:
         await self.stop()
 
     async def stop(self) -> None:
+        if self.s.service_addresses:
+            # Withdraw first, so the routing daemon moves traffic away, then keep
+            # answering what is still in flight for a moment before closing.
+            try:
+                await asyncio.to_thread(
+                    service_addr.remove, self.s.service_addresses, self.s.service_dev
+                )
+            except Exception:  # noqa: BLE001 — still stop; ExecStopPost=geodns withdraw retries
+                log.exception("could not withdraw the service addresses")
+            if self.transports:
+                await asyncio.sleep(self.s.service_drain)
         for t in self.tasks:
             t.cancel()
         for t in self.tasks:

@@ -906,3 +906,73 @@ def test_geoipupdate_branch_renders_its_configuration(tmp_path: Path) -> None:
     service = dict(_unit_lines(units / "geodns-geoipupdate.service"))
     assert service["ReadWritePaths"] == str(tmp_path / "root" / "var" / "lib" / "GeoIP")
     assert (units / "geodns-geoipupdate.timer").exists()
+
+
+def test_anycast_service_addresses_render_into_the_unit(tmp_path: Path) -> None:
+    """geodns_service_addresses: the flags, CAP_NET_ADMIN, AF_NETLINK and an
+    ExecStopPost= that withdraws the addresses even after a crash."""
+    role = ANSIBLE_DIR / "roles" / "geodns"
+    unit = tmp_path / "geodns.service"
+    playbook = tmp_path / "unit.yml"
+    playbook.write_text(
+        json.dumps(
+            [
+                {
+                    "name": "Render the geodns unit",
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "vars_files": [
+                        str(role / "defaults" / "main.yml"),
+                        str(role / "vars" / "main.yml"),
+                    ],
+                    "tasks": [
+                        {
+                            "name": "Template the unit",
+                            "ansible.builtin.template": {
+                                "src": str(role / "templates" / "geodns.service.j2"),
+                                "dest": str(unit),
+                                "mode": "0644",
+                            },
+                        }
+                    ],
+                }
+            ]
+        )
+    )
+    extra = {
+        "geodns_prefix": str(tmp_path / "root"),
+        "geodns_service_addresses": ["192.0.2.53/32", "2001:db8::53/128"],
+    }
+    (tmp_path / "extra.json").write_text(json.dumps(extra))
+    proc = subprocess.run(
+        [
+            _tool("ansible-playbook"),
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+            "-e",
+            f"@{tmp_path / 'extra.json'}",
+            str(playbook),
+        ],
+        cwd=ANSIBLE_DIR,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = unit.read_text()
+    assert (
+        "--service-address 192.0.2.53/32" in text and "--service-address 2001:db8::53/128" in text
+    )
+    assert "AmbientCapabilities=CAP_NET_BIND_SERVICE CAP_NET_ADMIN" in text
+    assert "AF_NETLINK" in text.split("RestrictAddressFamilies=")[1].splitlines()[0]
+    post = next(line for line in text.splitlines() if line.startswith("ExecStopPost="))
+    assert post.endswith(
+        "withdraw --service-dev lo --service-address 192.0.2.53/32"
+        " --service-address 2001:db8::53/128"
+    )

@@ -1,0 +1,88 @@
+"""Service (anycast) addresses that exist only while this server answers.
+
+On an anycast node a routing daemon (BIRD, FRR, ExaBGP) announces the
+service addresses found on a device such as `lo` or a dummy interface.
+geodns adds them (with pyroute2, over netlink) just before it binds and
+removes them first thing when it stops, so the route is withdrawn before the
+sockets close and resolvers move to another node instead of timing out.
+`geodns withdraw` does the removal for systemd's ExecStopPost=, which runs
+even after a crash. Needs CAP_NET_ADMIN.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import socket
+from collections.abc import Iterable
+
+log = logging.getLogger("geodns.service")
+
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IFA_F_NODAD = 0x02  # an IPv6 service address must be usable at once, not "tentative"
+
+
+class ServiceAddressError(Exception):
+    pass
+
+
+def _index(ipr: object, dev: str) -> int:
+    found = ipr.link_lookup(ifname=dev)  # type: ignore[attr-defined]
+    if not found:
+        raise ServiceAddressError(f"no network device named {dev!r}")
+    return int(found[0])
+
+
+def add(addresses: Iterable[Interface], dev: str = "lo") -> None:
+    """Put the addresses on `dev` (already present is fine)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with IPRoute() as ipr:
+        idx = _index(ipr, dev)
+        for a in addresses:
+            fam = socket.AF_INET6 if a.version == 6 else socket.AF_INET
+            try:
+                ipr.addr(
+                    "add",
+                    index=idx,
+                    family=fam,
+                    address=str(a.ip),
+                    prefixlen=a.network.prefixlen,
+                    flags=IFA_F_NODAD if a.version == 6 else 0,
+                )
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise ServiceAddressError(f"cannot add {a} to {dev}: {e}") from e
+            log.info("service address %s on %s: announced", a, dev)
+
+
+def remove(addresses: Iterable[Interface], dev: str = "lo") -> None:
+    """Take the addresses off `dev` (already absent is fine)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with IPRoute() as ipr:
+        idx = _index(ipr, dev)
+        for a in addresses:
+            fam = socket.AF_INET6 if a.version == 6 else socket.AF_INET
+            try:
+                ipr.addr(
+                    "del", index=idx, family=fam, address=str(a.ip), prefixlen=a.network.prefixlen
+                )
+            except NetlinkError as e:
+                if e.code not in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH):
+                    raise ServiceAddressError(f"cannot remove {a} from {dev}: {e}") from e
+            log.info("service address %s on %s: withdrawn", a, dev)
+
+
+def present(addresses: Iterable[Interface], dev: str = "lo") -> set[str]:
+    """Which of the addresses are on `dev` now (for tests and `explain`-style checks)."""
+    from pyroute2 import IPRoute
+
+    wanted = {str(a.ip) for a in addresses}
+    with IPRoute() as ipr:
+        idx = _index(ipr, dev)
+        have = {m.get_attr("IFA_ADDRESS") for m in ipr.get_addr(index=idx)}
+    return {a for a in wanted if a in have}
