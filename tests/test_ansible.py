@@ -836,43 +836,22 @@ def test_postgresql_role_created_the_store_database(deployment: Deployment) -> N
     assert len(json.loads(report.stdout)["addresses"]) == len(LOOPBACK_MIRRORS)
 
 
-def test_geoipupdate_branch_renders_its_configuration(tmp_path: Path) -> None:
-    """With a MaxMind account: GeoIP.conf (0600) and a timer for geoipupdate.
-
-    The package (Debian contrib) and the download are switched off here."""
-    if os.geteuid() != 0:
-        pytest.skip("renders files owned by root")
-    playbook = tmp_path / "geoip.yml"
-    playbook.write_text(
-        json.dumps(
-            [
-                {
-                    "name": "GeoIP branch of the geodns role",
-                    "hosts": "localhost",
-                    "gather_facts": False,
-                    "tasks": [
-                        {
-                            "name": "Run the GeoIP tasks",
-                            "ansible.builtin.include_role": {
-                                "name": "geodns",
-                                "tasks_from": "geoip.yml",
-                            },
-                        }
-                    ],
-                }
-            ]
-        )
-    )
-    extra = {
-        "geodns_prefix": str(tmp_path / "root"),
-        "geodns_geoipupdate_account_id": 123456,
-        "geodns_geoipupdate_license_key": "not-a-real-key",
-        "geodns_geoipupdate_install": False,
-        "geodns_geoipupdate_run_now": False,
-        "geodns_manage_systemd": False,
-    }
+def _local_play(
+    tmp_path: Path,
+    name: str,
+    task: dict[str, Any],
+    extra: dict[str, Any],
+    vars_files: list[str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run one task on localhost with --connection local and extra variables."""
+    play: dict[str, Any] = {"name": name, "hosts": "localhost", "gather_facts": False}
+    if vars_files:
+        play["vars_files"] = vars_files
+    play["tasks"] = [task]
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(json.dumps([play]))
     (tmp_path / "extra.json").write_text(json.dumps(extra))
-    proc = subprocess.run(
+    return subprocess.run(
         [
             _tool("ansible-playbook"),
             "-i",
@@ -891,6 +870,30 @@ def test_geoipupdate_branch_renders_its_configuration(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=120,
+    )
+
+
+def test_geoipupdate_branch_renders_its_configuration(tmp_path: Path) -> None:
+    """With a MaxMind account: GeoIP.conf (0600) and a timer for geoipupdate.
+
+    The package (Debian contrib) and the download are switched off here."""
+    if os.geteuid() != 0:
+        pytest.skip("renders files owned by root")
+    proc = _local_play(
+        tmp_path,
+        "GeoIP branch of the geodns role",
+        {
+            "name": "Run the GeoIP tasks",
+            "ansible.builtin.include_role": {"name": "geodns", "tasks_from": "geoip.yml"},
+        },
+        {
+            "geodns_prefix": str(tmp_path / "root"),
+            "geodns_geoipupdate_account_id": 123456,
+            "geodns_geoipupdate_license_key": "not-a-real-key",
+            "geodns_geoipupdate_install": False,
+            "geodns_geoipupdate_run_now": False,
+            "geodns_manage_systemd": False,
+        },
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     conf = tmp_path / "root" / "etc" / "GeoIP.conf"
@@ -913,56 +916,22 @@ def test_anycast_service_addresses_render_into_the_unit(tmp_path: Path) -> None:
     ExecStopPost= that withdraws the addresses even after a crash."""
     role = ANSIBLE_DIR / "roles" / "geodns"
     unit = tmp_path / "geodns.service"
-    playbook = tmp_path / "unit.yml"
-    playbook.write_text(
-        json.dumps(
-            [
-                {
-                    "name": "Render the geodns unit",
-                    "hosts": "localhost",
-                    "gather_facts": False,
-                    "vars_files": [
-                        str(role / "defaults" / "main.yml"),
-                        str(role / "vars" / "main.yml"),
-                    ],
-                    "tasks": [
-                        {
-                            "name": "Template the unit",
-                            "ansible.builtin.template": {
-                                "src": str(role / "templates" / "geodns.service.j2"),
-                                "dest": str(unit),
-                                "mode": "0644",
-                            },
-                        }
-                    ],
-                }
-            ]
-        )
-    )
-    extra = {
-        "geodns_prefix": str(tmp_path / "root"),
-        "geodns_service_addresses": ["192.0.2.53/32", "2001:db8::53/128"],
-    }
-    (tmp_path / "extra.json").write_text(json.dumps(extra))
-    proc = subprocess.run(
-        [
-            _tool("ansible-playbook"),
-            "-i",
-            "localhost,",
-            "-c",
-            "local",
-            "-e",
-            f"ansible_python_interpreter={sys.executable}",
-            "-e",
-            f"@{tmp_path / 'extra.json'}",
-            str(playbook),
-        ],
-        cwd=ANSIBLE_DIR,
-        env=_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = _local_play(
+        tmp_path,
+        "Render the geodns unit",
+        {
+            "name": "Template the unit",
+            "ansible.builtin.template": {
+                "src": str(role / "templates" / "geodns.service.j2"),
+                "dest": str(unit),
+                "mode": "0644",
+            },
+        },
+        {
+            "geodns_prefix": str(tmp_path / "root"),
+            "geodns_service_addresses": ["192.0.2.53/32", "2001:db8::53/128"],
+        },
+        vars_files=[str(role / "defaults" / "main.yml"), str(role / "vars" / "main.yml")],
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = unit.read_text()
