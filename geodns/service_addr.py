@@ -36,45 +36,40 @@ def _index(ipr: object, dev: str) -> int:
 
 def add(addresses: Iterable[Interface], dev: str = "lo") -> None:
     """Put the addresses on `dev` (already present is fine)."""
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    with IPRoute() as ipr:
-        idx = _index(ipr, dev)
-        for a in addresses:
-            fam = socket.AF_INET6 if a.version == 6 else socket.AF_INET
-            try:
-                ipr.addr(
-                    "add",
-                    index=idx,
-                    family=fam,
-                    address=str(a.ip),
-                    prefixlen=a.network.prefixlen,
-                    flags=IFA_F_NODAD if a.version == 6 else 0,
-                )
-            except NetlinkError as e:
-                if e.code != errno.EEXIST:
-                    raise ServiceAddressError(f"cannot add {a} to {dev}: {e}") from e
-            log.info("service address %s on %s: announced", a, dev)
+    _change("add", addresses, dev, ok=(errno.EEXIST,), done="announced")
 
 
 def remove(addresses: Iterable[Interface], dev: str = "lo") -> None:
     """Take the addresses off `dev` (already absent is fine)."""
+    _change(
+        "del", addresses, dev, ok=(errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH), done="withdrawn"
+    )
+
+
+def _change(
+    op: str, addresses: Iterable[Interface], dev: str, *, ok: tuple[int, ...], done: str
+) -> None:
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
     with IPRoute() as ipr:
         idx = _index(ipr, dev)
         for a in addresses:
-            fam = socket.AF_INET6 if a.version == 6 else socket.AF_INET
+            extra = {"flags": IFA_F_NODAD} if op == "add" and a.version == 6 else {}
             try:
                 ipr.addr(
-                    "del", index=idx, family=fam, address=str(a.ip), prefixlen=a.network.prefixlen
+                    op,
+                    index=idx,
+                    family=socket.AF_INET6 if a.version == 6 else socket.AF_INET,
+                    address=str(a.ip),
+                    prefixlen=a.network.prefixlen,
+                    **extra,
                 )
             except NetlinkError as e:
-                if e.code not in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH):
-                    raise ServiceAddressError(f"cannot remove {a} from {dev}: {e}") from e
-            log.info("service address %s on %s: withdrawn", a, dev)
+                if e.code not in ok:
+                    verb = "add" if op == "add" else "remove"
+                    raise ServiceAddressError(f"cannot {verb} {a} on {dev}: {e}") from e
+            log.info("service address %s on %s: %s", a, dev, done)
 
 
 def present(addresses: Iterable[Interface], dev: str = "lo") -> set[str]:
