@@ -487,7 +487,10 @@ def _check_zone(z: Zone, s: Section) -> None:
 
 
 def _pool(s: Section, file: str, root: Path) -> Pool | None:
-    s.keys(("pool", "fallback", "on_empty", "checks", "mirrors"), required=("pool", "mirrors"))
+    s.keys(
+        ("pool", "fallback", "on_empty", "tie_km", "checks", "mirrors"),
+        required=("pool", "mirrors"),
+    )
     name = s.str_("pool", required=True)
     if name is None:
         return None
@@ -532,6 +535,7 @@ def _pool(s: Section, file: str, root: Path) -> Pool | None:
         mirrors=tuple(mirrors),
         fallback=tuple(fallback),
         on_empty=on_empty,  # type: ignore[arg-type]
+        tie_km=s.float_("tie_km", 100.0, lo=0.0, hi=20_000.0) or 0.0,
         checks=checks,
         where=Where(file, s.line),
     )

@@ -110,6 +110,9 @@ class Pool:
     fallback: tuple[str, ...] = ()
     # After fallback: "failopen" answers every enabled mirror, "servfail" refuses.
     on_empty: Literal["failopen", "servfail"] = "failopen"
+    # Mirrors of one tier whose distances differ by less than this are equally
+    # near and share the load by weight.
+    tie_km: float = 100.0
     checks: Checks = field(default_factory=Checks)
     where: Where = field(default=Where("", 0), compare=False)
 

@@ -59,7 +59,6 @@ class ServerSettings:
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 1000
     reuse_port: bool = False
-    tie_km: float = 100.0
     # anycast: put these on `service_dev` while serving (geodns.service_addr)
     service_addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = ()
     service_dev: str = "lo"
@@ -158,7 +157,7 @@ class Server:
         return load_config(self.s.config_dir, serial_state=state / "serials.json")
 
     def _build(self, config: Config, tables: Tables) -> Responder:
-        steering = Steering(config, self.geodb, self.health.down, tie_km=self.s.tie_km)
+        steering = Steering(config, self.geodb, self.health.down)
         return Responder(
             tables,
             steering,

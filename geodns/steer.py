@@ -44,10 +44,8 @@ class Steering:
         geodb: GeoDB | None,
         down: Iterable[Key] = (),
         *,
-        tie_km: float = 100.0,
         max_variants: int = 256,
     ) -> None:
-        self.tie_km = tie_km
         self.max_variants = max_variants
         down_set = frozenset(down)
         # per pool: the down addresses that concern it (to tell what a change touched)
@@ -77,14 +75,14 @@ class Steering:
             return SteerResult(wire.NOERROR, [], "nodata", [], fam.skipped)
         for case, cands in (("nearest", fam.ranked), ("fallback", fam.fallback)):
             if cands:
-                groups = rank(cands, client, tie_km=self.tie_km)
+                groups = rank(cands, client, tie_km=pool.tie_km)
                 variants = answer_variants(groups, st.answers, max_variants=self.max_variants)
                 return SteerResult(wire.NOERROR, variants, case, groups, fam.skipped)
         if pool.on_empty == "servfail":
             return SteerResult(wire.SERVFAIL, [], "servfail", [], fam.skipped)
         # Fail open: a wrong answer beats none when the checker says all is down
         # (more often the checker's network is broken than every mirror at once).
-        groups = rank(fam.everyone, client, tie_km=self.tie_km)
+        groups = rank(fam.everyone, client, tie_km=pool.tie_km)
         variants = answer_variants(groups, st.answers, max_variants=self.max_variants)
         return SteerResult(wire.NOERROR, variants, "failopen", groups, fam.skipped)
 

@@ -292,3 +292,18 @@ def test_geoip_files_replaced_on_disk(tmp_path: Path, caplog: pytest.LogCaptureF
         assert rrset_texts(udp(query("mail.example.org"), st.addr()).answer) == [
             "mail.example.org. 3600 IN A 192.0.2.25"
         ]
+
+
+def test_tie_km_zero_means_strictly_nearest(tmp_path: Path, demo_geoip: tuple[Path, Path]) -> None:
+    """Nuremberg (378 km) and Frankfurt (424 km) share Berlin's load by weight
+    within the default 100 km band; with `tie_km: 0` only the nearest answers."""
+    zones = tmp_path / "zones"
+    shutil.copytree(TEST_ZONES, zones)
+    pool = zones / "pools" / "distfiles.yaml"
+    pool.write_text(pool.read_text().replace("fallback: [origin]", "fallback: [origin]\ntie_km: 0"))
+    with ServerThread(settings_for(zones, tmp_path, demo_geoip)) as st:
+        seen = {
+            addrs(udp(query("one.example.org", ecs="192.0.2.0/24"), st.addr()))[0]
+            for _ in range(30)
+        }
+    assert seen == {"127.5.0.1"}
