@@ -5,9 +5,9 @@ encoded once per (qname, qtype) — and for steered names once per client GeoIP
 profile, as a short cycle of variants that spreads load by weight — and then
 only the ID, RD/CD bits, the question as sent (QNAME case) and the OPT/ECS
 echo are spliced in per query. Everything unusual (other opcodes, malformed
-packets, EDNS oddities, truncation) takes `_slow()`, which parses completely
-and answers exactly. A new generation gets a new Responder with empty caches;
-the old one keeps answering until the swap, so there is no pause.
+packets, EDNS oddities) takes `_slow()`, which parses completely and answers
+exactly. A new generation gets a new Responder, warmed from the running one
+(`warm_from`) while that one keeps answering, then swapped in.
 """
 
 from __future__ import annotations
@@ -30,6 +30,17 @@ log = logging.getLogger("geodns.query")
 CACHE_MAX = 200_000  # answer entries per generation; cleared whole when full
 UNKNOWN_CLIENT = GeoInfo(None, None, None, None, 0)
 
+# What a steered answer depends on: (asn, country, continent, location). The
+# network prefix is left out, so every network of one place shares one answer.
+Profile = tuple[Any, ...]
+
+
+def profile(info: GeoInfo) -> Profile:
+    return (info.asn, info.country, info.continent, info.location)
+
+
+_UNKNOWN = (UNKNOWN_CLIENT, profile(UNKNOWN_CLIENT))
+
 _OPT_PLAIN = wire.opt_record(False)
 _OPT_DO = wire.opt_record(True)
 
@@ -44,7 +55,6 @@ class Stats:
         "truncated",
         "ecs",
         "dropped",
-        "formerr_reasons",
         "latency",
     )
 
@@ -59,7 +69,6 @@ class Stats:
         self.truncated = 0
         self.ecs = 0
         self.dropped = 0
-        self.formerr_reasons: dict[str, int] = {}
 
 
 @dataclass(slots=True)
@@ -139,7 +148,7 @@ class Responder:
         self.ecs_trusted = ecs_trusted
         self.query_log = query_log
         self.cache: dict[tuple[bytes, int], _Body | _Geo] = {}
-        self.src_geo: dict[str, GeoInfo] = {}
+        self.src_geo: dict[str, tuple[GeoInfo, Profile]] = {}
         self.steer_cache: dict[tuple[Any, ...], SteerResult] = {}
         self.ecs_clients: dict[bytes, tuple[Any, ...]] = {}
         self.geo_generation = geodb.generation if geodb is not None else 0
@@ -234,8 +243,8 @@ class Responder:
             ec = self.ecs_clients.get(ecs_opt)
             if ec is None:
                 ec = self._ecs_client(ecs_opt, src)
-            # ec: (profile, info, OPT scope 0, same with DO, OPT true scope, same with DO, scope)
-            body = self._geo_body(entry, ec[1], ec[0]) if geo else entry
+            # ec: (info, profile, OPT scope 0, same with DO, OPT true scope, same with DO, scope)
+            body = self._geo_body(entry, ec[0], ec[1]) if geo else entry
             opt = ec[(4 if geo else 2) + (data[qend + 7] >> 7)]
             resp = b"".join(
                 (
@@ -247,20 +256,7 @@ class Responder:
                 )
             )
         else:
-            if geo:
-                info = self._src_client(src)
-                body = self._geo_body(
-                    entry,
-                    info,
-                    (
-                        info.asn,
-                        info.country,
-                        info.continent,
-                        info.location,
-                    ),
-                )
-            else:
-                body = entry
+            body = self._geo_body(entry, *self._src_client(src)) if geo else entry
             if edns:
                 resp = b"".join(
                     (
@@ -281,7 +277,8 @@ class Responder:
                     )
                 )
         if len(resp) > limit:
-            return self._slow(data, src, tcp)
+            # The answer is chosen (and counted); only its size needs the full path.
+            return self._oversize(data, src, tcp, body, geo)
         qd = stats.qtypes[tcp][":" in src]
         qd[qtype] = qd.get(qtype, 0) + 1
         rc = stats.rcodes
@@ -307,17 +304,17 @@ class Responder:
         if geodb is None or by_source:
             # No GeoIP, SOURCE PREFIX-LENGTH 0 (RFC 7871 §7.1.2), or a resolver we
             # do not take ECS from: steer by the packet source, claim scope 0.
-            info, scope = self._src_client(src), 0
+            (info, prof), scope = self._src_client(src), 0
         else:
             fam = ecs_opt[5]
             addr = ecs_opt[8:]
             info = geodb.lookup(addr + b"\x00" * ((4 if fam == 1 else 16) - len(addr)))
-            scope = info.prefix
+            prof, scope = profile(info), info.prefix
         echo0 = ecs_opt[:7] + b"\x00" + ecs_opt[8:]
         echo = ecs_opt[:7] + bytes((scope,)) + ecs_opt[8:]
         ec = (
-            (info.asn, info.country, info.continent, info.location),
             info,
+            prof,
             wire.opt_record(False, echo0),
             wire.opt_record(True, echo0),
             wire.opt_record(False, echo),
@@ -331,19 +328,20 @@ class Responder:
         self.ecs_clients[ecs_opt] = ec
         return ec
 
-    def _src_client(self, src: str) -> GeoInfo:
+    def _src_client(self, src: str) -> tuple[GeoInfo, Profile]:
+        """GeoIP of the packet source (when there is no usable ECS)."""
         geodb = self.geodb
         if geodb is None:
-            return UNKNOWN_CLIENT
-        info = self.src_geo.get(src)
-        if info is None:
+            return _UNKNOWN
+        found = self.src_geo.get(src)
+        if found is None:
             if len(self.src_geo) > CACHE_MAX:
                 self.src_geo.clear()
             info = geodb.lookup(_packed(src))
-            self.src_geo[src] = info
-        return info
+            found = self.src_geo[src] = (info, profile(info))
+        return found
 
-    def _geo_body(self, entry: _Geo, client: GeoInfo, prof: tuple[Any, ...]) -> _Body:
+    def _geo_body(self, entry: _Geo, client: GeoInfo, prof: Profile) -> _Body:
         cyc = entry.profiles.get(prof)
         if cyc is None:
             cyc = self._cycle(entry.qname, entry.res, client)
@@ -384,7 +382,7 @@ class Responder:
         query name that leads to it (dl, www → dl, downloads → www → dl)."""
         st = res.steer
         assert st is not None
-        key = (st, res.steer_family, client.asn, client.country, client.continent, client.location)
+        key = (st, res.steer_family, *profile(client))
         sr = self.steer_cache.get(key)
         if sr is None:
             if len(self.steer_cache) > CACHE_MAX // 8:
@@ -458,7 +456,6 @@ class Responder:
             if e.rcode < 0:
                 stats.dropped += 1
                 return None
-            stats.formerr_reasons[e.reason] = stats.formerr_reasons.get(e.reason, 0) + 1
             return self._error(data, e.rcode, tcp, edns_do=e.opt_do)
         qd = stats.qtypes[tcp][":" in src]
         qd[q.qtype] = qd.get(q.qtype, 0) + 1
@@ -471,14 +468,26 @@ class Responder:
             if ecs is not None:
                 stats.ecs += 1
                 ec = self._ecs_client(ecs.echo(0), src)
-                info, scope = ec[1], ec[6]
+                info, prof, scope = ec[0], ec[1], ec[6]
             else:
-                info, scope = self._src_client(src), 0
-            prof = (info.asn, info.country, info.continent, info.location)
+                (info, prof), scope = self._src_client(src), 0
             return self._finish(q, self._geo_body(entry, info, prof), scope, tcp)
         if q.edns is not None and q.edns.ecs is not None:
             stats.ecs += 1
         return self._finish(q, entry, 0, tcp)
+
+    def _oversize(self, data: bytes, src: str, tcp: bool, body: _Body, geo: bool) -> bytes | None:
+        """A fast-path answer too big for this UDP query: the same answer, fitted
+        (glue dropped, or TC=1) — without choosing or counting it again."""
+        try:
+            q = wire.parse_query(data)
+        except wire.WireError:  # cannot happen after the fast checks; be exact anyway
+            return self._slow(data, src, tcp)
+        qd = self.stats.qtypes[tcp][":" in src]
+        qd[q.qtype] = qd.get(q.qtype, 0) + 1
+        ecs = q.edns.ecs if q.edns else None
+        scope = self._ecs_client(ecs.echo(0), src)[6] if geo and ecs is not None else 0
+        return self._finish(q, body, scope, tcp)
 
     def _finish(self, q: wire.Query, body: _Body, scope: int, tcp: bool) -> bytes:
         edns = q.edns
@@ -511,8 +520,8 @@ class Responder:
         b = body.body
         try:
             for _ in range(an + ns):
-                off = _skip_encoded_rr(b, off)
-        except IndexError:
+                off = wire.skip_rr(b, off)
+        except wire.WireError:
             off = len(b) + 1
         head = struct.pack("!HH", q.id, flags) + b"\x00\x01"
         arc = 1 if opt else 0
@@ -540,7 +549,7 @@ class Responder:
         question = b""
         try:
             if struct.unpack_from("!H", data, 4)[0] == 1:
-                name, off = wire.read_name(data, 12)
+                _, off = wire.read_name(data, 12)
                 if off + 4 <= len(data):
                     question = data[12 : off + 4]
         except wire.WireError:
@@ -581,20 +590,6 @@ def _encode(
     counts = struct.pack("!HHH", len(answer), len(authority), len(additional))
     counts_opt = struct.pack("!HHH", len(answer), len(authority), len(additional) + 1)
     return _Body(flags, counts, counts_opt, b"".join(parts), res.rcode)
-
-
-def _skip_encoded_rr(b: bytes, off: int) -> int:
-    while True:
-        n = b[off]
-        if n == 0:
-            off += 1
-            break
-        if n & 0xC0 == 0xC0:
-            off += 2
-            break
-        off += 1 + n
-    rdlen = (b[off + 8] << 8) | b[off + 9]
-    return off + 10 + rdlen
 
 
 def _ecs_ok(data: bytes, o: int, olen: int) -> bool:

@@ -28,7 +28,7 @@ from .forked import run_forked
 from .geo import GeoDB
 from .model import Config
 from .protocol import Current, TCPLimits, TCPProtocol, UDPProtocol
-from .settings import default_state_dir, default_store_url
+from .settings import GEOIP_DIRS, default_state_dir, default_store_url
 from .steer import Key, Steering
 from .store import Store, StoreError
 from .zone import Tables
@@ -96,19 +96,17 @@ class Server:
         self.current: Current | None = None
         self.generation = 0
         self.last_reload_ok = True
-        self.last_reload_time = 0.0
         self.reload_seconds = 0.0
         self.transports: list[asyncio.BaseTransport] = []
         self.servers: list[asyncio.base_events.Server] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.stopping: asyncio.Event | None = None  # created in start(), inside the loop
         self.store: Store | None = None
-        self._store_state = "unknown"
+        self._store_error_said = False  # the store's failure is logged once per outage
         self._reload_lock: asyncio.Lock | None = None
         self._trusted = self._make_trust()
         self.tcp_limits = TCPLimits(settings.tcp_idle_timeout, settings.tcp_max_connections)
         self.metrics_server: Any = None  # aiohttp AppRunner when --metrics is on
-        self.started = time.time()
         self.bound: list[tuple[str, int]] = []
         self.metrics_bound: tuple[str, int] | None = None
 
@@ -134,10 +132,8 @@ class Server:
 
     def load_initial(self) -> None:
         """Synchronous first load; raises ConfigError so start-up fails loudly."""
-        self.geodb = (
-            GeoDB.discover(self.s.geoip_asn, self.s.geoip_city, dirs=self.s.geoip_dirs)
-            if self.s.geoip_dirs
-            else GeoDB.discover(self.s.geoip_asn, self.s.geoip_city)
+        self.geodb = GeoDB.discover(
+            self.s.geoip_asn, self.s.geoip_city, dirs=self.s.geoip_dirs or GEOIP_DIRS
         )
         self._open_store()
         self._poll_health_sync()
@@ -225,7 +221,7 @@ class Server:
             self.store = Store(url, create=False, quorum=self.s.quorum)
         except StoreError as e:
             self.store = None
-            self._store_state = "error"  # said once here; polling stays quiet until it changes
+            self._store_error_said = True  # polling stays quiet until the store comes back
             log.warning(
                 "health store not available (%s): every enabled mirror counts as up until it is", e
             )
@@ -250,17 +246,18 @@ class Server:
             if not h.ok:
                 log.info("health store reachable: %d addresses down", len(h.down))
             h.ok = True
+            self._store_error_said = False
             return changed
-        except (StoreError, Exception) as e:  # noqa: BLE001 — fail static on anything
+        except Exception as e:  # noqa: BLE001 — StoreError or anything else: fail static
             h.errors += 1
-            if h.ok or self._store_state != "error":
+            if not self._store_error_said:
                 log.error(
                     "health store unreachable, keeping the last snapshot (%s addresses down): %s",
                     len(h.down),
                     e,
                 )
             h.ok = False
-            self._store_state = "error"
+            self._store_error_said = True
             return False
 
     # ------------------------------------------------------------------ lifecycle
@@ -393,7 +390,6 @@ class Server:
                 return False
             await self.swap_in(config, tables, reason="reload")
             self.last_reload_ok = True
-            self.last_reload_time = time.time()
             self.reload_seconds = time.perf_counter() - t0
             log.info(
                 "config generation %d loaded: %d zones, %d pools in %.0f ms",

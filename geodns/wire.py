@@ -177,7 +177,7 @@ def parse_query(data: bytes) -> Query:
     question = data[12:off]
     # Skip answer and authority records (a query should have none; tolerate them).
     for _ in range(an + ns):
-        off = _skip_rr(data, off)
+        off = skip_rr(data, off)
     edns = None
     for _ in range(ar):
         rr_start = off
@@ -207,7 +207,8 @@ def parse_query(data: bytes) -> Query:
     return Query(qid, flags, opcode, qname, qlower, qtype, qclass, question, edns)
 
 
-def _skip_rr(data: bytes, off: int) -> int:
+def skip_rr(data: bytes, off: int) -> int:
+    """Skip one (possibly compressed) resource record."""
     off = skip_name(data, off)
     if off + 10 > len(data):
         raise WireError(FORMERR, "record truncated")

@@ -370,3 +370,14 @@ def test_tcp_garbage_frame_closes_only_that_connection(server: ServerThread) -> 
         s.sendall(b"\x00\x02\xff\xff")
         assert s.recv(10) == b""
     assert tcp(query("mail.example.org"), server.addr()).rcode() == 0
+
+
+def test_truncated_answer_is_counted_once(server: ServerThread) -> None:
+    """An answer too big for UDP is fitted, not resolved a second time: one
+    query, one ECS query, one truncation in the counters."""
+    stats = server.server.stats
+    before = (stats.ecs, stats.truncated, stats.qtypes[0][0].get(dns.rdatatype.TXT, 0))
+    r = udp(query("big.example.org", "TXT", ecs="192.0.2.0/24", payload=512), server.addr())
+    assert r.flags & dns.flags.TC
+    after = (stats.ecs, stats.truncated, stats.qtypes[0][0].get(dns.rdatatype.TXT, 0))
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]
