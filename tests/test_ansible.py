@@ -108,6 +108,19 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _ansible(cmd: list[str], *, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """An ansible command in ansible/ with the test environment, output captured."""
+    return subprocess.run(
+        cmd,
+        cwd=ANSIBLE_DIR,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def _free_port() -> int:
     """A port free for both UDP and TCP on 127.0.0.1."""
     for _ in range(50):
@@ -507,14 +520,8 @@ def deployed_server(deployment: Deployment) -> Iterator[Server]:
 
 
 def test_ansible_lint_production_profile_is_clean() -> None:
-    proc = subprocess.run(
-        [_tool("ansible-lint"), "--offline", "--profile", "production", "--nocolor"],
-        cwd=ANSIBLE_DIR,
-        env=_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = _ansible(
+        [_tool("ansible-lint"), "--offline", "--profile", "production", "--nocolor"], timeout=300
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Profile 'production' was required, and it passed" in proc.stdout + proc.stderr
@@ -529,28 +536,13 @@ def test_site_playbook_syntax_check(inventories: list[str]) -> None:
     cmd = [_tool("ansible-playbook"), "--syntax-check"]
     for inv in inventories:
         cmd += ["-i", inv]
-    proc = subprocess.run(
-        cmd + ["site.yml"],
-        cwd=ANSIBLE_DIR,
-        env=_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _ansible(cmd + ["site.yml"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "WARNING" not in proc.stderr, proc.stderr
 
 
 def test_example_inventory_places_two_dns_nodes_and_a_checker() -> None:
-    proc = subprocess.run(
-        [_tool("ansible-inventory"), "-i", "inventories/example/hosts.yml", "--list"],
-        cwd=ANSIBLE_DIR,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _ansible([_tool("ansible-inventory"), "-i", "inventories/example/hosts.yml", "--list"])
     assert proc.returncode == 0, proc.stderr
     inv = json.loads(proc.stdout)
     assert sorted(inv["geodns_servers"]["hosts"]) == ["ns1.example.org", "ns2.example.org"]
@@ -851,7 +843,7 @@ def _local_play(
     playbook = tmp_path / "play.yml"
     playbook.write_text(json.dumps([play]))
     (tmp_path / "extra.json").write_text(json.dumps(extra))
-    return subprocess.run(
+    return _ansible(
         [
             _tool("ansible-playbook"),
             "-i",
@@ -863,13 +855,7 @@ def _local_play(
             "-e",
             f"@{tmp_path / 'extra.json'}",
             str(playbook),
-        ],
-        cwd=ANSIBLE_DIR,
-        env=_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        ]
     )
 
 
