@@ -199,12 +199,7 @@ class _Connection(asyncio.Protocol):
                 self._finish(p)
                 continue
             if p.mode == "length":
-                take = min(p.remaining, len(buf))
-                if take:
-                    self._body(p, bytes(buf[:take]))
-                    del buf[:take]
-                    p.remaining -= take
-                if p.remaining:
+                if not self._take(p):
                     return
                 self.pending.popleft()
                 self._finish(p)
@@ -218,6 +213,16 @@ class _Connection(asyncio.Protocol):
                 return
             self.pending.popleft()
             self._finish(p)
+
+    def _take(self, p: _Pending) -> bool:
+        """Consume up to `p.remaining` body bytes; True when none remain."""
+        buf = self.buf
+        take = min(p.remaining, len(buf))
+        if take:
+            self._body(p, bytes(buf[:take]))
+            del buf[:take]
+            p.remaining -= take
+        return not p.remaining
 
     def _chunked(self, p: _Pending) -> bool:
         """Consume chunked body bytes; True when the body is complete."""
@@ -235,12 +240,7 @@ class _Connection(asyncio.Protocol):
                     raise HTTPError(f"bad chunk size {line[:20]!r}") from None
                 p.chunk_state = "data" if p.remaining else "trailer"
             elif p.chunk_state == "data":
-                take = min(p.remaining, len(buf))
-                if take:
-                    self._body(p, bytes(buf[:take]))
-                    del buf[:take]
-                    p.remaining -= take
-                if p.remaining:
+                if not self._take(p):
                     return False
                 p.chunk_state = "data_crlf"
             elif p.chunk_state == "data_crlf":
