@@ -9,6 +9,7 @@ a config that fails validation is logged and the running one keeps serving.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import ipaddress
 import logging
@@ -276,19 +277,14 @@ class Server:
             await asyncio.to_thread(service_addr.add, self.s.service_addresses, self.s.service_dev)
         for host, port in self.s.listen:
             fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-            udp_sock = _bind_udp(host, port, fam, self.s.reuse_port)
-            port = udp_sock.getsockname()[1]  # port 0 → the same ephemeral port for TCP
+            udp_sock, tcp_sock = _bind_pair(host, port, fam, self.s.reuse_port)
+            port = udp_sock.getsockname()[1]
             tr, _ = await loop.create_datagram_endpoint(
                 lambda: UDPProtocol(current, self.stats.latency), sock=udp_sock
             )
             self.transports.append(tr)
             srv = await loop.create_server(
-                lambda: TCPProtocol(current, self.tcp_limits),
-                host=host,
-                port=port,
-                family=fam,
-                reuse_port=self.s.reuse_port or None,
-                backlog=1024,
+                lambda: TCPProtocol(current, self.tcp_limits), sock=tcp_sock, backlog=1024
             )
             self.servers.append(srv)
             self.bound.append((host, port))
@@ -429,17 +425,41 @@ class Server:
             await self.rebuild("GeoIP change")
 
 
-def _bind_udp(host: str, port: int, fam: int, reuse_port: bool) -> socket.socket:
-    sock = socket.socket(fam, socket.SOCK_DGRAM)
+def _bind_pair(
+    host: str, port: int, fam: int, reuse_port: bool
+) -> tuple[socket.socket, socket.socket]:
+    """UDP and TCP sockets bound to one port. Port 0 asks for any port: the
+    kernel picks it for UDP, and the same number may already be an outgoing
+    TCP connection's, so that case retries with another (bounded)."""
+    for _ in range(1 if port else 20):
+        udp = _socket(fam, socket.SOCK_DGRAM, reuse_port)
+        tcp = _socket(fam, socket.SOCK_STREAM, reuse_port)
+        try:
+            # big buffers absorb bursts while a reload swaps generations
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        except OSError:
+            pass
+        try:
+            udp.bind((host, port))
+            tcp.bind((host, udp.getsockname()[1]))
+        except OSError as e:
+            udp.close()
+            tcp.close()
+            if port or e.errno != errno.EADDRINUSE:
+                raise
+            continue
+        return udp, tcp
+    raise OSError(errno.EADDRINUSE, f"no port free for both UDP and TCP on {host}")
+
+
+def _socket(fam: int, kind: int, reuse_port: bool) -> socket.socket:
+    sock = socket.socket(fam, kind)
+    sock.setblocking(False)
+    if kind == socket.SOCK_STREAM:
+        # as asyncio's create_server does: restart while old connections linger
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if fam == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    try:
-        # big buffers absorb bursts while a reload swaps generations
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    except OSError:
-        pass
-    sock.bind((host, port))
-    sock.setblocking(False)
     return sock

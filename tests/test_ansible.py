@@ -35,7 +35,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,7 @@ import dns.rdatatype
 import pytest
 
 from .geodata import make_databases
+from .util import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 ANSIBLE_DIR = REPO / "ansible"
@@ -119,21 +119,6 @@ def _ansible(cmd: list[str], *, timeout: float = 120) -> subprocess.CompletedPro
         text=True,
         timeout=timeout,
     )
-
-
-def _free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind(("127.0.0.1", 0))
-            port = t.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return int(port)
-    raise RuntimeError("no free port")
 
 
 @dataclass
@@ -255,7 +240,7 @@ def _start_postgres() -> Postgres:
         capture_output=True,
         timeout=120,
     )
-    port = _free_port()
+    port = free_port()
     (data / "conf.d").mkdir()
     shutil.chown(data / "conf.d", "postgres", "postgres")
     with (data / "postgresql.conf").open("a") as f:
@@ -410,7 +395,7 @@ def deployment() -> Iterator[Deployment]:
         _mirrors_on_loopback(zones_src / "pools" / "distfiles.yaml")
         _write_geoip(root / "geoip")
         wheel = _build_wheel(root / "build")
-        port = _free_port()
+        port = free_port()
         extra = root / "test.json"
         extra.write_text(
             json.dumps(
@@ -422,7 +407,7 @@ def deployment() -> Iterator[Deployment]:
                     "geodns_test_group": SERVICE_USER,
                     "geodns_test_wheel": str(wheel),
                     "geodns_test_port": port,
-                    "geodns_test_metrics_port": _free_port(),
+                    "geodns_test_metrics_port": free_port(),
                     "geodns_test_pg_ctl": str(pg.bindir / "pg_ctl"),
                     "geodns_test_pg_data": str(pg.data),
                     "geodns_test_pg_socket_dir": str(pg.sockets),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ import pytest
 
 from checker.demomirror import DemoMirror, DemoPKI, Faults, MirrorThread, Tree
 from geodns.store import Store, StoreError
+
+from .util import free_port
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -49,12 +50,6 @@ DISABLED = """\
     ipv4: [127.0.0.3]
     enabled: false
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait(cond: Callable[[], object], limit: float, what: str) -> None:

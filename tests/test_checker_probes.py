@@ -22,6 +22,8 @@ from checker.scheduler import Checker, RoundResult
 from geodns.model import AptCheck, Checks, FreshnessCheck, ObjectsCheck, Pool, TLSCheck
 from geodns.store import Store
 
+from .util import free_port
+
 CRITICAL = "releases/latest.iso"
 pytestmark = pytest.mark.timeout(60)
 
@@ -107,13 +109,6 @@ def rigs(store: Store, pki: DemoPKI, tmp_path: Path) -> Iterator[object]:
     yield make
     for r in made:
         r.close()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(fam) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def ipv6_loopback() -> bool:
