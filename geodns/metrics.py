@@ -9,6 +9,7 @@ our prefix (CONVENTIONS.md).
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -18,8 +19,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from . import wire
+from .answer import Stats
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from aiohttp import web
 
     from .server import Server
@@ -49,13 +53,79 @@ class Latency:
         self.n += 1
 
 
+# --------------------------------------------------------------------------- --workers N
+# Each worker counts in plain ints (no locks on the query path); workers other
+# than 0 publish a JSON snapshot every second and worker 0, which serves the
+# metrics port, adds them to its own. prometheus-client's multiprocess mode
+# would need its mmap-backed counters bumped per query, which costs more than
+# the whole fast path. A snapshot is at most PUBLISH_EVERY old; a restarted
+# worker starts again from zero, which Prometheus reads as a counter reset.
+PUBLISH_EVERY = 1.0
+
+
+def stats_snapshot(st: Stats, tcp_open: int) -> dict[str, Any]:
+    lat = st.latency
+    return {
+        "qtypes": [[sorted(d.items()) for d in row] for row in st.qtypes],
+        "rcodes": sorted(st.rcodes.items()),
+        "tiers": [[pool, tier, n] for (pool, tier), n in sorted(st.tiers.items())],
+        "truncated": st.truncated,
+        "ecs": st.ecs,
+        "dropped": st.dropped,
+        "latency": {"counts": lat.counts, "total": lat.total, "n": lat.n},
+        "tcp_open": tcp_open,
+    }
+
+
+def publish_stats(path: Path, st: Stats, tcp_open: int) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(stats_snapshot(st, tcp_open)))
+    os.replace(tmp, path)  # the reader never sees half a file
+
+
+def merged_stats(own: Stats, own_tcp: int, paths: list[Path]) -> tuple[Stats, int, int]:
+    """(sum of all workers' counters, open TCP connections, workers counted)."""
+    total = Stats()
+    snaps = [stats_snapshot(own, own_tcp)]
+    for p in paths:
+        try:
+            snaps.append(json.loads(p.read_text()))
+        except (OSError, ValueError):
+            continue  # not published yet, or the worker is restarting
+    tcp = 0
+    for snap in snaps:
+        for tcp_i, row in enumerate(snap["qtypes"]):
+            for v6, pairs in enumerate(row):
+                d = total.qtypes[tcp_i][v6]
+                for qtype, n in pairs:
+                    d[qtype] = d.get(qtype, 0) + n
+        for rcode, n in snap["rcodes"]:
+            total.rcodes[rcode] = total.rcodes.get(rcode, 0) + n
+        for pool, tier, n in snap["tiers"]:
+            total.tiers[pool, tier] = total.tiers.get((pool, tier), 0) + n
+        total.truncated += snap["truncated"]
+        total.ecs += snap["ecs"]
+        total.dropped += snap["dropped"]
+        lat = snap["latency"]
+        total.latency.counts = [
+            a + b for a, b in zip(total.latency.counts, lat["counts"], strict=True)
+        ]
+        total.latency.total += lat["total"]
+        total.latency.n += lat["n"]
+        tcp += snap["tcp_open"]
+    return total, tcp, len(snaps)
+
+
 class ServerCollector(Collector):
     def __init__(self, server: Server) -> None:
         self.server = server
 
     def collect(self) -> Iterator[Any]:
         srv = self.server
-        st = srv.stats
+        st, tcp_open, workers = merged_stats(srv.stats, srv.tcp_limits.open, srv.peer_stats_paths())
+        yield GaugeMetricFamily(
+            "geodns_workers", "worker processes whose counters are included", value=workers
+        )
         c = CounterMetricFamily(
             "geodns_dns_requests", "DNS queries received", labels=["proto", "family", "qtype"]
         )
@@ -135,9 +205,7 @@ class ServerCollector(Collector):
             "duration of the last reload",
             value=srv.reload_seconds,
         )
-        yield GaugeMetricFamily(
-            "geodns_tcp_connections", "open TCP connections", value=srv.tcp_limits.open
-        )
+        yield GaugeMetricFamily("geodns_tcp_connections", "open TCP connections", value=tcp_open)
 
 
 def healthz(server: Server) -> tuple[int, dict[str, Any]]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import service_addr
+from . import metrics, service_addr
 from .answer import Responder, Stats
 from .config import load_config
 from .errors import ConfigError
@@ -60,6 +60,10 @@ class ServerSettings:
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 1000
     reuse_port: bool = False
+    # --workers N: this process's index, and where workers share their counters
+    worker: int = 0
+    workers: int = 1
+    stats_dir: Path | None = None
     # anycast: put these on `service_dev` while serving (geodns.service_addr)
     service_addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = ()
     service_dev: str = "lo"
@@ -290,15 +294,17 @@ class Server:
             self.bound.append((host, port))
             log.info("listening on %s port %d (UDP and TCP)", host, port)
         if self.s.metrics:
-            from .metrics import start_metrics
-
-            self.metrics_server = await start_metrics(self, *self.s.metrics)
+            self.metrics_server = await metrics.start_metrics(self, *self.s.metrics)
         self.tasks.append(
             asyncio.create_task(self._every(self.s.health_interval, self.poll_health))
         )
         self.tasks.append(
             asyncio.create_task(self._every(self.s.geoip_interval, self.refresh_geoip))
         )
+        if self.s.stats_dir is not None and self.s.worker > 0:
+            self.tasks.append(
+                asyncio.create_task(self._every(metrics.PUBLISH_EVERY, self.publish_stats))
+            )
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -352,6 +358,18 @@ class Server:
             self.store.close()
             self.store = None
         log.info("stopped")
+
+    def publish_stats(self) -> None:
+        assert self.s.stats_dir is not None
+        path = self.s.stats_dir / f"worker-{self.s.worker}.json"
+        metrics.publish_stats(path, self.stats, self.tcp_limits.open)
+
+    def peer_stats_paths(self) -> list[Path]:
+        """The other workers' counter snapshots (worker 0 serves metrics)."""
+        d = self.s.stats_dir
+        if d is None:
+            return []
+        return [d / f"worker-{i}.json" for i in range(1, self.s.workers)]
 
     async def _every(self, interval: float, fn: Callable[[], object]) -> None:
         while True:

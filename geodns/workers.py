@@ -4,8 +4,9 @@ N processes each run a whole `Server` on its own event loop and bind the same
 addresses with SO_REUSEPORT, so the kernel spreads queries across them. Each
 worker loads the config, polls the store and watches GeoIP itself, so health
 snapshots and reloads reach all of them; SIGHUP to the supervisor is forwarded.
-Metrics: only worker 0 serves the metrics port (its own counters) — scrape
-workers separately if you run several (noted in the README).
+Metrics: worker 0 serves the metrics port; the others publish their counters
+to `<state dir>/workers/` every second and worker 0 adds them up
+(geodns.metrics explains why not prometheus-client's multiprocess mode).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from dataclasses import replace
 
 from .server import Server, ServerSettings
+from .settings import default_state_dir
 
 log = logging.getLogger("geodns.workers")
 
@@ -34,13 +36,17 @@ def _worker(settings: ServerSettings, index: int) -> None:
 
 def run_workers(settings: ServerSettings, n: int) -> int:
     ctx = mp.get_context("fork")
-    base = replace(settings, reuse_port=True)
+    stats_dir = (settings.state_dir or default_state_dir()) / "workers"
+    stats_dir.mkdir(parents=True, exist_ok=True)
+    for old in stats_dir.glob("worker-*.json"):
+        old.unlink()  # a previous run's (perhaps with more workers)
+    base = replace(settings, reuse_port=True, workers=n, stats_dir=stats_dir)
     procs: dict[int, mp.process.BaseProcess] = {}
     stopping = False
     restarts = 0
 
     def spawn(i: int) -> None:
-        s = base if i == 0 else replace(base, metrics=None)
+        s = replace(base, worker=i, metrics=base.metrics if i == 0 else None)
         p = ctx.Process(target=_worker, args=(s, i), name=f"geodns-worker-{i}", daemon=False)
         p.start()
         procs[i] = p
