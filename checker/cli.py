@@ -35,14 +35,6 @@ from .errors import CheckerError, ManifestError
 log = logging.getLogger("checker")
 
 
-def parse_duration(value: str) -> float:
-    """Command-line durations, in the same grammar as the YAML (geodns.fields)."""
-    seconds = fields.parse_duration(value)
-    if seconds is None:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a duration (like 90s, 15m, 6h, 7d)")
-    return seconds
-
-
 def _addr(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit():
@@ -82,13 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--jitter", type=float, default=0.1, help="interval jitter (fraction)")
     run.add_argument(
         "--keep-results",
-        type=parse_duration,
+        type=fields.duration_arg,
         default=7 * 86400,
         help="prune probe results older than this (default 7d)",
     )
     run.add_argument(
         "--keep-history",
-        type=parse_duration,
+        type=fields.duration_arg,
         default=90 * 86400,
         help="prune state changes older than this (default 90d)",
     )
@@ -100,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--region", default=None, help="only this region's view")
         p.add_argument(
             "--max-age",
-            type=parse_duration,
+            type=fields.duration_arg,
             default=3600,
             help="flag results older than this as stale (default 1h)",
         )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+from .fields import duration_arg
 
 if TYPE_CHECKING:
     from .server import ServerSettings
@@ -122,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="regional checkers that must agree an address is down (default 1)",
+    )
+    s.add_argument(
+        "--region-timeout",
+        type=duration_arg,
+        default=900.0,
+        help="ignore the votes of a region whose checker has been silent this long while "
+        "another region is current; 0 = never (default 15m)",
     )
     s.add_argument(
         "--geoip-interval",
@@ -251,6 +259,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:  # noqa: F82
         store_url=store,
         health_interval=getattr(args, "health_interval", 5.0),
         quorum=getattr(args, "quorum", 1),
+        region_timeout=getattr(args, "region_timeout", 900.0),
         geoip_interval=getattr(args, "geoip_interval", 60.0),
         metrics=getattr(args, "metrics", None),
         query_log=getattr(args, "query_log", False),

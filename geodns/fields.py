@@ -185,6 +185,16 @@ def parse_duration(v: Any) -> float | None:
     return sum(float(n) * _UNITS[u] for n, u in parts)
 
 
+def duration_arg(value: str) -> float:
+    """argparse `type=` for command-line durations, in the YAML's grammar."""
+    import argparse
+
+    seconds = parse_duration(value)
+    if seconds is None:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a duration (like 90s, 15m, 6h, 7d)")
+    return seconds
+
+
 def parse_ip(v: Any, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     cls = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
     try:

@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ class ServerSettings:
     store_url: str | None = None  # None: default; "" disables health polling
     health_interval: float = 5.0
     quorum: int = 1  # regions that must call an address down (several regional checkers)
+    region_timeout: float = 900.0  # a region silent this long loses its vote (0: never)
     geoip_interval: float = 60.0
     metrics: tuple[str, int] | None = None
     query_log: bool = False
@@ -88,6 +90,7 @@ class HealthState:
         self.ok = False
         self.errors = 0
         self.have_snapshot = False
+        self.read_at = 0.0  # monotonic time the down-set was last read
 
 
 class Server:
@@ -223,13 +226,22 @@ class Server:
             log.info("no health store configured: every enabled mirror counts as up")
             return
         try:
-            self.store = Store(url, create=False, quorum=self.s.quorum)
+            self.store = self._make_store(url)
         except StoreError as e:
             self.store = None
             self._store_error_said = True  # polling stays quiet until the store comes back
             log.warning(
                 "health store not available (%s): every enabled mirror counts as up until it is", e
             )
+
+    def _make_store(self, url: str) -> Store:
+        timeout = self.s.region_timeout
+        return Store(
+            url,
+            create=False,
+            quorum=self.s.quorum,
+            region_timeout=timedelta(seconds=timeout) if timeout > 0 else None,
+        )
 
     def _poll_health_sync(self) -> bool:
         """One poll; returns True when the down-set changed."""
@@ -239,15 +251,21 @@ class Server:
         h = self.health
         try:
             if self.store is None:
-                self.store = Store(url, create=False, quorum=self.s.quorum)
+                self.store = self._make_store(url)
             version = self.store.state_version()
             changed = False
-            if version != h.version:
+            now = time.monotonic()
+            # a region falling silent changes the vote without a state change,
+            # so with a timeout the down-set is also re-read now and then
+            refresh = self.s.region_timeout > 0 and now - h.read_at >= min(
+                60.0, self.s.region_timeout / 4
+            )
+            if version != h.version or refresh:
                 down = self.store.down_addresses()
                 changed = down != h.down
-                h.down, h.version = down, version
+                h.down, h.version, h.read_at = down, version, now
                 h.have_snapshot = True
-            h.updated = time.monotonic()
+            h.updated = now
             if not h.ok:
                 log.info("health store reachable: %d addresses down", len(h.down))
             h.ok = True

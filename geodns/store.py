@@ -21,8 +21,13 @@ Regions and quorum: several regional checkers write states tagged with their
 region. `down_addresses()` reports an address down when at least `quorum`
 regions currently say down (default 1, i.e. any region), or when any region
 records it as disabled by the operator (`enabled: false` is configuration,
-not a measurement, so it needs no quorum). A region whose checker stopped keeps
-its last votes; `checker report` shows each region's last check time.
+not a measurement, so it needs no quorum). With `region_timeout`, a region
+whose newest check is older than that is left out of the vote while at least
+one region is current, and the quorum shrinks to the regions still current: a
+dead regional checker neither keeps its mirrors down nor blocks the quorum.
+When every region is silent, all votes stand (fail-static: a checker outage
+must not send users to mirrors last seen broken). `checker report` shows each
+region's last check time.
 
 Address text is always `str(ipaddress.ip_address(x))` (compressed IPv6).
 Addresses never checked are absent; the server treats absent as up.
@@ -51,6 +56,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    case,
     create_engine,
     delete,
     event,
@@ -263,6 +269,10 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _utc(t: datetime) -> datetime:
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
 # --------------------------------------------------------------------------- the store
 
 
@@ -275,10 +285,18 @@ class Store:
     database is unreachable or has no schema.
     """
 
-    def __init__(self, url: str, *, create: bool = True, quorum: int = 1) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        create: bool = True,
+        quorum: int = 1,
+        region_timeout: timedelta | None = None,
+    ) -> None:
         if quorum < 1:
             raise ValueError("quorum must be at least 1")
         self.quorum = quorum
+        self.region_timeout = region_timeout
         try:
             self._url = make_url(url)
         except Exception as exc:  # ArgumentError or ValueError, depending on the text
@@ -466,22 +484,53 @@ class Store:
 
     def down_addresses(self) -> frozenset[tuple[str, str, str]]:
         """(pool, mirror, address) that `quorum` regions (or the operator) call down."""
-        disabled = func.max(func.cast(AddressStateRow.disabled, Integer))
-        stmt = (
-            select(AddressRow.pool, AddressRow.mirror, AddressRow.address)
-            .join(AddressStateRow, AddressStateRow.address_id == AddressRow.id)
-            .where(AddressStateRow.up.is_(False))
-            .group_by(AddressRow.pool, AddressRow.mirror, AddressRow.address)
-            .having((func.count() >= self.quorum) | (disabled == 1))
-        )
         try:
             with self._lock:
                 self._follow_file()
                 with self._engine.connect() as conn:
+                    regions, quorum = self._voting_regions(conn)
+                    disabled = func.max(func.cast(AddressStateRow.disabled, Integer))
+                    votes: Any = func.count()  # every row left is a "down" vote
+                    if regions is not None:
+                        votes = func.sum(case((AddressStateRow.region.in_(regions), 1), else_=0))
+                    stmt = (
+                        select(AddressRow.pool, AddressRow.mirror, AddressRow.address)
+                        .join(AddressStateRow, AddressStateRow.address_id == AddressRow.id)
+                        .where(AddressStateRow.up.is_(False))
+                        .group_by(AddressRow.pool, AddressRow.mirror, AddressRow.address)
+                        .having((votes >= quorum) | (disabled == 1))
+                    )
                     rows = conn.execute(stmt).all()
         except SQLAlchemyError as exc:
             raise self._error("cannot read down addresses", exc) from None
         return frozenset((r[0], r[1], r[2]) for r in rows)
+
+    def region_last_checks(self) -> dict[str, datetime]:
+        """Each region's newest check time (what `region_timeout` compares)."""
+        try:
+            with self._lock, self._engine.connect() as conn:
+                return self._region_last_checks(conn)
+        except SQLAlchemyError as exc:
+            raise self._error("cannot read region check times", exc) from None
+
+    def _region_last_checks(self, conn: Connection) -> dict[str, datetime]:
+        rows = conn.execute(
+            select(AddressStateRow.region, func.max(AddressStateRow.checked_at)).group_by(
+                AddressStateRow.region
+            )
+        ).all()
+        return {r[0]: _utc(r[1]) for r in rows if r[1] is not None}
+
+    def _voting_regions(self, conn: Connection) -> tuple[list[str] | None, int]:
+        """(regions whose votes count, or None for all; the quorum among them)."""
+        if self.region_timeout is None:
+            return None, self.quorum
+        last = self._region_last_checks(conn)
+        cutoff = _now() - self.region_timeout
+        current = sorted(r for r, t in last.items() if t >= cutoff)
+        if not current or len(current) == len(last):
+            return None, self.quorum
+        return current, min(self.quorum, len(current))
 
     # ---------------------------------------------------------------- writes
 

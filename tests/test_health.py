@@ -6,12 +6,14 @@ import json
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dns.rcode
 import pytest
+from sqlalchemy import update
 
-from geodns.store import Store
+from geodns.store import AddressStateRow, Store
 
 from .conftest import TEST_ZONES
 from .util import ServerThread, query, settings_for, udp
@@ -220,3 +222,23 @@ def test_quorum_of_regions(tmp_path: Path, demo_geoip: tuple[Path, Path], store_
         assert "127.5.0.1" in addrs(udp(query("dl.example.org", ecs=DE), st.addr()))
         store.set_state("distfiles", "mirror-de2", "127.5.0.1", False, "us: timeout", region="us")
         wait_for(lambda: "127.5.0.1" not in addrs(udp(query("dl.example.org", ecs=DE), st.addr())))
+
+
+def test_a_region_falling_silent_is_noticed_without_a_state_change(
+    tmp_path: Path, demo_geoip: tuple[Path, Path], store_url: str
+) -> None:
+    """Silence bumps no state version: the server re-reads the vote on its own."""
+    s = settings_for(
+        TEST_ZONES, tmp_path, demo_geoip, store_url=store_url, health_interval=0.1, region_timeout=2
+    )
+    with ServerThread(s) as st, Store(store_url) as store:
+        store.set_state("distfiles", "mirror-de2", "127.5.0.1", False, "eu: timeout", region="eu")
+        store.set_state("distfiles", "mirror-de2", "127.5.0.1", True, "us: fine", region="us")
+        wait_for(lambda: "127.5.0.1" not in addrs(udp(query("dl.example.org", ecs=DE), st.addr())))
+        with store._session("test") as session:  # eu's checker stops checking
+            session.execute(
+                update(AddressStateRow)
+                .where(AddressStateRow.region == "eu")
+                .values(checked_at=datetime.now(UTC) - timedelta(hours=1))
+            )
+        wait_for(lambda: "127.5.0.1" in addrs(udp(query("dl.example.org", ecs=DE), st.addr())))
