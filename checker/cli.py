@@ -6,6 +6,7 @@
     checker nagios [--config zones] [--store URL] [--pool P] [--crit-down N] [--warn-down N]
     checker history MIRROR [--store URL] [--pool P] [--limit N] [--json]
     checker manifest build ROOT [--sha256] [-o FILE]
+    checker forget (--config zones | --region NAME) [--store URL] [--dry-run]
 
 Exit codes: 0 fine; 1 the store or a probe setup failed; 2 bad usage or
 configuration; `nagios` uses the plugin codes 0/1/2/3.
@@ -31,6 +32,7 @@ from geodns.store import Store, StoreError
 
 from . import report
 from .errors import CheckerError, ManifestError
+from .target import targets_of
 
 log = logging.getLogger("checker")
 
@@ -125,6 +127,18 @@ def _parser() -> argparse.ArgumentParser:
     his.add_argument("--limit", type=int, default=50)
     his.add_argument("--json", action="store_true")
 
+    fgt = sub.add_parser(
+        "forget",
+        help="drop addresses no longer in the YAML, or a decommissioned region, from the store",
+    )
+    what = fgt.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--config", type=Path, help="forget every address this zones directory no longer lists"
+    )
+    what.add_argument("--region", help="forget this region's states, results and history")
+    store_arg(fgt)
+    fgt.add_argument("--dry-run", action="store_true", help="only list what would go")
+
     man = sub.add_parser("manifest", help="object manifests")
     msub = man.add_subparsers(dest="manifest_command", required=True, metavar="ACTION")
     build = msub.add_parser("build", help="walk an origin tree into manifest JSON")
@@ -137,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="glob of names to skip (repeatable; default: rsync temp files)",
     )
-    for p in (run, rep, nag, his, build):
+    for p in (run, rep, nag, his, fgt, build):
         # `checker run --log-level debug` reads better than `checker --log-level debug run`
         p.add_argument("--log-level", dest="sub_log_level", default=None, help=argparse.SUPPRESS)
     return ap
@@ -403,12 +417,40 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Addresses removed from the YAML stay in the store (and in reports, as
+    stale rows) until forgotten; so do the votes of a region shut down."""
+    store = _store(args.store, create=False)
+    try:
+        if args.region is not None:
+            n = len(store.states(region=args.region))
+            if not args.dry_run:
+                store.forget(region=args.region)
+            print(
+                f"{'would forget' if args.dry_run else 'forgot'} region {args.region!r}: {n} states"
+            )
+            return 0
+        config = _load_config(args.config)
+        listed = {t.key for pool in config.pools.values() for t in targets_of(pool)}
+        gone = [k for k in store.addresses() if k not in listed]
+        for pool, mirror, address in gone:
+            print(f"{pool}/{mirror} {address}")
+        if not args.dry_run:
+            store.forget(gone)
+        verb = "would forget" if args.dry_run else "forgot"
+        print(f"{verb} {len(gone)} addresses not in {args.config}", file=sys.stderr)
+        return 0
+    finally:
+        store.close()
+
+
 COMMANDS = {
     "run": cmd_run,
     "report": cmd_report,
     "nagios": cmd_nagios,
     "history": cmd_history,
     "manifest": cmd_manifest,
+    "forget": cmd_forget,
 }
 
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -589,16 +589,18 @@ class Store:
                     reason=reason,
                 )
             )
-            # Atomic increment: the row lock (PostgreSQL) or the file lock (SQLite)
-            # serialises concurrent writers, so the version never goes backwards.
-            bumped = session.execute(
-                update(MetaRow)
-                .where(MetaRow.key == "state_version")
-                .values(value=MetaRow.value + 1)
-            )
-            if bumped.rowcount == 0:  # type: ignore[attr-defined]
-                session.add(MetaRow(key="state_version", value=1))
+            self._bump_version(session)
         return changed
+
+    @staticmethod
+    def _bump_version(session: Session) -> None:
+        # Atomic increment: the row lock (PostgreSQL) or the file lock (SQLite)
+        # serialises concurrent writers, so the version never goes backwards.
+        bumped = session.execute(
+            update(MetaRow).where(MetaRow.key == "state_version").values(value=MetaRow.value + 1)
+        )
+        if bumped.rowcount == 0:  # type: ignore[attr-defined]
+            session.add(MetaRow(key="state_version", value=1))
 
     def set_state(
         self, pool: str, mirror: str, address: str, up: bool, reason: str, *, region: str = ""
@@ -685,6 +687,43 @@ class Store:
                     delete(StateChangeRow).where(StateChangeRow.at < now - keep_history)
                 ).rowcount  # type: ignore[attr-defined]
         return int(results or 0), int(changes or 0)
+
+    def addresses(self) -> list[tuple[str, str, str]]:
+        """Every (pool, mirror, address) the store knows, checked or not."""
+        with self._session("cannot list addresses") as session:
+            rows = session.execute(
+                select(AddressRow.pool, AddressRow.mirror, AddressRow.address).order_by(
+                    AddressRow.pool, AddressRow.mirror, AddressRow.address
+                )
+            ).all()
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def forget(
+        self, keys: Iterable[tuple[str, str, str]] = (), *, region: str | None = None
+    ) -> int:
+        """Delete addresses (their states, results and history go with them), or
+        with `region` only that region's rows of everything. Returns the number
+        of addresses, or of the region's states, removed."""
+        with self._session("cannot forget") as session:
+            if region is not None:
+                n = session.execute(
+                    delete(AddressStateRow).where(AddressStateRow.region == region)
+                ).rowcount  # type: ignore[attr-defined]
+                for table in (ProbeResultRow, StateChangeRow):
+                    session.execute(delete(table).where(table.region == region))
+            else:
+                n = 0
+                for pool, mirror, address in keys:
+                    n += session.execute(
+                        delete(AddressRow).where(
+                            AddressRow.pool == pool,
+                            AddressRow.mirror == mirror,
+                            AddressRow.address == address_text(address),
+                        )
+                    ).rowcount  # type: ignore[attr-defined]
+            if n:  # the down-set may have changed: servers must re-read it
+                self._bump_version(session)
+        return int(n)
 
     # ---------------------------------------------------------------- checker and report reads
 

@@ -321,3 +321,37 @@ def test_nagios_groups_addresses_of_one_mirror(
         " | up=1;;;0;4 down=3;;1;0;4 warning=0;;;0;4 disabled=0;;;0;4 unknown=0;;;0;4"
     )
     assert len(out.splitlines()) == 4
+
+
+def test_forget_addresses_gone_from_the_yaml_and_a_closed_region(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from .conftest import TEST_ZONES
+
+    url = f"sqlite:///{tmp_path}/health.sqlite"
+    with Store(url) as s:
+        s.set_state("distfiles", "mirror-de2", "127.5.0.1", False, "timeout", region="eu")
+        s.set_state("distfiles", "mirror-de2", "127.5.0.1", True, "fine", region="old")
+        s.set_state("distfiles", "mirror-gone", "127.9.9.9", False, "removed mirror")
+        version = s.state_version()
+    gone = "distfiles/mirror-gone 127.9.9.9"
+    code, out = run(["forget", "--config", str(TEST_ZONES), "--store", url, "--dry-run"], capsys)
+    assert code == 0 and out.splitlines() == [gone]
+    with Store(url) as s:
+        assert len(s.addresses()) == 2 and s.state_version() == version
+    code, out = run(["forget", "--config", str(TEST_ZONES), "--store", url], capsys)
+    assert code == 0 and out.splitlines() == [gone]
+    with Store(url) as s:
+        assert s.addresses() == [("distfiles", "mirror-de2", "127.5.0.1")]
+        assert s.history(mirror="mirror-gone") == []
+        assert s.state_version() > version  # servers re-read the down-set
+        version = s.state_version()
+    code, out = run(["forget", "--region", "old", "--store", url], capsys)
+    assert code == 0 and "forgot region 'old': 1 states" in out
+    with Store(url) as s:
+        assert {st.region for st in s.states()} == {"eu"}
+        assert {c.region for c in s.history(mirror="mirror-de2")} == {"eu"}
+        assert s.state_version() > version
+    with pytest.raises(SystemExit) as exit_:  # neither --config nor --region: usage
+        cli.main(["forget", "--store", url])
+    assert exit_.value.code == 2
