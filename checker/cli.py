@@ -37,6 +37,16 @@ from .target import targets_of
 log = logging.getLogger("checker")
 
 
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return n
+
+
 def _addr(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit():
@@ -74,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--parallel", type=int, default=32, help="addresses checked at once")
     run.add_argument("--jitter", type=float, default=0.1, help="interval jitter (fraction)")
+    run.add_argument(
+        "--pipeline",
+        type=_positive,
+        default=1,
+        help="object HEADs in flight per keep-alive connection (HTTP/1.1 pipelining; "
+        "default 1 = off, as some mirrors' servers mishandle it)",
+    )
     run.add_argument(
         "--keep-results",
         type=fields.duration_arg,
@@ -249,6 +266,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             ca_bundle=args.ca_bundle,
             pools=args.pool,
             max_parallel=args.parallel,
+            pipeline=args.pipeline,
         )
     except BaseException:
         store.close()

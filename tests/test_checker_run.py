@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -13,6 +14,7 @@ from prometheus_client import REGISTRY
 from checker import cli
 from checker.demomirror import DemoMirror, DemoPKI, Faults, Tree, demo_config, mirror_entry
 from checker.scheduler import Checker, run_once
+from checker.target import Target
 from geodns.model import Checks, FreshnessCheck, ObjectsCheck, Pool, TLSCheck
 from geodns.store import Store
 
@@ -129,6 +131,18 @@ async def test_cli_run_once(
         assert code == 0
         assert "p/a 127.0.0.1: up: first check: passed" in out
         assert out.strip().endswith("0 down, 1 changes in " + out.strip().rsplit(" ", 1)[1])
+        # --pipeline reaches the objects probe's HTTP client
+        seen: list[int] = []
+        client = Target.client
+
+        def spy(self: Target, **kw: Any) -> Any:
+            seen.append(kw.get("pipeline", 1))
+            return client(self, **kw)
+
+        monkeypatch.setattr(Target, "client", spy)
+        code = await asyncio.to_thread(cli.main, [*argv, "--pipeline", "4"])
+        assert code == 0 and 4 in seen, (seen, capsys.readouterr())
+        assert "0 down" in capsys.readouterr().out
         code = await asyncio.to_thread(cli.main, [*argv, "--pool", "nope"])
         err = capsys.readouterr().err
         assert code == 2 and "no pool named 'nope'; the config has p" in err
