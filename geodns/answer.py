@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import wire
+from .gencache import TwoGen
 from .geo import GeoDB, GeoInfo
 from .steer import Steering, SteerResult, tier_name
 from .zone import RR, Resolution, Tables
 
 log = logging.getLogger("geodns.query")
 
-CACHE_MAX = 200_000  # answer entries per generation; cleared whole when full
+CACHE_MAX = 100_000  # entries per cache generation (geodns.gencache: at most twice this)
 UNKNOWN_CLIENT = GeoInfo(None, None, None, None, 0)
 
 # What a steered answer depends on: (asn, country, continent, location). The
@@ -147,10 +148,10 @@ class Responder:
         self.stats = stats
         self.ecs_trusted = ecs_trusted
         self.query_log = query_log
-        self.cache: dict[tuple[bytes, int], _Body | _Geo] = {}
-        self.src_geo: dict[str, tuple[GeoInfo, Profile]] = {}
+        self.cache: TwoGen[tuple[bytes, int], _Body | _Geo] = TwoGen(CACHE_MAX)
+        self.src_geo: TwoGen[str, tuple[GeoInfo, Profile]] = TwoGen(CACHE_MAX)
         self.steer_cache: dict[tuple[Any, ...], SteerResult] = {}
-        self.ecs_clients: dict[bytes, tuple[Any, ...]] = {}
+        self.ecs_clients: TwoGen[bytes, tuple[Any, ...]] = TwoGen(CACHE_MAX)
         self.geo_generation = geodb.generation if geodb is not None else 0
 
     # ------------------------------------------------------------------ fast path
@@ -233,14 +234,14 @@ class Responder:
             return self._slow(data, src, tcp)
         question = data[12:qend]
         key = (question[:-4].lower(), qtype)
-        entry: Any = self.cache.get(key)  # _Body or _Geo; tested by class below
+        entry: Any = self.cache.new.get(key)  # _Body or _Geo; tested by class below
         if entry is None:
             entry = self._entry(key[0], qtype)
         stats = self.stats
         geo = entry.__class__ is not _Body
         if ecs_opt is not None:
             stats.ecs += 1
-            ec = self.ecs_clients.get(ecs_opt)
+            ec = self.ecs_clients.new.get(ecs_opt)
             if ec is None:
                 ec = self._ecs_client(ecs_opt, src)
             # ec: (info, profile, OPT scope 0, same with DO, OPT true scope, same with DO, scope)
@@ -298,6 +299,9 @@ class Responder:
         the client's GeoIP profile and the OPT records to send back (scope 0
         for answers that do not depend on the client, the true scope for
         steered ones; without and with the DO bit)."""
+        ec = self.ecs_clients.promote(ecs_opt)
+        if ec is not None:
+            return ec
         geodb = self.geodb
         trusted = self.ecs_trusted is None or self.ecs_trusted(src)
         by_source = geodb is not None and (not ecs_opt[6] or not trusted)
@@ -323,9 +327,7 @@ class Responder:
         )
         if by_source:
             return ec  # depends on the packet source too: never cache it by option alone
-        if len(self.ecs_clients) > CACHE_MAX:
-            self.ecs_clients.clear()
-        self.ecs_clients[ecs_opt] = ec
+        self.ecs_clients.put(ecs_opt, ec)
         return ec
 
     def _src_client(self, src: str) -> tuple[GeoInfo, Profile]:
@@ -335,10 +337,9 @@ class Responder:
             return _UNKNOWN
         found = self.src_geo.get(src)
         if found is None:
-            if len(self.src_geo) > CACHE_MAX:
-                self.src_geo.clear()
             info = geodb.lookup(_packed(src))
-            found = self.src_geo[src] = (info, profile(info))
+            found = (info, profile(info))
+            self.src_geo.put(src, found)
         return found
 
     def _geo_body(self, entry: _Geo, client: GeoInfo, prof: Profile) -> _Body:
@@ -356,15 +357,16 @@ class Responder:
     # ------------------------------------------------------------------ building
 
     def _entry(self, qname: bytes, qtype: int) -> _Body | _Geo:
+        found = self.cache.promote((qname, qtype))
+        if found is not None:
+            return found
         res = self.resolve(qname, qtype)
         entry: _Body | _Geo
         if res.steer is not None:
             entry = _Geo(qname, res)
         else:
             entry = _encode(qname, res, res.answer, res.authority, res.additional)
-        if len(self.cache) >= CACHE_MAX:
-            self.cache.clear()  # random-name floods must not grow memory without bound
-        self.cache[(qname, qtype)] = entry
+        self.cache.put((qname, qtype), entry)
         return entry
 
     def resolve(self, qname: bytes, qtype: int) -> Resolution:
@@ -402,7 +404,7 @@ class Responder:
                 if key[0].pool in same:
                     self.steer_cache[key] = sr
         done = 0
-        for key, entry in list(old.cache.items())[-limit:]:
+        for key, entry in old.cache.items()[-limit:]:
             if key in self.cache:
                 continue
             new = self._entry(*key)
@@ -416,7 +418,8 @@ class Responder:
                     done += 1
                     yield done
         if old.geo_generation == self.geo_generation:
-            self.src_geo.update(list(old.src_geo.items())[-limit:])
+            for src, found in old.src_geo.items()[-limit:]:
+                self.src_geo.put(src, found)
         yield done
 
     def _cycle(self, qname: bytes, res: Resolution, client: GeoInfo) -> _Cycle:
@@ -462,7 +465,7 @@ class Responder:
         if q.qclass != wire.CLASS_IN:
             return self._finish(q, _plain(wire.REFUSED), 0, tcp)
         key = (q.qname_lower, q.qtype)
-        entry = self.cache.get(key) or self._entry(q.qname_lower, q.qtype)
+        entry = self.cache.new.get(key) or self._entry(q.qname_lower, q.qtype)
         if isinstance(entry, _Geo):
             ecs = q.edns.ecs if q.edns else None
             if ecs is not None:
