@@ -22,7 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from . import metrics, service_addr
+from . import metrics, sdnotify, service_addr
 from .answer import Responder, Stats
 from .config import load_config
 from .errors import ConfigError
@@ -319,7 +319,11 @@ class Server:
         self.tasks.append(
             asyncio.create_task(self._every(self.s.geoip_interval, self.refresh_geoip))
         )
-        if self.s.stats_dir is not None and self.s.worker > 0:
+        watchdog = sdnotify.watchdog_interval()
+        if watchdog is not None:
+            self.tasks.append(asyncio.create_task(self._every(watchdog, self.watchdog)))
+        if self.s.stats_dir is not None:  # --workers: counters, and the supervisor's heartbeat
+            self.publish_stats()  # now: "listening" for the supervisor
             self.tasks.append(
                 asyncio.create_task(self._every(metrics.PUBLISH_EVERY, self.publish_stats))
             )
@@ -337,9 +341,22 @@ class Server:
     async def serve_forever(self) -> None:
         await self.start()
         self.install_signal_handlers()
+        sdnotify.notify("READY=1", self._status())
         assert self.stopping is not None
         await self.stopping.wait()
+        sdnotify.notify("STOPPING=1")
         await self.stop()
+
+    def _status(self) -> str:
+        down = len(self.health.down)
+        return f"STATUS=serving generation {self.generation}, {down} mirror addresses down"
+
+    def watchdog(self) -> None:
+        """Ping systemd's watchdog from the loop that answers queries: if it
+        stops turning (a wedged process), the pings stop and systemd restarts
+        the service, which withdraws any anycast address first."""
+        if self.current is not None:
+            sdnotify.notify("WATCHDOG=1")
 
     async def stop(self) -> None:
         if self.s.service_addresses:
@@ -405,32 +422,39 @@ class Server:
         """Re-read the YAML; swap only if it validates. Returns success."""
         assert self._reload_lock is not None
         async with self._reload_lock:
-            t0 = time.perf_counter()
+            sdnotify.reloading()
             try:
-                config, tables = await run_forked(self._load_and_compile)
-            except ConfigError as e:
-                self.last_reload_ok = False
-                log.error(
-                    "reload rejected, still serving generation %d:\n%s",
-                    self.generation,
-                    "\n".join(e.problems),
-                )
-                return False
-            except Exception:  # noqa: BLE001
-                self.last_reload_ok = False
-                log.exception("reload failed, still serving generation %d", self.generation)
-                return False
-            await self.swap_in(config, tables, reason="reload")
-            self.last_reload_ok = True
-            self.reload_seconds = time.perf_counter() - t0
-            log.info(
-                "config generation %d loaded: %d zones, %d pools in %.0f ms",
+                return await self._reload()
+            finally:
+                sdnotify.notify("READY=1", self._status())
+
+    async def _reload(self) -> bool:
+        t0 = time.perf_counter()
+        try:
+            config, tables = await run_forked(self._load_and_compile)
+        except ConfigError as e:
+            self.last_reload_ok = False
+            log.error(
+                "reload rejected, still serving generation %d:\n%s",
                 self.generation,
-                len(config.zones),
-                len(config.pools),
-                self.reload_seconds * 1000,
+                "\n".join(e.problems),
             )
-            return True
+            return False
+        except Exception:  # noqa: BLE001
+            self.last_reload_ok = False
+            log.exception("reload failed, still serving generation %d", self.generation)
+            return False
+        await self.swap_in(config, tables, reason="reload")
+        self.last_reload_ok = True
+        self.reload_seconds = time.perf_counter() - t0
+        log.info(
+            "config generation %d loaded: %d zones, %d pools in %.0f ms",
+            self.generation,
+            len(config.zones),
+            len(config.pools),
+            self.reload_seconds * 1000,
+        )
+        return True
 
     def _load_and_compile(self) -> tuple[Config, Tables]:
         # runs in a forked child (geodns.forked): pure, no sockets, no loop

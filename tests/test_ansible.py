@@ -602,7 +602,10 @@ def test_rendered_units_follow_the_hardening_conventions(deployment: Deployment)
         "SystemCallFilter": "@system-service",
         "ExecReload": "/bin/kill -HUP $MAINPID",
         "Restart": "on-failure",
-        "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
+        "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",  # AF_UNIX: sd_notify
+        "Type": "notify",
+        "NotifyAccess": "main",
+        "WatchdogSec": "30s",
     }
     assert {k: server.get(k) for k in expected} == expected
     checker = dict(_unit_lines(deployment.unit_dir / "geodns-checker.service"))

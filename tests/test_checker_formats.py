@@ -14,12 +14,13 @@ from aiohttp import web
 
 from checker import manifest as mf
 from checker.apt import parse_release
-from checker.cli import main, parse_duration
+from checker.cli import main
 from checker.demomirror import Tree
 from checker.errors import ManifestError
 from checker.freshness import parse_timestamp
 from checker.http import HTTPClient, HTTPError
 from checker.text import duration
+from geodns.fields import duration_arg
 
 WHEN = datetime(2026, 11, 20, 10, 0, 0, tzinfo=UTC)
 
@@ -106,12 +107,12 @@ def test_durations_read_naturally(seconds: float, text: str) -> None:
     assert duration(seconds) == text
 
 
-def test_parse_duration() -> None:
-    assert parse_duration("90") == 90
-    assert parse_duration("7d") == 7 * 86400
-    assert parse_duration("1h30m") == 5400
+def test_duration_arg() -> None:
+    assert duration_arg("90") == 90
+    assert duration_arg("7d") == 7 * 86400
+    assert duration_arg("1h30m") == 5400
     with pytest.raises(Exception, match="not a duration"):
-        parse_duration("soon")
+        duration_arg("soon")
 
 
 # --------------------------------------------------------------------------- manifests

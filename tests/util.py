@@ -196,10 +196,13 @@ def ecs_of(msg: dns.message.Message) -> dns.edns.ECSOption | None:
 class ServerProcess:
     """`geodns serve` as a real process (for SIGHUP and crash tests)."""
 
-    def __init__(self, args: list[str], port: int, log: Path) -> None:
+    def __init__(
+        self, args: list[str], port: int, log: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.args = args
         self.port = port
         self.logpath = log
+        self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> ServerProcess:
@@ -209,6 +212,7 @@ class ServerProcess:
             stdout=self.logfile,
             stderr=subprocess.STDOUT,
             cwd=REPO,
+            env=self.env,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
