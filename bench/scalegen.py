@@ -161,6 +161,20 @@ def bump_probe(confdir: Path, pools: int, serial: int) -> None:
     tmp.replace(path)
 
 
+def touch_all(confdir: Path, mark: int) -> int:
+    """Change the bytes of every YAML file (a trailing comment), so that a reload
+    cannot reuse any parsed file: the cost of a reload after a bulk edit."""
+    n = 0
+    for path in sorted(confdir.rglob("*.yaml")):
+        text = path.read_text()
+        body = text[: text.find("\n# edit ")] if "\n# edit " in text else text.rstrip("\n")
+        tmp = path.with_suffix(".yaml.tmp")
+        tmp.write_text(f"{body}\n# edit {mark}\n")
+        tmp.replace(path)
+        n += 1
+    return n
+
+
 def write_queries(outdir: Path, zones: int) -> Path:
     outdir.mkdir(parents=True, exist_ok=True)
     lines = []

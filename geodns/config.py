@@ -51,14 +51,25 @@ MAX_TTL = 2**31 - 1  # RFC 2181 §8
 AUTO_SERIAL = -1  # placeholder until _assign_serials runs
 
 
-def load_config(root: Path | str, *, serial_state: Path | None = None) -> Config:
+# (file as shown, root, sha256 of its bytes) → (what it defines, line of its zone:/pool: key)
+FileCache = dict[tuple[str, str, str], tuple["Zone | Pool", int]]
+
+
+def load_config(
+    root: Path | str, *, serial_state: Path | None = None, cache: FileCache | None = None
+) -> Config:
     """Load and validate the configuration directory (or a single file).
 
     serial_state: a JSON file remembering each zone's content digest and serial,
     so that `serial: auto` increases exactly when a zone's content changes.
+    cache: the zone or pool built from each (file, exact content) by the last
+    load; files whose bytes are unchanged are not parsed again (a reload after
+    editing one zone of a hundred reads a hundred files but parses one). It is
+    replaced in place with this load's entries (files without problems only).
     """
     root = Path(root)
     p = Problems()
+    fresh: FileCache = {}
     files = _yaml_files(root, p)
     digest = hashlib.sha256()
     zones: list[Zone] = []
@@ -69,48 +80,39 @@ def load_config(root: Path | str, *, serial_state: Path | None = None) -> Config
         raw = path.read_bytes()
         digest.update(str(path.relative_to(root) if root.is_dir() else path.name).encode())
         digest.update(raw)
-        try:
-            doc, dups = load_yaml(path)
-        except YAMLProblem as e:
-            p.add(shown, e.line, "", e.message)
-            continue
-        except UnicodeDecodeError:
-            p.add(shown, 0, "", "file is not UTF-8 text")
-            continue
-        for line, msg in dups:
-            p.add(shown, line, "", msg)
-        if doc is None:
-            p.add(shown, 0, "", "file is empty (expected a mapping with 'zone:' or 'pool:')")
-        elif not isinstance(doc, YMap):
-            p.add(shown, 1, "", "expected a mapping with 'zone:' or 'pool:' at the top")
-        elif "zone" in doc:
-            z = _zone(Section(p, shown, doc, ""), shown)
-            if z is not None:
-                if any(o.name == z.name for o in zones):
-                    other = next(o for o in zones if o.name == z.name)
-                    p.add(
-                        shown,
-                        doc.lines["zone"],
-                        "",
-                        f"zone: '{z.name or '.'}' is already defined in {other.where}",
-                    )
-                else:
-                    zones.append(z)
-                    zone_digests[z.name] = hashlib.sha256(raw).hexdigest()
-        elif "pool" in doc:
-            pool = _pool(Section(p, shown, doc, ""), shown, root)
-            if pool is not None:
-                if pool.name in pools:
-                    p.add(
-                        shown,
-                        doc.lines["pool"],
-                        "",
-                        f"pool: '{pool.name}' is already defined in {pools[pool.name].where}",
-                    )
-                else:
-                    pools[pool.name] = pool
+        key = (shown, str(root), hashlib.sha256(raw).hexdigest())
+        found = cache.get(key) if cache is not None else None
+        if found is None:
+            before = len(p.items)
+            found = _build_file(path, shown, root, p)
+            if found is not None and len(p.items) == before:
+                fresh[key] = found
         else:
-            p.add(shown, doc.line, "", "expected a top-level 'zone:' or 'pool:' key")
+            fresh[key] = found
+        if found is None:
+            continue
+        built, line = found
+        if isinstance(built, Zone):
+            if any(o.name == built.name for o in zones):
+                other = next(o for o in zones if o.name == built.name)
+                p.add(
+                    shown,
+                    line,
+                    "",
+                    f"zone: '{built.name or '.'}' is already defined in {other.where}",
+                )
+            else:
+                zones.append(built)
+                zone_digests[built.name] = key[2]
+        elif built.name in pools:
+            p.add(
+                shown,
+                line,
+                "",
+                f"pool: '{built.name}' is already defined in {pools[built.name].where}",
+            )
+        else:
+            pools[built.name] = built
     for z in zones:
         for s in z.steered:
             if s.pool not in pools:
@@ -123,8 +125,38 @@ def load_config(root: Path | str, *, serial_state: Path | None = None) -> Config
                 )
     if p:
         raise ConfigError(p.items)
+    if cache is not None:
+        cache.clear()
+        cache.update(fresh)
     zones = _assign_serials(zones, zone_digests, serial_state)
     return Config(zones=tuple(zones), pools=pools, root=root, digest=digest.hexdigest())
+
+
+def _build_file(path: Path, shown: str, root: Path, p: Problems) -> tuple[Zone | Pool, int] | None:
+    """Parse one YAML file into the zone or pool it defines (problems into `p`)."""
+    try:
+        doc, dups = load_yaml(path)
+    except YAMLProblem as e:
+        p.add(shown, e.line, "", e.message)
+        return None
+    except UnicodeDecodeError:
+        p.add(shown, 0, "", "file is not UTF-8 text")
+        return None
+    for line, msg in dups:
+        p.add(shown, line, "", msg)
+    if doc is None:
+        p.add(shown, 0, "", "file is empty (expected a mapping with 'zone:' or 'pool:')")
+    elif not isinstance(doc, YMap):
+        p.add(shown, 1, "", "expected a mapping with 'zone:' or 'pool:' at the top")
+    elif "zone" in doc:
+        z = _zone(Section(p, shown, doc, ""), shown)
+        return None if z is None else (z, doc.lines["zone"])
+    elif "pool" in doc:
+        pool = _pool(Section(p, shown, doc, ""), shown, root)
+        return None if pool is None else (pool, doc.lines["pool"])
+    else:
+        p.add(shown, doc.line, "", "expected a top-level 'zone:' or 'pool:' key")
+    return None
 
 
 # ----------------------------------------------------------------------------- files

@@ -77,7 +77,7 @@ def _step_aside() -> None:
     room. (Moving it *away* from the server's CPU starved it behind a busy
     neighbour in the benchmark: a 20 s reload.)"""
     try:
-        os.nice(5)
+        os.nice(int(os.environ.get("GEODNS_NICE", "5")))
     except OSError:
         pass
     try:

@@ -250,3 +250,48 @@ def test_yaml_anchors_and_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, {"z.yaml": ZONE_OK, "pools/p.yaml": pool}))
     m2 = cfg.pools["p"].mirror("m2")
     assert (m2.weight, str(m2.ipv4[0]), m2.url) == (50, "192.0.2.11", "https://m1.example.net/")
+
+
+def test_file_cache_reparses_only_changed_files_and_keeps_every_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import geodns.config as config_mod
+
+    parsed: list[str] = []
+    build = config_mod._build_file
+
+    def counting(path: Path, *a: object) -> object:
+        parsed.append(path.name)
+        return build(path, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(config_mod, "_build_file", counting)
+    d = write(tmp_path, {"z.yaml": ZONE_OK, "pools/p.yaml": POOL_OK})
+    cache: config_mod.FileCache = {}
+    first = load_config(d, cache=cache)
+    assert sorted(parsed) == ["p.yaml", "z.yaml"] and len(cache) == 2
+    parsed.clear()
+    write(d, {"pools/p.yaml": POOL_OK.replace("192.0.2.10", "192.0.2.11")})
+    second = load_config(d, cache=cache)
+    assert parsed == ["p.yaml"]  # the zone came from the cache
+    assert second.zones == first.zones and second.pools != first.pools
+    assert second == load_config(d)  # the same as a load without a cache
+    # cross-file checks still run on cached files: a second copy of the zone
+    parsed.clear()
+    write(d, {"b.yaml": ZONE_OK})
+    with pytest.raises(ConfigError) as ei:
+        load_config(d, cache=cache)
+    assert "already defined in " in ei.value.problems[0] and parsed == ["b.yaml"]
+    assert len(cache) == 2  # a failed load leaves the cache as it was
+    (d / "b.yaml").unlink()
+    # a broken file is never cached: its problems come back on every load
+    write(d, {"pools/p.yaml": POOL_OK.replace("192.0.2.10", "192.0.2.300")})
+    for _ in range(2):
+        with pytest.raises(ConfigError) as ei:
+            load_config(d, cache=cache)
+        assert "192.0.2.300" in ei.value.problems[0]
+    # a dangling reference appears when the pool goes, though the zone is cached
+    (d / "pools" / "p.yaml").unlink()
+    write(d, {"pools/q.yaml": POOL_OK.replace("pool: p", "pool: q")})
+    with pytest.raises(ConfigError) as ei:
+        load_config(d, cache=cache)
+    assert "no pool named 'p'" in ei.value.problems[0]
