@@ -39,8 +39,15 @@ class Candidate:
     pool: str
     mirror: str
     address: IPv4Address | IPv6Address
-    weight: int
+    weight: int  # the mirror's, as configured (shown by explain)
     geo: GeoInfo  # the address's effective location (GeoIP + YAML overrides)
+    # the weight this address ranks and shares load with: the mirror's weight
+    # split over its addresses of the family (address_shares); None = weight
+    share: int | None = None
+
+    @property
+    def rank_weight(self) -> int:
+        return self.weight if self.share is None else self.share
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +91,13 @@ def build_candidates(
 
     Only enabled mirrors; `is_up(mirror_name, address)` filters by health per
     address, so a mirror whose IPv6 is down still serves A queries. A mirror
-    with several addresses of a family gets one candidate (and one weight
-    share) per address.
+    with several addresses of a family gets one candidate per address, and
+    its weight is split between them (`address_shares`).
     """
     if family not in (4, 6):
         raise ValueError(f"family must be 4 or 6, not {family!r}")
     result = []
+    shares = address_shares(pool, family)
     for mirror in pool.mirrors:
         if not mirror.enabled:
             continue
@@ -98,8 +106,24 @@ def build_candidates(
             if is_up is not None and not is_up(mirror.name, address):
                 continue
             geo = mirror_geo(mirror, address, db)
-            result.append(Candidate(pool.name, mirror.name, address, mirror.weight, geo))
+            result.append(
+                Candidate(pool.name, mirror.name, address, mirror.weight, geo, shares[mirror.name])
+            )
     return result
+
+
+def address_shares(pool: Pool, family: int) -> dict[str, int]:
+    """Each mirror's weight split evenly over its configured addresses of the
+    family, in whole numbers on one scale for the pool: `weight:` is the
+    mirror's share (DESIGN.md), so a mirror with two IPv4 addresses draws as
+    many A answers as an equally weighted one with a single address. Split
+    over configured, not healthy, addresses: one server of a pair being down
+    halves that mirror's capacity, not its neighbours'."""
+    counts = {m.name: len(m.ipv4 if family == 4 else m.ipv6) for m in pool.mirrors}
+    scale = math.lcm(*(c for c in counts.values() if c)) if any(counts.values()) else 1
+    return {
+        m.name: m.weight * (scale // counts[m.name]) if counts[m.name] else 0 for m in pool.mirrors
+    }
 
 
 # --------------------------------------------------------------------------- ranking
@@ -122,7 +146,7 @@ def _sort_key(r: Ranked) -> tuple[int, bool, float, int, str, int, int]:
         r.tier,
         not known,
         r.distance_km if r.distance_km is not None else 0.0,
-        -c.weight,
+        -c.rank_weight,
         c.mirror,
         c.address.version,
         int(c.address),
@@ -165,7 +189,7 @@ def rank(
     loc = client.location
     for c in candidates:
         d = distance_km(loc, c.geo.location) if loc is not None and c.geo.location else None
-        (active if c.weight > 0 else standby).append(Ranked(c, _tier(c.geo, client), d))
+        (active if c.rank_weight > 0 else standby).append(Ranked(c, _tier(c.geo, client), d))
     active.sort(key=_sort_key)
     standby.sort(key=_sort_key)
     return _group(active, tie_km) + _group(standby, tie_km)
@@ -233,7 +257,7 @@ class _GroupSchedule:
     def __init__(self, members: Sequence[Ranked], slots: int) -> None:
         self.members = tuple(members)
         m = len(self.members)
-        weights = [max(0, r.candidate.weight) for r in self.members]
+        weights = [max(0, r.candidate.rank_weight) for r in self.members]
         if not any(weights):
             weights = [1] * m  # a group of standbys shares equally
         slots = min(slots, m)

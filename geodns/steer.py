@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from . import wire
 from .geo import GeoDB, GeoInfo
 from .model import Config, Pool, Steered
-from .rank import TIER_NAMES, Candidate, Ranked, answer_variants, mirror_geo, rank
+from .rank import (
+    TIER_NAMES,
+    Candidate,
+    Ranked,
+    address_shares,
+    answer_variants,
+    mirror_geo,
+    rank,
+)
 
 Key = tuple[str, str, str]  # (pool, mirror, address text) as in the store
 
@@ -90,10 +98,12 @@ class Steering:
 def _family(pool: Pool, family: int, geodb: GeoDB | None, down: frozenset[Key]) -> _Family:
     out = _Family([], [], [], [])
     fallback = set(pool.fallback)
+    shares = address_shares(pool, family)
     for m in pool.mirrors:
         addrs = m.ipv4 if family == 4 else m.ipv6
         for a in addrs:
-            cand = Candidate(pool.name, m.name, a, m.weight, mirror_geo(m, a, geodb))
+            geo = mirror_geo(m, a, geodb)
+            cand = Candidate(pool.name, m.name, a, m.weight, geo, shares[m.name])
             if not m.enabled:
                 out.skipped.append((cand, "disabled in configuration"))
                 continue

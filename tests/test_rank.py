@@ -17,6 +17,7 @@ from geodns.rank import (
     TIER_NAMES,
     Candidate,
     Ranked,
+    address_shares,
     answer_variants,
     build_candidates,
     explain_rows,
@@ -409,3 +410,28 @@ def test_rank_without_geoip_database() -> None:
     pool = Pool("p", (_mirror("a", "10.1.0.1", country="DE"), _mirror("b", "10.1.0.2")))
     groups = rank(build_candidates(pool, 4, None), GeoInfo(None, "DE", "EU", None, 0))
     assert _names(groups) == [("a",), ("b",)]
+
+
+def test_weight_is_the_mirrors_share_however_many_addresses_it_has() -> None:
+    """A mirror behind two IPv4 addresses draws as many answers as an equally
+    weighted mirror behind one; its addresses split its share."""
+    pair = Mirror(
+        name="pair",
+        url="https://pair.example.net/",
+        ipv4=(ipaddress.IPv4Address("10.1.0.1"), ipaddress.IPv4Address("10.1.0.2")),
+        weight=100,
+        location=(50.0, 8.0),
+    )
+    single = _mirror("single", "10.1.0.3", weight=100, location=(50.0, 8.0))
+    pool = Pool("p", (pair, single))
+    assert address_shares(pool, 4) == {"pair": 100, "single": 200}
+    assert address_shares(pool, 6) == {"pair": 0, "single": 0}
+    client = GeoInfo(None, None, None, (50.0, 8.0), 0)
+    groups = rank(build_candidates(pool, 4, None), client)
+    variants = answer_variants(groups, 1)
+    lead = Counter(v[0].candidate.mirror for v in variants)
+    assert lead["pair"] == lead["single"]  # 1:1 by mirror, not 2:1 by address
+    by_addr = Counter(str(v[0].candidate.address) for v in variants)
+    assert by_addr["10.1.0.1"] == by_addr["10.1.0.2"] == lead["single"] // 2
+    # explain still shows the configured weight
+    assert {r.candidate.weight for g in groups for r in g} == {100}
