@@ -442,6 +442,13 @@ def cmd_forget(args: argparse.Namespace) -> int:
     try:
         if args.region is not None:
             n = len(store.states(region=args.region))
+            if n == 0:
+                known = ", ".join(repr(r) for r in sorted(store.region_last_checks())) or "none"
+                print(
+                    f"checker: no region {args.region!r} in the store (regions: {known})",
+                    file=sys.stderr,
+                )
+                return 1
             if not args.dry_run:
                 store.forget(region=args.region)
             print(

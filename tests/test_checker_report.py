@@ -352,6 +352,8 @@ def test_forget_addresses_gone_from_the_yaml_and_a_closed_region(
         assert {st.region for st in s.states()} == {"eu"}
         assert {c.region for c in s.history(mirror="mirror-de2")} == {"eu"}
         assert s.state_version() > version
+    assert cli.main(["forget", "--region", "old", "--store", url]) == 1  # a typo is an error
+    assert "no region 'old' in the store (regions: 'eu')" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:  # neither --config nor --region: usage
         cli.main(["forget", "--store", url])
     assert exit_.value.code == 2
