@@ -184,10 +184,14 @@ async def show_answers(
     print()
     for subnet, where in CLIENTS:
         rtype = "AAAA" if ":" in subnet else "A"
-        seen: set[str] = set()
-        for _ in range(6):  # answers rotate among equally near mirrors; collect a few
+        first = await asyncio.to_thread(_ask, port, rtype, subnet)
+        seen = set(first)
+        for _ in range(5):  # answers rotate among equally near mirrors; collect a few
             seen |= set(await asyncio.to_thread(_ask, port, rtype, subnet))
-        got = ", ".join(f"{a} ({names.get(a, '?')})" for a in sorted(seen)) or "(none)"
+        got = ", ".join(f"{a} ({names.get(a, '?')})" for a in first) or "(none)"
+        more = sorted(seen - set(first))
+        if more:
+            got += "; in rotation also " + ", ".join(f"{a} ({names.get(a, '?')})" for a in more)
         print(f"  dig @127.0.0.1 -p {port} dl.example.org {rtype} +subnet={subnet}   # {where}")
         print(f"      → {got}")
         if seen & stale:
