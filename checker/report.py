@@ -16,7 +16,8 @@ JSON (`--json`), schema version 1:
    "addresses": [{"pool", "mirror", "address", "family", "region", "state",
                   "since", "checked_at", "reason", "detail", "warning", "stale",
                   "tls_expires_days", "lag_seconds", "objects_missing",
-                  "objects_checked", "latency_ms"}]}
+                  "objects_checked", "latency_ms"}],
+   "regions": {region: newest checked_at}}   (region "" = untagged checker)
 Times are ISO 8601 UTC or null; numbers are null when the probe is not configured.
 
 Nagios exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
@@ -192,8 +193,19 @@ def to_json(rows: list[Row], *, now: datetime | None = None) -> str:
         "generated": now.isoformat(timespec="seconds"),
         "summary": summary(rows),
         "addresses": [r.json() for r in rows],
+        "regions": {k: v.isoformat(timespec="seconds") for k, v in region_checks(rows).items()},
     }
     return json.dumps(doc, indent=2)
+
+
+def region_checks(rows: Iterable[Row]) -> dict[str, datetime]:
+    """Each region's newest check: a silent region is a checker that stopped
+    (`geodns serve --region-timeout` then stops counting its votes)."""
+    last: dict[str, datetime] = {}
+    for r in rows:
+        if r.checked_at is not None and (r.region not in last or r.checked_at > last[r.region]):
+            last[r.region] = r.checked_at
+    return dict(sorted(last.items()))
 
 
 # --------------------------------------------------------------------------- table
@@ -266,6 +278,12 @@ def print_table(
     if s["stale"]:
         parts.append(f"{s['stale']} not checked for a while")
     console.print(f"{s['total']} addresses: " + (", ".join(parts) or "none"))
+    if regions:
+        checks = region_checks(rows)
+        console.print(
+            "regions: "
+            + ", ".join(f"{k or '-'} last checked {text.ago(v, now)}" for k, v in checks.items())
+        )
 
 
 def _escape(value: str) -> str:

@@ -156,8 +156,9 @@ def test_json_schema(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     code, out = run(["report", "--store", world.url, "--json"], capsys)
     assert code == 0
     doc = json.loads(out)
-    assert set(doc) == {"schema", "generated", "summary", "addresses"}
-    assert doc["schema"] == 1
+    assert set(doc) == {"schema", "generated", "summary", "addresses", "regions"}
+    assert doc["schema"] == 1  # "regions" was added compatibly
+    assert list(doc["regions"]) == [""]  # one untagged checker
     assert doc["summary"] == {
         "up": 1,
         "warning": 1,
@@ -357,3 +358,30 @@ def test_forget_addresses_gone_from_the_yaml_and_a_closed_region(
     with pytest.raises(SystemExit) as exit_:  # neither --config nor --region: usage
         cli.main(["forget", "--store", url])
     assert exit_.value.code == 2
+
+
+def test_report_shows_when_each_region_last_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from geodns.store import AddressStateRow
+
+    url = f"sqlite:///{tmp_path}/health.sqlite"
+    with Store(url) as s:
+        s.set_state("p", "m", "192.0.2.7", False, "timeout", region="eu")
+        s.set_state("p", "m", "192.0.2.7", True, "fine", region="us")
+        with s._session("test") as session:  # us's checker stopped two hours ago
+            session.execute(
+                update(AddressStateRow)
+                .where(AddressStateRow.region == "us")
+                .values(checked_at=datetime.now(UTC) - timedelta(hours=2))
+            )
+    code, out = run(["report", "--store", url], capsys)
+    assert code == 0
+    assert re.search(r"^regions: eu last checked \S+ ago, us last checked 2h ago$", out, re.M), out
+    code, out = run(["report", "--store", url, "--json"], capsys)
+    regions = json.loads(out)["regions"]
+    assert list(regions) == ["eu", "us"] and regions["eu"] > regions["us"]
