@@ -58,8 +58,8 @@ class Latency:
 # than 0 publish a JSON snapshot every second and worker 0, which serves the
 # metrics port, adds them to its own. prometheus-client's multiprocess mode
 # would need its mmap-backed counters bumped per query, which costs more than
-# the whole fast path. A snapshot is at most PUBLISH_EVERY old; a restarted
-# worker starts again from zero, which Prometheus reads as a counter reset.
+# the whole fast path. A snapshot is at most PUBLISH_EVERY old; PeerStats
+# keeps the sum monotonic across a worker's restart.
 PUBLISH_EVERY = 1.0
 
 
@@ -74,6 +74,7 @@ def stats_snapshot(st: Stats, tcp_open: int) -> dict[str, Any]:
         "dropped": st.dropped,
         "latency": {"counts": lat.counts, "total": lat.total, "n": lat.n},
         "tcp_open": tcp_open,
+        "pid": os.getpid(),  # a new pid on the same file: the worker was restarted
     }
 
 
@@ -83,16 +84,35 @@ def publish_stats(path: Path, st: Stats, tcp_open: int) -> None:
     os.replace(tmp, path)  # the reader never sees half a file
 
 
-def merged_stats(own: Stats, own_tcp: int, paths: list[Path]) -> tuple[Stats, int, int]:
-    """(sum of all workers' counters, open TCP connections, workers counted)."""
+class PeerStats:
+    """Worker 0's view of the other workers' counters, kept monotonic: when a
+    worker is restarted (a new pid in its file), the last snapshot of its
+    previous life is carried forward, so the sum never goes backwards (at most
+    its final second of counts is lost) and rate() shows no false reset."""
+
+    def __init__(self) -> None:
+        self.last: dict[Path, dict[str, Any]] = {}
+        self.carried: list[dict[str, Any]] = []
+
+    def merged(self, own: Stats, own_tcp: int, paths: list[Path]) -> tuple[Stats, int, int]:
+        """(sum of all workers' counters, open TCP connections, workers counted)."""
+        snaps = [stats_snapshot(own, own_tcp)]
+        for p in paths:
+            try:
+                snap = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue  # not published yet, or being replaced
+            prev = self.last.get(p)
+            if prev is not None and prev.get("pid") != snap.get("pid"):
+                self.carried.append(prev | {"tcp_open": 0})
+            self.last[p] = snap
+            snaps.append(snap)
+        total = _add([*self.carried, *snaps])
+        return total, sum(int(snap["tcp_open"]) for snap in snaps), len(snaps)
+
+
+def _add(snaps: list[dict[str, Any]]) -> Stats:
     total = Stats()
-    snaps = [stats_snapshot(own, own_tcp)]
-    for p in paths:
-        try:
-            snaps.append(json.loads(p.read_text()))
-        except (OSError, ValueError):
-            continue  # not published yet, or the worker is restarting
-    tcp = 0
     for snap in snaps:
         for tcp_i, row in enumerate(snap["qtypes"]):
             for v6, pairs in enumerate(row):
@@ -112,8 +132,7 @@ def merged_stats(own: Stats, own_tcp: int, paths: list[Path]) -> tuple[Stats, in
         ]
         total.latency.total += lat["total"]
         total.latency.n += lat["n"]
-        tcp += snap["tcp_open"]
-    return total, tcp, len(snaps)
+    return total
 
 
 class ServerCollector(Collector):
@@ -122,7 +141,9 @@ class ServerCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         srv = self.server
-        st, tcp_open, workers = merged_stats(srv.stats, srv.tcp_limits.open, srv.peer_stats_paths())
+        st, tcp_open, workers = srv.peer_stats.merged(
+            srv.stats, srv.tcp_limits.open, srv.peer_stats_paths()
+        )
         yield GaugeMetricFamily(
             "geodns_workers", "worker processes whose counters are included", value=workers
         )

@@ -118,6 +118,7 @@ class Server:
         self.metrics_server: Any = None  # aiohttp AppRunner when --metrics is on
         self.bound: list[tuple[str, int]] = []
         self.metrics_bound: tuple[str, int] | None = None
+        self.peer_stats = metrics.PeerStats()  # --workers: the others' counters (worker 0)
 
     # ------------------------------------------------------------------ building
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import time
@@ -81,3 +82,14 @@ def test_metrics_add_up_every_workers_counters(
         # worker 1 really answered some of them (else the sum proves nothing)
         snap = json.loads((state / "workers" / "worker-1.json").read_text())
         assert sum(n for row in snap["qtypes"] for d in row for _, n in d) > 0
+        # worker 1 dies and is restarted: its counts so far are not forgotten
+        os.kill(snap["pid"], signal.SIGKILL)
+        assert sp.wait_log("worker 1 (pid", count=2, timeout=20), sp.log()
+        for _ in range(n):
+            assert udp(query("mail.example.org"), addr).rcode() == 0
+        deadline = time.monotonic() + 10
+        text = _scrape(mport)
+        while _requests_total(text) < 2 * n and time.monotonic() < deadline:
+            time.sleep(0.2)
+            text = _scrape(mport)
+        assert _requests_total(text) == 2 * n, text
