@@ -363,22 +363,15 @@ def test_forget_addresses_gone_from_the_yaml_and_a_closed_region(
 def test_report_shows_when_each_region_last_checked(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from datetime import UTC, datetime, timedelta
+    from datetime import timedelta
 
-    from sqlalchemy import update
-
-    from geodns.store import AddressStateRow
+    from .util import silence_region
 
     url = f"sqlite:///{tmp_path}/health.sqlite"
     with Store(url) as s:
         s.set_state("p", "m", "192.0.2.7", False, "timeout", region="eu")
         s.set_state("p", "m", "192.0.2.7", True, "fine", region="us")
-        with s._session("test") as session:  # us's checker stopped two hours ago
-            session.execute(
-                update(AddressStateRow)
-                .where(AddressStateRow.region == "us")
-                .values(checked_at=datetime.now(UTC) - timedelta(hours=2))
-            )
+        silence_region(s, "us", timedelta(hours=2))  # us's checker stopped
     code, out = run(["report", "--store", url], capsys)
     assert code == 0
     assert re.search(r"^regions: eu last checked \S+ ago, us last checked 2h ago$", out, re.M), out

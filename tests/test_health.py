@@ -6,17 +6,16 @@ import json
 import time
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import dns.rcode
 import pytest
-from sqlalchemy import update
 
-from geodns.store import AddressStateRow, Store
+from geodns.store import Store
 
 from .conftest import TEST_ZONES
-from .util import ServerThread, query, settings_for, udp
+from .util import ServerThread, query, settings_for, silence_region, udp
 
 DE = "192.0.2.0/24"
 
@@ -235,10 +234,5 @@ def test_a_region_falling_silent_is_noticed_without_a_state_change(
         store.set_state("distfiles", "mirror-de2", "127.5.0.1", False, "eu: timeout", region="eu")
         store.set_state("distfiles", "mirror-de2", "127.5.0.1", True, "us: fine", region="us")
         wait_for(lambda: "127.5.0.1" not in addrs(udp(query("dl.example.org", ecs=DE), st.addr())))
-        with store._session("test") as session:  # eu's checker stops checking
-            session.execute(
-                update(AddressStateRow)
-                .where(AddressStateRow.region == "eu")
-                .values(checked_at=datetime.now(UTC) - timedelta(hours=1))
-            )
+        silence_region(store, "eu", timedelta(hours=1))  # eu's checker stops checking
         wait_for(lambda: "127.5.0.1" in addrs(udp(query("dl.example.org", ecs=DE), st.addr())))

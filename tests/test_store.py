@@ -9,9 +9,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect, update
+from sqlalchemy import create_engine, inspect
 
-from geodns.store import SCHEMA_HEAD, AddressStateRow, ProbeRecord, Store, StoreError
+from geodns.store import SCHEMA_HEAD, ProbeRecord, Store, StoreError
+
+from .util import silence_region
 
 try:
     from pg import pg_server  # noqa: F401  (fixture)
@@ -125,16 +127,6 @@ def test_quorum_of_regions(store_url: str) -> None:
         assert ("p", "off", "192.0.2.8") in s.down_addresses()
 
 
-def _silence(s: Store, region: str, for_: timedelta) -> None:
-    """Make `region`'s checker look silent since `for_` ago."""
-    with s._session("test") as session:
-        session.execute(
-            update(AddressStateRow)
-            .where(AddressStateRow.region == region)
-            .values(checked_at=datetime.now(UTC) - for_)
-        )
-
-
 def test_a_silent_region_loses_its_vote_while_another_is_current(store_url: str) -> None:
     with Store(store_url, region_timeout=timedelta(minutes=15)) as s:
         s.set_state("p", "m", "192.0.2.7", False, "unreachable from eu", region="eu")
@@ -142,11 +134,11 @@ def test_a_silent_region_loses_its_vote_while_another_is_current(store_url: str)
         s.record("p", "off", "192.0.2.8", region="eu", up=False, disabled=True, reason="disabled")
         both = frozenset({("p", "m", "192.0.2.7"), ("p", "off", "192.0.2.8")})
         assert s.down_addresses() == both
-        _silence(s, "eu", timedelta(minutes=20))
+        silence_region(s, "eu", timedelta(minutes=20))
         assert set(s.region_last_checks()) == {"eu", "us"}
         # eu's checker died: its "down" no longer counts; configuration still does
         assert s.down_addresses() == frozenset({("p", "off", "192.0.2.8")})
-        _silence(s, "us", timedelta(minutes=20))
+        silence_region(s, "us", timedelta(minutes=20))
         assert s.down_addresses() == both  # every region silent: fail static
     with Store(store_url) as s:  # no timeout: a silent region's votes stand
         assert s.down_addresses() == both
@@ -158,9 +150,9 @@ def test_quorum_shrinks_to_the_regions_still_current(store_url: str) -> None:
         s.set_state("p", "m", "192.0.2.7", True, "fine from us", region="us")
         s.set_state("p", "m", "192.0.2.7", True, "fine from ap", region="ap")
         assert s.down_addresses() == frozenset()
-        _silence(s, "ap", timedelta(hours=1))
+        silence_region(s, "ap", timedelta(hours=1))
         assert s.down_addresses() == frozenset()  # 1 of 2 current regions: no quorum
-        _silence(s, "us", timedelta(hours=1))
+        silence_region(s, "us", timedelta(hours=1))
         # only eu is current: a quorum of 2 cannot be met, the one region decides
         assert s.down_addresses() == frozenset({("p", "m", "192.0.2.7")})
 

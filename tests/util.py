@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -316,3 +317,17 @@ def chdir(path: Path) -> Iterator[None]:
         yield
     finally:
         os.chdir(old)
+
+
+def silence_region(store: Any, region: str, ago: timedelta) -> None:
+    """Make `region`'s checker look silent since `ago` (its states' last checks)."""
+    from sqlalchemy import update
+
+    from geodns.store import AddressStateRow
+
+    with store._session("test") as session:
+        session.execute(
+            update(AddressStateRow)
+            .where(AddressStateRow.region == region)
+            .values(checked_at=datetime.now(UTC) - ago)
+        )
