@@ -29,6 +29,7 @@ from .settings import default_state_dir
 log = logging.getLogger("geodns.workers")
 
 HANG_AFTER = 10.0  # seconds without a heartbeat before a worker counts as wedged
+START_WITHIN = 120.0  # seconds a new worker has to load its config and bind
 _SD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
@@ -95,10 +96,21 @@ def run_workers(settings: ServerSettings, n: int) -> int:
             sdnotify.notify("READY=1", f"STATUS={n} workers serving")
         for i, b in beats.items():
             p = procs[i]
-            if b is not None and now - b > HANG_AFTER and p.is_alive() and p.pid:
+            if not (p.is_alive() and p.pid):
+                continue
+            if b is not None and now - b > HANG_AFTER:
                 log.error("worker %d (pid %d) silent for %.0f s: killing it", i, p.pid, now - b)
-                os.kill(p.pid, signal.SIGKILL)
-                p.join(timeout=5)
+            elif b is None and now - spawned[i] > START_WITHIN:
+                log.error(
+                    "worker %d (pid %d) not serving after %.0f s: killing it",
+                    i,
+                    p.pid,
+                    now - spawned[i],
+                )
+            else:
+                continue
+            os.kill(p.pid, signal.SIGKILL)
+            p.join(timeout=5)
         if watchdog is not None and time.monotonic() - pinged >= watchdog:
             sdnotify.notify(
                 "WATCHDOG=1"
