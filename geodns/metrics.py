@@ -98,11 +98,13 @@ class PeerStats:
         """(sum of all workers' counters, open TCP connections, workers counted)."""
         snaps = [stats_snapshot(own, own_tcp)]
         for p in paths:
+            prev = self.last.get(p)
             try:
                 snap = json.loads(p.read_text())
             except (OSError, ValueError):
-                continue  # not published yet, or being replaced
-            prev = self.last.get(p)
+                if prev is None:
+                    continue  # not published yet
+                snap = prev  # unreadable this time: the sum must not dip
             if prev is not None and prev.get("pid") != snap.get("pid"):
                 self.carried.append(prev | {"tcp_open": 0})
             self.last[p] = snap
