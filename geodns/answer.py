@@ -242,7 +242,8 @@ class Responder:
         if ecs_opt is not None:
             stats.ecs += 1
             ec = self.ecs_clients.new.get(ecs_opt)
-            if ec is None:
+            if ec is None or self.ecs_trusted is not None:
+                # (the cache holds options as trusted resolvers send them)
                 ec = self._ecs_client(ecs_opt, src)
             # ec: (info, profile, OPT scope 0, same with DO, OPT true scope, same with DO, scope)
             body = self._geo_body(entry, ec[0], ec[1]) if geo else entry
@@ -299,11 +300,12 @@ class Responder:
         the client's GeoIP profile and the OPT records to send back (scope 0
         for answers that do not depend on the client, the true scope for
         steered ones; without and with the DO bit)."""
-        ec = self.ecs_clients.promote(ecs_opt)
-        if ec is not None:
-            return ec
-        geodb = self.geodb
         trusted = self.ecs_trusted is None or self.ecs_trusted(src)
+        if trusted:
+            ec = self.ecs_clients.get(ecs_opt)
+            if ec is not None:
+                return ec
+        geodb = self.geodb
         by_source = geodb is not None and (not ecs_opt[6] or not trusted)
         if geodb is None or by_source:
             # No GeoIP, SOURCE PREFIX-LENGTH 0 (RFC 7871 §7.1.2), or a resolver we

@@ -307,3 +307,26 @@ def test_tie_km_zero_means_strictly_nearest(tmp_path: Path, demo_geoip: tuple[Pa
             for _ in range(30)
         }
     assert seen == {"127.5.0.1"}
+
+
+def test_an_option_cached_from_a_trusted_resolver_is_not_used_for_an_untrusted_one(
+    tmp_path: Path, demo_geoip: tuple[Path, Path]
+) -> None:
+    import ipaddress
+
+    import dns.query
+
+    s = settings_for(
+        TEST_ZONES, tmp_path, demo_geoip, ecs_trust=(ipaddress.ip_network("127.0.0.2/32"),)
+    )
+    with ServerThread(s) as st:
+        host, port = st.addr()
+        q = query("dl.example.org", ecs="198.51.100.0/24")  # New York
+        for _ in range(3):  # trusted, and cached under the option's bytes
+            trusted = dns.query.udp(q, host, port=port, source="127.0.0.2", timeout=3)
+            e = ecs_of(trusted)
+            assert e is not None and e.scopelen > 0
+        for _ in range(3):  # the same option bytes from a resolver we do not trust
+            untrusted = dns.query.udp(q, host, port=port, source="127.0.0.1", timeout=3)
+            e = ecs_of(untrusted)
+            assert e is not None and e.scopelen == 0, untrusted
