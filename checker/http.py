@@ -374,6 +374,9 @@ class HTTPClient:
                 self._connecting += 1
                 try:
                     conn = await self._connect()
+                except BaseException:
+                    self._wake()  # the slot is free again: a waiter may try its own connect
+                    raise
                 finally:
                     self._connecting -= 1
                 self._conns.append(conn)
@@ -390,10 +393,16 @@ class HTTPClient:
 
     def _release(self, conn: _Connection) -> None:
         if conn.closed or not conn.reusable:
+            # Out of the pool at once, even with requests still pending on it (an
+            # aborted connection fails them from connection_lost): a dying
+            # connection must not hold one of the max_connections slots.
+            if conn in self._conns:
+                self._conns.remove(conn)
             if not conn.pending:
                 conn.close()
-                if conn in self._conns:
-                    self._conns.remove(conn)
+        self._wake()
+
+    def _wake(self) -> None:
         while self._waiters:
             w = self._waiters.popleft()
             if not w.done():

@@ -288,3 +288,38 @@ async def test_http_client_resends_requests_lost_to_a_closing_keepalive_connecti
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_http_client_timeouts_do_not_use_up_the_connection_slots() -> None:
+    """Each timed-out request aborts its connection; the pool must forget it at
+    once, or after max_connections timeouts every later request waits forever."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if head.split(b" ", 2)[1].startswith(b"/slow"):
+                    await asyncio.sleep(30)  # never answers in time
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with HTTPClient(
+            "127.0.0.1", port, host="t.test", max_connections=2, timeout=0.3
+        ) as c:
+            async with asyncio.timeout(5):  # the old pool waited here forever
+                for path in ("/slow1", "/slow2", "/slow3"):
+                    with pytest.raises(HTTPError, match="no answer within 0.3s"):
+                        await c.head(path)
+                got = await asyncio.gather(*(c.head(f"/ok{i}") for i in range(10)))
+            assert [g.status for g in got] == [200] * 10
+            assert len(c._conns) <= 2
+    finally:
+        server.close()
+        await server.wait_closed()
