@@ -93,30 +93,40 @@ async def _fetch_release(client: HTTPClient, target: Target, suite: str) -> tupl
     raise ValueError(f"dists/{suite}/InRelease and Release are both missing")
 
 
-async def check_suite(client: HTTPClient, target: Target, suite: str) -> tuple[int, list[str]]:
-    """(files checked, problems in words) for one suite."""
+async def check_suite(
+    client: HTTPClient, target: Target, suite: str
+) -> tuple[int, list[str], list[str]]:
+    """(files checked, inconsistencies in words, index files that answered
+    an error other than not-found) for one suite."""
     name, text = await _fetch_release(client, target, suite)
     rel = parse_release(text)
     if not rel.files:
-        return 0, [f"dists/{suite}/{name} lists no index files"]
-    sizes: dict[str, int | None] = {}  # path → size served, None when missing
+        return 0, [f"dists/{suite}/{name} lists no index files"], []
+    # path → (served, its Content-Length if the server gave one, HTTP status)
+    served: dict[str, tuple[bool, int | None, int]] = {}
 
-    async def head(rel_path: str) -> tuple[str, int | None, int]:
+    async def head(rel_path: str) -> tuple[str, bool, int | None, int]:
         resp = await client.head(target.path(f"dists/{suite}/{rel_path}"))
-        return rel_path, (resp.content_length if resp.status == 200 else None), resp.status
+        ok = resp.status == 200
+        return rel_path, ok, (resp.content_length if ok else None), resp.status
 
     answers = await asyncio.gather(*(head(p) for p in rel.files))
     problems: list[str] = []
     groups: dict[str, list[str]] = {}
-    for path, size, _status in answers:
-        sizes[path] = size
+    odd: list[str] = []  # answers that are neither "here" nor "not found"
+    for path, ok, size, status in answers:
+        served[path] = (ok, size, status)
         groups.setdefault(_base(path), []).append(path)
-    for path, size in sizes.items():
+        if not ok and status not in (404, 410):
+            odd.append(f"{path} ({status})")
+    for path, (ok, size, _) in served.items():
         want = rel.files[path][0]
-        if size is not None and size != want:
+        # no Content-Length (a chunked HEAD answer): present, size unknown
+        if ok and size is not None and size != want:
             problems.append(f"dists/{suite}/{name} lists {path} as {want} bytes, mirror has {size}")
     for base, paths in groups.items():
-        if all(sizes[p] is None for p in paths):
+        # every variant not found (a 403/5xx says nothing about the sync: in `odd`)
+        if all(served[p][2] in (404, 410) for p in paths):
             problems.append(f"dists/{suite}/{name} lists {base} but no variant of it exists")
     if rel.by_hash:
         wanted = [
@@ -127,24 +137,26 @@ async def check_suite(client: HTTPClient, target: Target, suite: str) -> tuple[i
                 else f"by-hash/SHA256/{sha}",
             )
             for p, (_, sha) in rel.files.items()
-            if sha and sizes.get(p) is not None
+            if sha and served[p][0]
         ]
         got = await asyncio.gather(*(head(bh) for _, bh in wanted))
-        for (p, _bh), (_, size, _) in zip(wanted, got, strict=True):
-            if size != rel.files[p][0]:
-                what = "missing" if size is None else f"{size} bytes"
-                problems.append(f"by-hash copy of {p} {what} (Acquire-By-Hash: yes)")
-    return len(answers), problems
+        for (p, _bh), (_, ok, size, _) in zip(wanted, got, strict=True):
+            if not ok:
+                problems.append(f"by-hash copy of {p} missing (Acquire-By-Hash: yes)")
+            elif size is not None and size != rel.files[p][0]:
+                problems.append(f"by-hash copy of {p} {size} bytes (Acquire-By-Hash: yes)")
+    return len(answers), problems, odd
 
 
 async def probe_apt(target: Target, check: AptCheck, client: HTTPClient) -> ProbeRecord:
     t0 = time.perf_counter()
     checked = 0
     problems: list[str] = []
+    errors: list[str] = []
     per_suite: dict[str, Any] = {}
     for suite in check.suites:
         try:
-            n, probs = await check_suite(client, target, suite)
+            n, probs, errs = await check_suite(client, target, suite)
         except HTTPError as exc:
             return ProbeRecord(
                 KIND, False, f"apt: {exc.reason}", None, {}, unrecoverable=exc.refused
@@ -153,6 +165,7 @@ async def probe_apt(target: Target, check: AptCheck, client: HTTPClient) -> Prob
             return ProbeRecord(KIND, False, f"apt: {exc}", None, {"suite": suite})
         checked += n
         problems += probs
+        errors += [f"dists/{suite}/{e}" for e in errs]
         per_suite[suite] = {"checked": n, "inconsistent": len(probs)}
     latency = time.perf_counter() - t0
     data = {
@@ -165,6 +178,10 @@ async def probe_apt(target: Target, check: AptCheck, client: HTTPClient) -> Prob
         more = f" ({len(problems)} problems in {checked} index files)" if len(problems) > 1 else ""
         return ProbeRecord(
             KIND, False, f"mid-sync: {problems[0]}{more}", latency, data, unrecoverable=True
+        )
+    if errors:  # the mirror misbehaves, but that is not a half-finished sync
+        return ProbeRecord(
+            KIND, False, f"apt: index files answered errors: {', '.join(errors[:3])}", latency, data
         )
     return ProbeRecord(
         KIND,

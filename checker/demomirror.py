@@ -324,6 +324,8 @@ class Faults:
     mid_sync: bool = False  # InRelease lists index files the mirror has not got yet
     delay: float = 0.0  # seconds before every HTTP response
     hang: bool = False  # at start: accept TCP connections and never answer
+    errors: set[str] = field(default_factory=set)  # paths answered 503 (overload, not sync)
+    no_length: bool = False  # HEAD answers are chunked: no Content-Length (some servers)
 
 
 class DemoMirror:
@@ -488,7 +490,14 @@ class DemoMirror:
             return web.Response(status=404)
         rel = path[len(self.base_path) :]
         f = self.faults
+        if rel in f.errors:
+            return web.Response(status=503, text="busy\n")
         tf = self.tree.files.get(rel)
+        if request.method == "HEAD" and f.no_length and self._body(rel) is not None:
+            sresp = web.StreamResponse(status=200)
+            sresp.enable_chunked_encoding()
+            await sresp.prepare(request)
+            return sresp
         if (
             request.method == "HEAD"
             and tf is not None

@@ -394,6 +394,29 @@ async def test_mid_sync_inrelease_is_down_until_consistent(stack, pki, tree, rig
     assert up and reason == "recovered: apt passed 2 consecutive checks"
 
 
+async def test_apt_heads_without_length_and_server_errors_are_not_mid_sync(
+    stack, pki, tree, rigs
+) -> None:
+    """A HEAD answered without Content-Length is a present file of unknown size;
+    a 503 is the mirror misbehaving (counts toward fall), not a half-done sync."""
+    a = await mirror(stack, pki, tree, faults=Faults(no_length=True))
+    rig = rigs(mirror_entry("a", a), apt=AptCheck(suites=("bookworm",)), fall=2, rise=1)
+    await rig.round()
+    up, reason, _ = rig.state()
+    assert up, reason
+    a.faults.no_length = False
+    index = next(
+        p for p in tree.files if p.startswith("dists/bookworm/main/") and "by-hash" not in p
+    )
+    a.faults.errors = {index}
+    await rig.round()
+    up, _, detail = rig.state()
+    assert up  # one failure of fall 2: not taken out at once
+    assert detail.startswith("apt failing 1/2: apt: index files answered errors: "), detail
+    assert f"dists/bookworm/{index.removeprefix('dists/bookworm/')} (503)" in detail
+    assert "mid-sync" not in detail
+
+
 async def test_missing_by_hash_copy_is_inconsistent(stack, pki, tree, rigs) -> None:
     by_hash = next(p for p in tree.files if "/by-hash/SHA256/" in p)
     a = await mirror(stack, pki, tree, faults=Faults(missing={by_hash}))
