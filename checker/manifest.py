@@ -193,7 +193,9 @@ def plan(manifest: Manifest, sample: int, critical: Iterable[str], cursor: int =
     for o in objs[:newest]:
         take(o)
     rest = [o for o in objs[newest:] if o.path not in seen]
-    window = max(0, sample - len(picked))
+    # at least one rotating slot, even when critical and newest objects fill the
+    # sample: every object must come round eventually
+    window = max(1, sample - len(picked))
     if not rest or window == 0:
         return Plan(picked, crit, cursor, newest)
     start = cursor % len(rest)

@@ -138,6 +138,19 @@ def test_plan_checks_critical_and_newest_every_round_and_covers_all() -> None:
     assert rounds == 7  # ceil((101 - 1 - 5) / 14)
 
 
+def test_plan_covers_everything_even_when_critical_objects_fill_the_sample() -> None:
+    tree = Tree.generate(20, critical=("a.iso", "b.iso", "c.iso"))
+    m = mf.from_dict(tree.manifest())
+    seen: set[str] = set()
+    cursor = 0
+    for _ in range(40):
+        p = mf.plan(m, 4, ["a.iso", "b.iso", "c.iso"], cursor)
+        assert len(p.objects) == 5  # 3 critical + 1 newest + 1 rotating slot
+        seen.update(o.path for o in p.objects)
+        cursor = p.cursor
+    assert seen == set(m.by_path)
+
+
 def test_plan_small_manifest_checks_everything_and_unknown_critical() -> None:
     m = mf.from_dict(Tree.generate(5).manifest())
     p = mf.plan(m, 200, ["not/in/manifest.iso"], 0)
