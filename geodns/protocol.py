@@ -77,6 +77,8 @@ class TCPProtocol(asyncio.Protocol):
         self.peer = ""
         self.timer: asyncio.TimerHandle | None = None
         self.counted = False
+        self.write_paused = False  # the client is not reading (pause_writing)
+        self.scheduled = False  # a _drain is queued with call_soon
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -107,32 +109,64 @@ class TCPProtocol(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         self.buf += data
+        self._drain()
+
+    def _drain(self) -> None:
+        """Answer the complete queries in the buffer, at most max_pipelined at
+        a time (the rest after other connections had their turn), and none
+        while the client is not reading its answers (backpressure)."""
+        self.scheduled = False
+        tr = self.transport
+        if tr is None or tr.is_closing() or self.write_paused:
+            return
         handled = 0
-        out = []
+        out: list[bytes] = []
         buf = self.buf
         while len(buf) >= 2:
             n = (buf[0] << 8) | buf[1]
             if len(buf) < 2 + n:
                 break
+            if handled >= self.limits.max_pipelined:
+                # more complete queries wait: stop reading until they are answered
+                tr.pause_reading()
+                self.scheduled = True
+                asyncio.get_running_loop().call_soon(self._drain)
+                break
             msg = bytes(buf[2 : 2 + n])
             del buf[: 2 + n]
             resp = self.current.responder.handle(msg, self.peer, True)
             if resp is None:
-                # unanswerable garbage on a stream: the framing can't be trusted
-                self.transport.close()
+                # unanswerable garbage on a stream: the framing can't be trusted;
+                # the answers already made still go out first
+                if out:
+                    tr.write(b"".join(out))
+                tr.close()
                 return
             out.append(struct.pack("!H", len(resp)) + resp)
             handled += 1
-            if handled >= self.limits.max_pipelined:
-                break  # the rest waits for the next read; keeps one client from hogging
         if out:
-            self.transport.write(b"".join(out))
-        if len(buf) > 2 + 65535:
-            self.transport.close()
-            return
-        self._arm()
-        if handled >= self.limits.max_pipelined and len(buf) >= 2:
-            asyncio.get_running_loop().call_soon(self.data_received, b"")
+            tr.write(b"".join(out))  # may call pause_writing
+        if not self.scheduled:
+            if len(buf) > 2 + 65535:  # an incomplete message can't be this long
+                tr.close()
+                return
+            if not self.write_paused:
+                tr.resume_reading()
+        if handled:
+            self._arm()  # idle = no complete query; a trickle of bytes is not activity
+
+    def pause_writing(self) -> None:
+        # The client does not read its answers: stop reading its queries, so
+        # the write buffer stays at the transport's high-water mark.
+        self.write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self._drain)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
