@@ -518,8 +518,11 @@ class Responder:
 
     def _fit(self, q: wire.Query, body: _Body, flags: int, opt: bytes, limit: int) -> bytes:
         """Too big for UDP: drop the additional section if that is enough
-        (glue is optional when the answer is complete), else TC=1 (RFC 2181 §9)."""
+        (extra records for an answer are optional), else TC=1 (RFC 2181 §9).
+        A referral's additional section is its glue, which RFC 9471 requires:
+        a referral whose glue does not fit is always TC=1."""
         an, ns, _ar = struct.unpack("!HHH", body.counts)
+        referral = an == 0 and ns > 0 and not body.flags & 0x0400 and body.rcode == 0
         # Re-walk the encoded body: skip AN+NS records, cut at the additional section.
         off = 0
         b = body.body
@@ -531,7 +534,7 @@ class Responder:
         head = struct.pack("!HH", q.id, flags) + b"\x00\x01"
         arc = 1 if opt else 0
         short = head + struct.pack("!HHH", an, ns, arc) + q.question + b[:off] + opt
-        if off <= len(b) and len(short) <= limit:
+        if off <= len(b) and len(short) <= limit and not referral:
             return short
         self.stats.truncated += 1
         return (

@@ -101,10 +101,14 @@ class Tables:
             return None
         res = Resolution(wire.NOERROR, True, [], [], [])
         name, owner = qname, qname
+        seen = {qname}
         for _hop in range(MAX_CHAIN):
             cname = _lookup_in(cz, name, owner, qtype, res)
             if cname is None:
                 return res
+            if cname in seen:
+                return res  # a loop: each CNAME once (RFC 2181 §5), the resolver gives up
+            seen.add(cname)
             nxt = self.find_zone(cname)
             if nxt is None:
                 return res  # target outside our zones: the resolver follows it
