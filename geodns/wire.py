@@ -203,7 +203,10 @@ def parse_query(data: bytes) -> Query:
         off += rdlen
     qlower = qname.lower()  # bytes.lower() folds ASCII only, as DNS does (RFC 4343)
     if qtype == OPT:
-        raise WireError(FORMERR, "OPT is not a query type")
+        err = WireError(FORMERR, "OPT is not a query type")
+        if edns is not None:  # the query's EDNS was fine: the answer carries OPT too
+            err.opt_do = edns.do
+        raise err
     return Query(qid, flags, opcode, qname, qlower, qtype, qclass, question, edns)
 
 

@@ -287,6 +287,16 @@ def test_formerr_for_malformed_queries(server: ServerThread, packet: bytes, why:
     assert an == ns == 0, why
 
 
+def test_formerr_for_an_edns_query_carries_opt(server: ServerThread) -> None:
+    """RFC 6891 §7: a query with a valid OPT gets one back, errors included."""
+    opt = b"\x00\x00\x29\x04\xd0\x00\x00\x80\x00\x00\x00"  # payload 1232, DO
+    raw = raw_udp(_hdr(ar=1) + b"\x07example\x03org\x00\x00\x29\x00\x01" + opt, server.addr())
+    assert raw is not None
+    msg = dns.message.from_wire(raw)
+    assert msg.rcode() == dns.rcode.FORMERR and msg.edns == 0
+    assert msg.ednsflags & dns.flags.DO
+
+
 def test_short_packets_and_responses_are_dropped(server: ServerThread) -> None:
     assert raw_udp(b"\x12", server.addr(), timeout=0.3) is None
     assert raw_udp(b"\x12\x34\x81\x00" + b"\x00" * 8, server.addr(), timeout=0.3) is None  # QR=1
