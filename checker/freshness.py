@@ -51,7 +51,27 @@ def _trace(body: str) -> datetime:
     m = _DATE_LINE.search(body)
     if not m:
         raise ValueError("no 'Date:' line (not a Debian trace file)")
-    return _aware(parsedate_to_datetime(m.group(1)))
+    text = m.group(1)
+    dt = parsedate_to_datetime(text)
+    if dt.tzinfo is None:
+        # the email parser knows UT/GMT/EST…; any other zone name it leaves naive,
+        # and reading "CET" as UTC would put the lag an hour off
+        zones = [t for t in text.split() if re.fullmatch(r"[A-Za-z]{1,5}", t)]
+        unknown = [z for z in zones if z.upper() not in _UTC_NAMES and not _is_date_word(z)]
+        if unknown:
+            raise ValueError(f"unknown time zone {unknown[0]!r} in the 'Date:' line")
+    return _aware(dt)
+
+
+_UTC_NAMES = {"UTC", "GMT", "UT", "Z"}
+_DATE_WORDS = {
+    *("mon", "tue", "wed", "thu", "fri", "sat", "sun"),
+    *("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
+}
+
+
+def _is_date_word(word: str) -> bool:
+    return word.lower().rstrip(",") in _DATE_WORDS
 
 
 def _date_cmd(s: str) -> datetime:

@@ -33,6 +33,9 @@ WHEN = datetime(2026, 11, 20, 10, 0, 0, tzinfo=UTC)
         ("2026-11-20T10:00:00Z\n", "auto"),
         ("2026-11-20T11:00:00+01:00", "rfc3339"),
         ("Thu Nov 20 10:00:00 UTC 2026\n", "auto"),  # `date -u > timestamp`
+        ("Date: Thu Nov 20 10:00:00 UTC 2026\n", "debian-trace"),
+        ("Date: Thu, 20 Nov 2026 05:00:00 EST\n", "debian-trace"),
+        ("Date: Thu, 20 Nov 2026 10:00:00 -0000\n", "debian-trace"),
         (
             "Date: Thu, 20 Nov 2026 10:00:00 +0000\n"
             "Date-Started: Thu, 20 Nov 2026 09:40:00 +0000\n"
@@ -57,6 +60,8 @@ def test_timestamp_formats(body: str, fmt: str) -> None:
         ("<html>not found</html>", "auto", "unrecognised timestamp"),
         ("Archive serial: 1\n", "debian-trace", "no 'Date:' line"),
         ("yesterday", "rfc3339", "not an RFC 3339 timestamp"),
+        # read as UTC this would be an hour off: refused instead
+        ("Date: Thu, 20 Nov 2026 11:00:00 CET\n", "debian-trace", "unknown time zone 'CET'"),
     ],
 )
 def test_timestamp_errors_say_why(body: str, fmt: str, error: str) -> None:
