@@ -28,7 +28,7 @@ import ssl
 import time
 from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -280,6 +280,11 @@ class Checker:
         except Exception as exc:  # a bug must cost one probe, not the round
             log.exception("%s probe of %s failed unexpectedly", kind, t.label)
             r = ProbeRecord(kind, False, f"{kind}: internal error: {exc!r}", None, {})
+        if kind == "objects" and "cursor" not in r.data:
+            # a probe cut short keeps its place in the manifest rotation
+            cursor = state.get("objects", {}).get("data", {}).get("cursor")
+            if cursor is not None:
+                r = replace(r, data={**r.data, "cursor": cursor})
         PROBES_TOTAL.labels(kind, "ok" if r.ok else "fail").inc()
         return r
 

@@ -372,6 +372,29 @@ async def test_large_manifests_are_covered_over_successive_rounds(
     assert a.requests - before == 6 * 12
 
 
+async def test_an_objects_probe_cut_short_keeps_its_place_in_the_rotation(
+    stack, pki, tree, manifest, rigs
+) -> None:
+    a = await mirror(stack, pki, tree)
+    obj = ObjectsCheck(
+        manifest=manifest, critical=(CRITICAL,), sample=12, concurrency=1, interval=2
+    )
+    rig = rigs(mirror_entry("a", a), objects=obj, tls=None, freshness=None)
+
+    def cursor() -> object:
+        return rig.store.get_state("p", "a", "127.0.0.1").kinds["objects"]["data"].get("cursor")  # type: ignore[union-attr]
+
+    await rig.round()
+    assert cursor() == 8
+    a.faults.delay = 0.4  # 12 HEADs one at a time: past the 1.5 s deadline
+    await rig.round()
+    assert "objects check did not finish within" in rig.state()[2]
+    assert cursor() == 8  # not back to the start of the manifest
+    a.faults.delay = 0
+    await rig.round()
+    assert cursor() == 16
+
+
 # --------------------------------------------------------------------------- apt
 
 
