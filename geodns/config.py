@@ -26,7 +26,7 @@ import dns.rdataclass
 import dns.rdatatype
 
 from .errors import ConfigError
-from .fields import Problems, Section, parse_ip
+from .fields import Problems, Section, kind_of, parse_ip
 from .model import (
     SOA,
     AptCheck,
@@ -142,6 +142,20 @@ def _build_file(path: Path, shown: str, root: Path, p: Problems) -> tuple[Zone |
     except UnicodeDecodeError:
         p.add(shown, 0, "", "file is not UTF-8 text")
         return None
+    except RecursionError:
+        p.add(shown, 0, "", "nested too deeply to be a zone or pool file")
+        return None
+    try:
+        return _build_doc(doc, dups, shown, root, p)
+    except (ValueError, OverflowError, OSError, TypeError, RecursionError) as e:
+        # a value no check above foresaw: still an error report, never a traceback
+        p.add(shown, 0, "", f"cannot use this file: {type(e).__name__}: {e}")
+        return None
+
+
+def _build_doc(
+    doc: Any, dups: list[tuple[int, str]], shown: str, root: Path, p: Problems
+) -> tuple[Zone | Pool, int] | None:
     for line, msg in dups:
         p.add(shown, line, "", msg)
     if doc is None:
@@ -221,13 +235,36 @@ def _zone(s: Section, file: str) -> Zone | None:
 
     rrsets: list[RRSet] = []
     recs = s.sub("records")
+    # `www`, `WWW` and `www.example.org.` are one owner: written twice, the
+    # second would silently replace the first
+    seen: dict[str, dict[str, tuple[str, int]]] = {"record": {}, "steered": {}}
+
+    def once(sec: Section, owner_raw: str, what: str) -> bool:
+        owner = absolute(str(owner_raw), zname).lower()
+        line = sec.key_line_of(owner_raw)
+        written = seen[what]
+        if owner in written:
+            first, first_line = written[owner]
+            s.p.add(
+                file,
+                line,
+                f"zone '{zname or '.'}' {what} '{owner_raw}'",
+                f"the same name as {first} on line {first_line}; write each name once",
+            )
+            return False
+        written[owner] = (f"{what} '{owner_raw}'", line)
+        return True
+
     if recs is not None:
         for owner_raw in recs.data:
-            rrsets.extend(_owner(recs, file, owner_raw, zname, default_ttl))
+            if once(recs, owner_raw, "record"):
+                rrsets.extend(_owner(recs, file, owner_raw, zname, default_ttl))
     steered: list[Steered] = []
     st = s.sub("steered")
     if st is not None:
         for owner_raw in st.data:
+            if not once(st, owner_raw, "steered"):
+                continue
             item = _steered(st, file, owner_raw, zname)
             if item is not None:
                 steered.append(item)
@@ -319,6 +356,9 @@ def _owner(recs: Section, file: str, owner_raw: str, zname: str, default_ttl: in
                     s.error(rtype, f"duplicate record {v!r}", vline)
                 else:
                     values.append(text)
+        if rtype == "CNAME" and len(values) > 1:
+            s.error(rtype, "a name has one CNAME at most (RFC 2181 §10.1)", s.line_of(rtype))
+            values = values[:1]
         if values:
             out.append(
                 RRSet(
@@ -330,6 +370,37 @@ def _owner(recs: Section, file: str, owner_raw: str, zname: str, default_ttl: in
                 )
             )
     return out
+
+
+def _texts(s: Section, key: str, *, required: bool = False) -> list[str]:
+    """A list of plain words: each item a non-empty string (or a number)."""
+    out = []
+    for v, line in s.list_(key, required=required):
+        if isinstance(v, bool) or not isinstance(v, str | int) or not str(v).strip():
+            s.error(key, f"expected a word or path, got {kind_of(v)}", line)
+        else:
+            out.append(str(v).strip())
+    return out
+
+
+def _http_url(text: str) -> bool:
+    try:
+        u = urlsplit(text)
+        return u.scheme in ("http", "https") and bool(u.hostname) and u.port != 0
+    except ValueError:
+        return False
+
+
+def _txt_escape(chunk: bytes) -> str:
+    out = []
+    for b in chunk:
+        if b in (0x22, 0x5C):  # " and \
+            out.append("\\" + chr(b))
+        elif 0x20 <= b < 0x7F:
+            out.append(chr(b))
+        else:
+            out.append(f"\\{b:03d}")
+    return "".join(out)
 
 
 def _rdata(s: Section, rtype: str, v: Any, line: int, origin: dns.name.Name) -> str | None:
@@ -352,13 +423,15 @@ def _rdata(s: Section, rtype: str, v: Any, line: int, origin: dns.name.Name) -> 
         absname = absolute(last, zone) + "." if last != "." else "."
         text = f"{head} {absname}" if head else absname
     if rtype == "TXT":
-        # Operators write plain text; make it one presentation string per 255 bytes.
+        # Operators write plain text; make it one presentation string per 255
+        # bytes, cut on bytes (a character may straddle two strings, as in any
+        # TXT record), each byte written as \DDD where it is not plain ASCII.
         raw = text.encode("utf-8")
+        if len(raw) > 60_000:
+            s.error(rtype, f"{len(raw)} bytes of text: a record holds at most 65,535", line)
+            return None
         chunks = [raw[i : i + 255] for i in range(0, len(raw), 255)] or [b""]
-        text = " ".join(
-            '"' + c.decode("utf-8", "ignore").replace("\\", "\\\\").replace('"', '\\"') + '"'
-            for c in chunks
-        )
+        text = " ".join('"' + _txt_escape(c) + '"' for c in chunks)
     try:
         rd = dns.rdata.from_text(
             dns.rdataclass.IN, dns.rdatatype.from_text(rtype), text, origin=origin, relativize=False
@@ -497,7 +570,8 @@ def _check_zone(z: Zone, s: Section) -> None:
             )
 
     # Glue: an in-zone name server needs address records we can hand out.
-    ns_sets: list[tuple[str, Iterable[str], Where]] = [(z.name, z.ns, z.where)]
+    apex_ns = Where(z.where.file, s.line_of("ns"))  # the zone's `ns:` line
+    ns_sets: list[tuple[str, Iterable[str], Where]] = [(z.name, z.ns, apex_ns)]
     ns_sets += [(rr.name, rr.rdata, rr.where) for rr in z.rrsets if rr.rtype == "NS"]
     for owner, targets, w in ns_sets:
         for t in targets:
@@ -603,11 +677,11 @@ def _mirror(s: Section, file: str) -> Mirror | None:
         s.error("name", f"'{name}' is not a valid mirror name (letters, digits, '.', '_', '-')")
     url = s.str_("url", required=True) or ""
     if url:
-        parts = urlsplit(url)
         try:
+            parts = urlsplit(url)
             port_ok = parts.port is None or 0 < parts.port < 65536
-        except ValueError:
-            port_ok = False
+        except ValueError:  # "https://[::1/": a broken IPv6 literal
+            parts, port_ok = urlsplit(""), False
         if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
             s.error("url", f"'{url}' is not an http:// or https:// URL with a host name")
     ips: dict[int, list[Any]] = {4: [], 6: []}
@@ -685,7 +759,7 @@ def _checks(s: Section | None, root: Path) -> Checks:
         path = f.str_("path", required=True)
         lag = f.duration("max_lag", required=True)
         origin = f.str_("origin")
-        if origin and urlsplit(origin).scheme not in ("http", "https"):
+        if origin and not _http_url(origin):
             f.error("origin", f"'{origin}' is not an http:// or https:// URL")
         if path and not path.startswith("/"):
             f.error("path", f"'{path}' must start with '/'")
@@ -720,7 +794,7 @@ def _checks(s: Section | None, root: Path) -> Checks:
             objects = ObjectsCheck(
                 manifest=mpath,
                 sample=o.int_("sample", 200, lo=1, hi=10_000_000) or 200,
-                critical=tuple(str(v).lstrip("/") for v, _ in o.list_("critical")),
+                critical=tuple(p.lstrip("/") for p in _texts(o, "critical")),
                 concurrency=o.int_("concurrency", 8, lo=1, hi=256) or 8,
                 max_missing=o.int_("max_missing", 0) or 0,
                 verify_sha256=o.int_("verify_sha256", 0, hi=10_000) or 0,
@@ -728,7 +802,9 @@ def _checks(s: Section | None, root: Path) -> Checks:
             )
     if (a := s.sub("apt", s.ctx + " apt")) is not None and a.ok:
         a.keys(("suites", "interval"), required=("suites",))
-        suites = tuple(str(v) for v, _ in a.list_("suites", required=True))
+        suites = tuple(_texts(a, "suites", required=True))
+        if a.data.get("suites") == []:
+            a.error("suites", "name at least one suite (like bookworm)")
         if suites:
             apt = AptCheck(suites=suites, interval=a.duration("interval", 300.0) or 300.0)
     return Checks(

@@ -24,7 +24,9 @@ class Problems:
 
     def add(self, file: str, line: int, ctx: str, message: str) -> None:
         loc = f"{file}:{line}" if line else file
-        self.items.append(f"{loc}: {ctx}: {message}" if ctx else f"{loc}: {message}")
+        item = f"{loc}: {ctx}: {message}" if ctx else f"{loc}: {message}"
+        if item not in self.items:  # two checks may notice the same thing
+            self.items.append(item)
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -41,11 +43,16 @@ class Section:
         self.data: YMap = data if self.ok else YMap()
         self.line = getattr(data, "line", line)
         if not self.ok:
-            self.p.add(file, line, ctx, f"expected a mapping, got {_kind(data)}")
+            self.p.add(file, line, ctx, f"expected a mapping, got {kind_of(data)}")
 
     def line_of(self, key: str) -> int:
         lines = getattr(self.data, "lines", {})
         return int(lines.get(key, self.line))
+
+    def key_line_of(self, key: str) -> int:
+        """The line of the key itself (line_of gives its value's)."""
+        lines = getattr(self.data, "key_lines", {})
+        return int(lines.get(key, self.line_of(key)))
 
     def error(self, key: str | None, message: str, line: int | None = None) -> None:
         if line is None:
@@ -81,7 +88,7 @@ class Section:
             return default
         v = self.data[key]
         if isinstance(v, bool) or not isinstance(v, str | int | float):
-            self.error(key, f"expected text, got {_kind(v)}")
+            self.error(key, f"expected text, got {kind_of(v)}")
             return default
         return str(v)
 
@@ -140,7 +147,7 @@ class Section:
             return default
         v = self.data[key]
         secs = parse_duration(v)
-        if secs is None or secs <= 0:
+        if secs is None or not 0 < secs < 10 * 365 * 86400:  # also NaN, inf
             self.error(key, f"expected a positive duration like 90s, 30m, 6h or 1d, got {_show(v)}")
             return default
         return secs
@@ -173,7 +180,10 @@ def parse_duration(v: Any) -> float | None:
     if isinstance(v, bool):
         return None
     if isinstance(v, int | float):
-        return float(v)
+        try:
+            return float(v)
+        except OverflowError:  # a 400-digit integer
+            return None
     if not isinstance(v, str):
         return None
     text = v.strip().lower()
@@ -197,13 +207,17 @@ def duration_arg(value: str) -> float:
 
 def parse_ip(v: Any, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     cls = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
+    text = str(v).strip()
+    if "%" in text:  # a zone id (fe80::1%eth0) means nothing outside one host
+        return None
     try:
-        return cls(str(v).strip())
+        return cls(text)
     except (ipaddress.AddressValueError, ValueError):
         return None
 
 
-def _kind(v: Any) -> str:
+def kind_of(v: Any) -> str:
+    """A value described for an error message."""
     if v is None:
         return "nothing"
     if isinstance(v, dict):

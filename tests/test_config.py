@@ -31,6 +31,11 @@ mirrors:
 """
 
 
+def zone_with(records: str) -> str:
+    """ZONE_OK with more lines under `records:` (from line 6 on)."""
+    return ZONE_OK.replace("steered:\n", records + "steered:\n")
+
+
 def write(d: Path, files: dict[str, str]) -> Path:
     for name, text in files.items():
         p = d / name
@@ -295,3 +300,83 @@ def test_file_cache_reparses_only_changed_files_and_keeps_every_check(
     with pytest.raises(ConfigError) as ei:
         load_config(d, cache=cache)
     assert "no pool named 'p'" in ei.value.problems[0]
+
+
+@pytest.mark.parametrize(
+    ("files", "expect"),
+    [
+        (  # a zone id has no meaning in DNS data; the server used to crash on it
+            {"pools/p.yaml": POOL_OK, "z.yaml": zone_with("  v6: {AAAA: 'fe80::1%eth0'}\n")},
+            "AAAA: 'fe80::1%eth0' is not an IPv6 address",
+        ),
+        (
+            {"pools/p.yaml": POOL_OK, "z.yaml": zone_with("  big: {TXT: '" + "b" * 70000 + "'}\n")},
+            "TXT: 70000 bytes of text: a record holds at most 65,535",
+        ),
+        (
+            {
+                "pools/p.yaml": POOL_OK,
+                "z.yaml": zone_with("  a: {CNAME: [x.example.net., y.example.net.]}\n"),
+            },
+            "CNAME: a name has one CNAME at most",
+        ),
+        (
+            {
+                "pools/p.yaml": POOL_OK,
+                "z.yaml": zone_with("  www: {A: 192.0.2.1}\n  WWW: {A: 192.0.2.2}\n"),
+            },
+            "record 'WWW': the same name as record 'www' on line 6; write each name once",
+        ),
+        (
+            {
+                "pools/p.yaml": POOL_OK.replace("https://m1.example.net/", "https://[::1/"),
+                "z.yaml": ZONE_OK,
+            },
+            "url: 'https://[::1/' is not an http:// or https:// URL",
+        ),
+        (
+            {"pools/p.yaml": POOL_OK + "checks: {timeout: .nan}\n", "z.yaml": ZONE_OK},
+            "timeout: expected a positive duration",
+        ),
+        (
+            {"pools/p.yaml": POOL_OK + "checks: {timeout: " + "9" * 400 + "}\n", "z.yaml": ZONE_OK},
+            "timeout: expected a positive duration",
+        ),
+        (
+            {
+                "pools/p.yaml": POOL_OK + "checks: {apt: {suites: [bookworm, ~, [x]]}}\n",
+                "z.yaml": ZONE_OK,
+            },
+            "suites: expected a word or path, got nothing",
+        ),
+        (
+            {
+                "pools/p.yaml": POOL_OK + 'checks: {tls: {ca_bundle: "ca\\0.pem"}}\n',
+                "z.yaml": ZONE_OK,
+            },
+            "p.yaml: cannot use this file: ValueError",
+        ),
+        ({"pools/p.yaml": "pool: " + "[" * 2000 + "]" * 2000 + "\n", "z.yaml": ZONE_OK}, "p.yaml"),
+    ],
+)
+def test_hostile_values_are_clear_errors_not_tracebacks(
+    tmp_path: Path, files: dict[str, str], expect: str
+) -> None:
+    ps = problems(write(tmp_path, files))
+    assert any(expect in x for x in ps), ps
+
+
+def test_each_problem_is_listed_once_and_txt_keeps_every_character(tmp_path: Path) -> None:
+    ps = problems(write(tmp_path, {"z.yaml": "zone: example.org\nsoa: {}\nns: [ns1]\n"}))
+    assert len(ps) == len(set(ps)), ps
+    cfg = load_config(
+        write(
+            tmp_path / "t",
+            {"z.yaml": zone_with("  t: {TXT: '" + "a" * 254 + "éz'}\n"), "pools/p.yaml": POOL_OK},
+        )
+    )
+    (txt,) = [rr for rr in cfg.zones[0].rrsets if rr.rtype == "TXT"]
+    import dns.rdata
+
+    rd = dns.rdata.from_text("IN", "TXT", txt.rdata[0])
+    assert b"".join(rd.strings).decode() == "a" * 254 + "éz"  # nothing lost at the cut
