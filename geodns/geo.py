@@ -24,6 +24,8 @@ import ipaddress
 import logging
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,8 +145,20 @@ class _Tier:
 
 
 def _open_reader(path: Path, kind: str) -> Any:
-    """Open and sanity-check a database; raises on anything unusable."""
-    reader = maxminddb.open_database(str(path), maxminddb.MODE_AUTO)
+    """Open and sanity-check a database; raises on anything unusable.
+
+    The reader maps a private copy, not the file itself: `cp new.mmdb` over
+    the watched file truncates it in place, and a lookup in a mapping of a
+    file that shrank underneath is SIGBUS — the whole server gone. The copy
+    is unlinked at once (the mapping keeps it), so nothing else can touch it.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f"geodns-{kind.lower()}-", suffix=".mmdb")
+    try:
+        os.close(fd)
+        shutil.copyfile(path, tmp)
+        reader = maxminddb.open_database(tmp, maxminddb.MODE_AUTO)
+    finally:
+        os.unlink(tmp)
     try:
         md = reader.metadata()
         probes: Iterable[IPv4Address | IPv6Address] = _PROBES_V4

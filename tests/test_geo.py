@@ -552,3 +552,30 @@ def test_lookup_cost_report(
             f"cached address {exact_hit:.2f} µs (packed {packed:.2f} µs)"
         )
     assert exact_hit < uncached * 10  # sanity only
+
+
+def test_a_database_rewritten_in_place_cannot_crash_the_lookups(
+    demo_geoip: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`cp new.mmdb GeoLite2-City.mmdb` truncates the watched file first: with
+    the file itself mapped, the next lookup was SIGBUS. In a child process, so
+    the old behaviour fails this test instead of killing the test run."""
+    import shutil
+    import subprocess
+    import sys
+
+    asn, city = (tmp_path / "asn.mmdb", tmp_path / "city.mmdb")
+    shutil.copy(demo_geoip[0], asn)
+    shutil.copy(demo_geoip[1], city)
+    script = f"""
+from geodns.geo import GeoDB
+db = GeoDB({str(asn)!r}, {str(city)!r})
+open({str(city)!r}, "wb").close()  # truncated in place, as cp does before writing
+open({str(asn)!r}, "wb").close()
+hits = [db.lookup(bytes([100, 64 + i, 1, 1])) for i in range(32)]  # uncached networks
+print("alive", len(hits))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "alive 32", (out.returncode, out.stderr)
