@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import random
 import socket
 import struct
 from collections.abc import Callable, Iterator
@@ -118,9 +119,18 @@ class _Cycle:
         make: Callable[[int], _Body] | None = None,
     ) -> None:
         self.bodies = bodies
-        self.i = 0
+        # Start anywhere: most profiles see a few queries per generation, and
+        # all starting at variant 0 would hand the first mirror nearly all of
+        # them; a random start keeps the weights over many small rotations.
+        self.i = random.randrange(len(bodies)) if len(bodies) > 1 else 0
         self.tier_key = (pool, tier)  # for the steered-answers counter
         self.make = make
+
+    def prime(self, at: int) -> None:
+        """Continue at position `at` (of the generation before), encoded now."""
+        i = self.i = at % len(self.bodies)
+        if self.bodies[i] is None:
+            self.bodies[i] = self.make(i)  # type: ignore[misc]
 
     def next(self) -> _Body:
         i = self.i
@@ -416,7 +426,9 @@ class Responder:
                 for prof in list(entry.profiles)[-limit:]:
                     client = GeoInfo(prof[0], prof[1], prof[2], prof[3], 0)
                     cyc = new.profiles[prof] = self._cycle(new.qname, new.res, client)
-                    cyc.next()  # encode the first variant now, the rest on use
+                    # carry on where the old rotation was (a swap must not
+                    # restart every rotation), encoding that variant now
+                    cyc.prime(entry.profiles[prof].i)
                     done += 1
                     yield done
         if old.geo_generation == self.geo_generation:

@@ -14,6 +14,7 @@ import dns.rcode
 import pytest
 
 from geodns.explain import explain
+from geodns.server import Server
 
 from .conftest import TEST_ZONES
 from .geodata import make_databases
@@ -330,3 +331,67 @@ def test_an_option_cached_from_a_trusted_resolver_is_not_used_for_an_untrusted_o
             untrusted = dns.query.udp(q, host, port=port, source="127.0.0.1", timeout=3)
             e = ecs_of(untrusted)
             assert e is not None and e.scopelen == 0, untrusted
+
+
+def _steer_world(tmp: Path, clients: list[dict[str, object]]) -> Server:
+    import textwrap
+
+    from .geodata import WORLD, make_databases
+
+    cfg = tmp / "zones"
+    (cfg / "pools").mkdir(parents=True)
+    (cfg / "z.yaml").write_text(
+        "zone: example.org\nsoa: {mname: ns1.example.org, rname: h.example.org}\n"
+        "ns: [ns1]\nrecords:\n  ns1: {A: 192.0.2.53}\nsteered:\n  dl: {pool: p, answers: 1}\n"
+    )
+    (cfg / "pools" / "p.yaml").write_text(
+        textwrap.dedent("""\
+        pool: p
+        mirrors:
+          - {name: alpha, url: "https://a.example.net/", ipv4: [10.1.0.1], weight: 100}
+          - {name: beta, url: "https://b.example.net/", ipv4: [10.1.0.2], weight: 100}
+          - {name: gamma, url: "https://c.example.net/", ipv4: [10.1.0.3], weight: 50}
+        """)
+    )
+    geo = make_databases(tmp / "geo", [*WORLD, *clients])
+    srv = Server(settings_for(cfg, tmp, geo))
+    srv.load_initial()
+    return srv
+
+
+def _first(srv: Server, ecs: str) -> str:
+    out = srv.current.responder.handle(query("dl.example.org", ecs=ecs).to_wire(), "127.0.0.1")  # type: ignore[union-attr]
+    assert out is not None
+    return str(dns.message.from_wire(out).answer[0][0].address)
+
+
+def test_weights_hold_over_many_clients_with_one_query_each(tmp_path: Path) -> None:
+    """Every client profile has its own rotation; if each began at variant 0,
+    clients asking once would all get the first mirror (the old behaviour)."""
+    n = 2000
+    clients = [
+        {
+            "network": f"100.{80 + i // 256}.{i % 256}.0/24",
+            "asn": 64000 + i % 50,
+            "country": "DE",
+            "location": [50.0 + (i % 100) / 100, 8.0 + (i // 100) / 100],
+        }
+        for i in range(n)
+    ]
+    srv = _steer_world(tmp_path, clients)
+    got = Counter(_first(srv, f"100.{80 + i // 256}.{i % 256}.0/24") for i in range(n))
+    for addr, share in (("10.1.0.1", 0.4), ("10.1.0.2", 0.4), ("10.1.0.3", 0.2)):
+        assert abs(got[addr] / n - share) < 0.05, got
+
+
+async def test_a_rebuild_does_not_restart_the_rotation(tmp_path: Path) -> None:
+    srv = _steer_world(tmp_path, [])
+    got: Counter[str] = Counter()
+    for _ in range(100):  # two queries per generation, as between health changes
+        for _ in range(2):
+            got[_first(srv, "192.0.2.0/24")] += 1
+        assert srv.config is not None and srv.tables is not None
+        await srv.swap_in(srv.config, srv.tables, reason="test")
+    assert got == {"10.1.0.1": 80, "10.1.0.2": 80, "10.1.0.3": 40}, (
+        got
+    )  # exact: 200 = 40 rounds of 5
