@@ -26,8 +26,17 @@ from .server import Server
 def explain(server: Server, name: str, client: str, qtype: str = "A") -> dict[str, Any]:
     assert server.current is not None and server.config is not None
     responder = server.current.responder
-    net = ipaddress.ip_network(client, strict=False)
     has_prefix = "/" in client
+    try:
+        # as the server reads an ECS option: host bits beyond the prefix are FORMERR
+        net = ipaddress.ip_network(client, strict=has_prefix)
+    except ValueError as e:
+        raise ValueError(f"{e} (the server answers FORMERR to such a Client Subnet)") from None
+    if has_prefix and net.prefixlen == 0:
+        raise ValueError(
+            "a /0 Client Subnet names no client: the server then steers by the "
+            "resolver's own address, so give that address instead"
+        )
     addr = net.network_address
     info = server.geodb.lookup(addr.packed) if server.geodb is not None else UNKNOWN_CLIENT
     qt = wire.AAAA if qtype == "AAAA" else wire.A

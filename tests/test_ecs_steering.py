@@ -132,6 +132,16 @@ def test_answers_match_explain(server: ServerThread) -> None:
         assert e is not None and e.scopelen == ex["ecs_scope"], subnet
 
 
+def test_explain_refuses_clients_the_server_would_not_take_as_given(
+    server: ServerThread,
+) -> None:
+    with pytest.raises(ValueError, match="steers by the resolver's own address"):
+        explain(server.server, "dl.example.org", "0.0.0.0/0", "A")
+    with pytest.raises(ValueError, match="FORMERR"):  # host bits set beyond /24
+        explain(server.server, "dl.example.org", "192.0.2.77/24", "A")
+    assert explain(server.server, "dl.example.org", "192.0.2.77", "A")["client"] == "192.0.2.77"
+
+
 def test_unknown_client_gets_a_sane_answer(server: ServerThread) -> None:
     """A client in no database: every mirror ranks alike; answers still come, scope honest."""
     r = udp(query("dl.example.org", ecs="10.9.0.0/16"), server.addr())
