@@ -131,8 +131,11 @@ def run_workers(settings: ServerSettings, n: int) -> int:
                     forward(signal.SIGTERM, None)
                     break
                 time.sleep(min(restarts, 5))
+                if stopping:  # told to stop while we waited: start nothing new
+                    break
                 spawn(i)
     sdnotify.notify("STOPPING=1")
+    forward(signal.SIGTERM, None)  # again: a worker may have started after the first
     for p in procs.values():
         p.join(timeout=10)
         if p.is_alive():

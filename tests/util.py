@@ -214,6 +214,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             cwd=REPO,
             env=self.env,
+            start_new_session=True,  # its own process group: __exit__ stops workers too
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -247,6 +248,11 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self.proc is not None:
+            try:  # whatever is left of the group (workers, forked builds)
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.logfile.close()
 
 
