@@ -303,17 +303,23 @@ def _soa(s: Section, zname: str) -> SOA | None:
     serial = AUTO_SERIAL
     if serial_v != "auto":
         serial = soa.int_("serial", 0, lo=0, hi=2**32 - 1) or 0
+    # every field is checked, so one run reports all of the SOA's problems
+    refresh = soa.int_("refresh", 3600, hi=MAX_TTL) or 0
+    retry = soa.int_("retry", 600, hi=MAX_TTL) or 0
+    expire = soa.int_("expire", 1209600, hi=MAX_TTL) or 0
+    minimum = soa.int_("minimum", 300, hi=MAX_TTL) or 0
+    ttl = soa.int_("ttl", 3600, hi=MAX_TTL) or 0
     if mname is None or rname is None:
         return None
     return SOA(
         mname=mname,
         rname=rname,
         serial=serial,
-        refresh=soa.int_("refresh", 3600, hi=MAX_TTL) or 0,
-        retry=soa.int_("retry", 600, hi=MAX_TTL) or 0,
-        expire=soa.int_("expire", 1209600, hi=MAX_TTL) or 0,
-        minimum=soa.int_("minimum", 300, hi=MAX_TTL) or 0,
-        ttl=soa.int_("ttl", 3600, hi=MAX_TTL) or 0,
+        refresh=refresh,
+        retry=retry,
+        expire=expire,
+        minimum=minimum,
+        ttl=ttl,
     )
 
 
@@ -670,10 +676,10 @@ def _mirror(s: Section, file: str) -> Mirror | None:
         required=("name", "url"),
     )
     name = s.str_("name", required=True)
-    if name is None:
-        return None
+    nameless = name is None  # still check the rest: report everything at once
+    name = name or "?"
     s.ctx = f"{s.ctx} '{name}'"
-    if not _ident_ok(name):
+    if not nameless and not _ident_ok(name):
         s.error("name", f"'{name}' is not a valid mirror name (letters, digits, '.', '_', '-')")
     url = s.str_("url", required=True) or ""
     if url:
@@ -725,7 +731,7 @@ def _mirror(s: Section, file: str) -> Mirror | None:
             location = (float(loc[0]), float(loc[1]))
         else:
             s.error("location", f"expected [latitude, longitude] in degrees, got {loc!r}")
-    return Mirror(
+    mirror = Mirror(
         name=name,
         url=url,
         ipv4=tuple(ips[4]),
@@ -738,6 +744,7 @@ def _mirror(s: Section, file: str) -> Mirror | None:
         location=location,
         where=Where(file, s.line),
     )
+    return None if nameless else mirror
 
 
 def _checks(s: Section | None, root: Path) -> Checks:
@@ -763,13 +770,15 @@ def _checks(s: Section | None, root: Path) -> Checks:
             f.error("origin", f"'{origin}' is not an http:// or https:// URL")
         if path and not path.startswith("/"):
             f.error("path", f"'{path}' must start with '/'")
+        fmt = f.choice("format", ("auto", "epoch", "rfc3339", "debian-trace"), "auto")
+        interval = f.duration("interval", 300.0) or 300.0  # checked even if path/max_lag fail
         if path and lag:
             fresh = FreshnessCheck(
                 path=path,
                 max_lag=lag,
                 origin=origin,
-                format=f.choice("format", ("auto", "epoch", "rfc3339", "debian-trace"), "auto"),  # type: ignore[arg-type]
-                interval=f.duration("interval", 300.0) or 300.0,
+                format=fmt,  # type: ignore[arg-type]
+                interval=interval,
             )
     if (o := s.sub("objects", s.ctx + " objects")) is not None and o.ok:
         o.keys(
@@ -785,6 +794,13 @@ def _checks(s: Section | None, root: Path) -> Checks:
             required=("manifest",),
         )
         manifest = o.str_("manifest", required=True)
+        # every field checked, with or without a usable manifest
+        sample = o.int_("sample", 200, lo=1, hi=10_000_000) or 200
+        critical = tuple(p.lstrip("/") for p in _texts(o, "critical"))
+        concurrency = o.int_("concurrency", 8, lo=1, hi=256) or 8
+        max_missing = o.int_("max_missing", 0) or 0
+        verify = o.int_("verify_sha256", 0, hi=10_000) or 0
+        interval = o.duration("interval", 900.0) or 900.0
         if manifest:
             mpath = _path(manifest, root)
             if not mpath.is_file():
@@ -793,12 +809,12 @@ def _checks(s: Section | None, root: Path) -> Checks:
                 )
             objects = ObjectsCheck(
                 manifest=mpath,
-                sample=o.int_("sample", 200, lo=1, hi=10_000_000) or 200,
-                critical=tuple(p.lstrip("/") for p in _texts(o, "critical")),
-                concurrency=o.int_("concurrency", 8, lo=1, hi=256) or 8,
-                max_missing=o.int_("max_missing", 0) or 0,
-                verify_sha256=o.int_("verify_sha256", 0, hi=10_000) or 0,
-                interval=o.duration("interval", 900.0) or 900.0,
+                sample=sample,
+                critical=critical,
+                concurrency=concurrency,
+                max_missing=max_missing,
+                verify_sha256=verify,
+                interval=interval,
             )
     if (a := s.sub("apt", s.ctx + " apt")) is not None and a.ok:
         a.keys(("suites", "interval"), required=("suites",))

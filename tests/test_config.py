@@ -380,3 +380,37 @@ def test_each_problem_is_listed_once_and_txt_keeps_every_character(tmp_path: Pat
 
     rd = dns.rdata.from_text("IN", "TXT", txt.rdata[0])
     assert b"".join(rd.strings).decode() == "a" * 254 + "éz"  # nothing lost at the cut
+
+
+def test_every_problem_of_a_section_in_one_run(tmp_path: Path) -> None:
+    """A section with a fatal problem (no name, no mname, no max_lag) still has
+    its other fields checked, so the operator fixes everything in one go."""
+    zone = ZONE_OK.replace(
+        "soa: {mname: ns1.example.org, rname: hostmaster.example.org}",
+        "soa: {mname: [x], rname: hostmaster.example.org, refresh: -5, ttl: abc}",
+    )
+    pool = """\
+pool: p
+checks:
+  freshness: {path: /t, max_lag: x, format: bogus, interval: bad}
+mirrors:
+  - name: m1
+    url: https://m1.example.net/
+    ipv4: [192.0.2.10]
+  - url: ftp://x
+    ipv4: [bad]
+    weight: -3
+"""
+    ps = "\n".join(problems(write(tmp_path, {"z.yaml": zone, "pools/p.yaml": pool})))
+    for field in (
+        "mname",
+        "refresh",
+        "ttl",
+        "max_lag",
+        "format",
+        "interval",
+        "url",
+        "ipv4",
+        "weight",
+    ):
+        assert f"{field}:" in ps, (field, ps)
