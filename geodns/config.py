@@ -575,6 +575,21 @@ def _check_zone(z: Zone, s: Section) -> None:
                 "steering the zone apex is not supported (use a name below it)",
             )
 
+    # RFC 2181 §10.3: MX and SRV targets (and NS) must not be aliases
+    for rr in z.rrsets:
+        if rr.rtype not in ("MX", "SRV", "NS"):
+            continue
+        for rd in rr.rdata:
+            target = rd.rsplit(" ", 1)[-1].rstrip(".").lower()
+            if "CNAME" in by_owner.get(target, {}):
+                s.p.add(
+                    rr.where.file,
+                    rr.where.line,
+                    f"zone '{z.name}' record '{_rel(rr.name, z.name)}'",
+                    f"{rr.rtype}: target '{target}' is a CNAME; name the canonical host "
+                    "(RFC 2181 §10.3)",
+                )
+
     # Glue: an in-zone name server needs address records we can hand out.
     apex_ns = Where(z.where.file, s.line_of("ns"))  # the zone's `ns:` line
     ns_sets: list[tuple[str, Iterable[str], Where]] = [(z.name, z.ns, apex_ns)]

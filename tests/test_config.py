@@ -414,3 +414,9 @@ mirrors:
         "weight",
     ):
         assert f"{field}:" in ps, (field, ps)
+
+
+def test_mx_target_that_is_a_cname(tmp_path: Path) -> None:
+    zone = zone_with("  mail: {CNAME: ns1.example.org.}\n  '@': {MX: '10 mail.example.org.'}\n")
+    msg = one(tmp_path, {"z.yaml": zone, "pools/p.yaml": POOL_OK})
+    assert "MX: target 'mail.example.org' is a CNAME" in msg and "RFC 2181" in msg
