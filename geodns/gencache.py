@@ -13,7 +13,7 @@ on a miss.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -56,7 +56,3 @@ class TwoGen(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self.new) + len(self.old)
-
-    def __iter__(self) -> Iterator[K]:
-        yield from self.old
-        yield from self.new

@@ -508,8 +508,10 @@ class Store:
     def region_last_checks(self) -> dict[str, datetime]:
         """Each region's newest check time (what `region_timeout` compares)."""
         try:
-            with self._lock, self._engine.connect() as conn:
-                return self._region_last_checks(conn)
+            with self._lock:
+                self._follow_file()
+                with self._engine.connect() as conn:
+                    return self._region_last_checks(conn)
         except SQLAlchemyError as exc:
             raise self._error("cannot read region check times", exc) from None
 
