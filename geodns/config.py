@@ -24,6 +24,7 @@ import dns.name
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
+import dns.rdtypes.ANY.TXT
 
 from .errors import ConfigError
 from .fields import Problems, Section, kind_of, parse_ip
@@ -397,18 +398,6 @@ def _http_url(text: str) -> bool:
         return False
 
 
-def _txt_escape(chunk: bytes) -> str:
-    out = []
-    for b in chunk:
-        if b in (0x22, 0x5C):  # " and \
-            out.append("\\" + chr(b))
-        elif 0x20 <= b < 0x7F:
-            out.append(chr(b))
-        else:
-            out.append(f"\\{b:03d}")
-    return "".join(out)
-
-
 def _rdata(s: Section, rtype: str, v: Any, line: int, origin: dns.name.Name) -> str | None:
     """Validate one value; return canonical presentation text with absolute names."""
     if v is None or isinstance(v, dict | list) or isinstance(v, bool):
@@ -429,15 +418,15 @@ def _rdata(s: Section, rtype: str, v: Any, line: int, origin: dns.name.Name) -> 
         absname = absolute(last, zone) + "." if last != "." else "."
         text = f"{head} {absname}" if head else absname
     if rtype == "TXT":
-        # Operators write plain text; make it one presentation string per 255
-        # bytes, cut on bytes (a character may straddle two strings, as in any
-        # TXT record), each byte written as \DDD where it is not plain ASCII.
+        # Operators write plain text; one character-string per 255 bytes, cut on
+        # bytes (a character may straddle two strings, as in any TXT record);
+        # dnspython writes the presentation form with its escapes.
         raw = text.encode("utf-8")
         if len(raw) > 60_000:
             s.error(rtype, f"{len(raw)} bytes of text: a record holds at most 65,535", line)
             return None
         chunks = [raw[i : i + 255] for i in range(0, len(raw), 255)] or [b""]
-        text = " ".join('"' + _txt_escape(c) + '"' for c in chunks)
+        return dns.rdtypes.ANY.TXT.TXT(dns.rdataclass.IN, dns.rdatatype.TXT, chunks).to_text()
     try:
         rd = dns.rdata.from_text(
             dns.rdataclass.IN, dns.rdatatype.from_text(rtype), text, origin=origin, relativize=False
