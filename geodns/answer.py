@@ -347,7 +347,7 @@ class Responder:
         geodb = self.geodb
         if geodb is None:
             return _UNKNOWN
-        found = self.src_geo.new.get(src) or self.src_geo.promote(src)
+        found = self.src_geo.get(src)
         if found is None:
             info = geodb.lookup(_packed(src))
             found = (info, profile(info))
