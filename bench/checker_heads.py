@@ -42,9 +42,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from checker import manifest as mf  # noqa: E402
-from checker.demomirror import DemoMirror, Tree  # noqa: E402
-from checker.objects import probe_objects  # noqa: E402
+from checker.probes.objects import probe_objects  # noqa: E402
 from checker.target import Target  # noqa: E402
+from demo.mirror import DemoMirror  # noqa: E402
+from demo.tree import Tree  # noqa: E402
 from geodns.model import Checks, Mirror, ObjectsCheck  # noqa: E402
 
 HOST = "127.0.0.1"

@@ -6,7 +6,7 @@ Everything is generated from the data below into a temporary directory:
 
 * geodns operator YAML (``zones/example.org.yaml``, ``zones/pools/distfiles.yaml``)
 * a networks YAML and, from it, MaxMind-format ``GeoLite2-ASN.mmdb`` and
-  ``GeoLite2-City.mmdb`` (through ``geodns.geoip_demo`` when it exists, else a
+  ``GeoLite2-City.mmdb`` (through ``geodns.steering.mmdb_writer`` when it exists, else a
   writer of our own with the same record layout as MaxMind's editions)
 * a gdnsd config directory (``geoip`` plugin, city-auto-mode by coordinates)
 * a Knot config (``mod-geoip`` in geodb mode keyed by continent and country)
@@ -373,11 +373,12 @@ def write_networks(path: Path) -> Path:
 
 def write_geoip(outdir: Path, networks_path: Path) -> tuple[Path, Path, str]:
     """Write GeoLite2-ASN.mmdb and GeoLite2-City.mmdb; returns (asn, city, writer used)."""
-    from geodns.geoip_demo import write_databases
+    from geodns.steering.mmdb_writer import write_databases
 
     outdir.mkdir(parents=True, exist_ok=True)
     write_databases(outdir, networks_path)
-    return outdir / "GeoLite2-ASN.mmdb", outdir / "GeoLite2-City.mmdb", "geodns.geoip_demo"
+    writer = "geodns.steering.mmdb_writer"
+    return outdir / "GeoLite2-ASN.mmdb", outdir / "GeoLite2-City.mmdb", writer
 
 
 # --------------------------------------------------------------------------- geodns YAML

@@ -26,13 +26,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from geodns import fields
+from checker import report
+from checker.errors import CheckerError, ManifestError
+from checker.target import targets_of
+from geodns.config import fields
 from geodns.settings import default_store_url
 from geodns.store import Store, StoreError
-
-from . import report
-from .errors import CheckerError, ManifestError
-from .target import targets_of
 
 log = logging.getLogger("checker")
 
@@ -254,7 +253,7 @@ def _progress(total: int) -> tuple[Any, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .scheduler import Checker
+    from checker.scheduler import Checker
 
     config = _load_config(args.config)
     store = _store(args.store, create=True)
@@ -398,7 +397,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
-    from . import manifest as mf
+    from checker import manifest as mf
 
     progress: Any = None
     task: Any = None

@@ -29,8 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import ManifestError
-from .target import quote_path
+from checker.errors import ManifestError
+from checker.target import quote_path
 
 # rsync's and apt-mirror's temporary names; never part of a published tree
 DEFAULT_EXCLUDES = (".~tmp~", ".*.??????", "*.tmp", ".rsync-partial")

@@ -32,10 +32,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from checker import text
 from geodns.model import Config
 from geodns.store import AddressState, StateChange, address_text
-
-from . import text
 
 STATES = ("up", "warning", "down", "disabled", "unknown")
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3

@@ -37,19 +37,18 @@ from urllib.parse import urlsplit
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from checker import manifest as mf
+from checker import text
+from checker.errors import CheckerError, ManifestError
+from checker.http import HTTPClient, HTTPError
+from checker.probes.apt import probe_apt
+from checker.probes.freshness import fetch_timestamp, probe_freshness
+from checker.probes.objects import probe_objects
+from checker.probes.tls import probe_tls
+from checker.state import Evaluation, advance
+from checker.target import Target, ca_file, targets_of
 from geodns.model import Config, FreshnessCheck, Pool
 from geodns.store import ProbeRecord, Store, StoreError
-
-from . import manifest as mf
-from . import text
-from .apt import probe_apt
-from .errors import CheckerError, ManifestError
-from .freshness import fetch_timestamp, probe_freshness
-from .http import HTTPClient, HTTPError
-from .objects import probe_objects
-from .state import Evaluation, advance
-from .target import Target, ca_file, targets_of
-from .tlsprobe import probe_tls
 
 log = logging.getLogger("checker")
 T = TypeVar("T")

@@ -9,9 +9,8 @@ from functools import cached_property
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+from checker.http import HTTPClient
 from geodns.model import Checks, Mirror, Pool
-
-from .http import HTTPClient
 
 # RFC 3986 pchar minus "%" (a literal % in a file name must be encoded) plus "/".
 _SAFE = "/-._~!$&'()*+,;=:@"

@@ -4,7 +4,7 @@
 The checker imports this module and `geodns.store`; nothing here does I/O.
 
 Names are stored as lower-case absolute text without the trailing dot
-(`dl.example.org`); wire forms are compiled later by `geodns.zone`.
+(`dl.example.org`); wire forms are compiled later by `geodns.dns.zone`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Defaults shared by the server and the checker (state directory, store URL).
+"""The server's settings, and defaults shared with the checker (state directory, store URL).
 
 Only this module reads the environment, and only for these defaults: systemd's
 StateDirectory= exports STATE_DIRECTORY; GEODNS_STORE overrides the store URL
@@ -7,7 +7,9 @@ so that several nodes can point at one PostgreSQL without editing units.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 GEOIP_DIRS = (Path("/var/lib/GeoIP"), Path("/usr/share/GeoIP"), Path("/usr/local/share/GeoIP"))
@@ -27,3 +29,42 @@ def default_store_url(state_dir: Path | None = None) -> str:
         return env
     state = state_dir or default_state_dir()
     return f"sqlite:///{state.resolve() / 'health.sqlite'}"
+
+
+@dataclass
+class ServerSettings:
+    """Everything the server is told, resolved once (by the CLI or a test)."""
+
+    config_dir: Path
+    listen: list[tuple[str, int]] = field(default_factory=lambda: [("127.0.0.1", 5353)])
+    geoip_asn: Path | None = None
+    geoip_city: Path | None = None
+    geoip_dirs: tuple[Path, ...] | None = None
+    state_dir: Path | None = None
+    store_url: str | None = None  # None: default; "" disables health polling
+    health_interval: float = 5.0
+    quorum: int = 1  # regions that must call an address down (several regional checkers)
+    region_timeout: float = 900.0  # a region silent this long loses its vote (0: never)
+    geoip_interval: float = 60.0
+    metrics: tuple[str, int] | None = None
+    query_log: bool = False
+    ecs_trust: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # empty = all
+    tcp_idle_timeout: float = 10.0
+    tcp_max_connections: int = 1000
+    reuse_port: bool = False
+    # --workers N: this process's index, and where workers share their counters
+    worker: int = 0
+    workers: int = 1
+    stats_dir: Path | None = None
+    # anycast: put these on `service_dev` while serving (geodns.runtime.service_addr)
+    service_addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = ()
+    service_dev: str = "lo"
+    service_drain: float = 1.0  # seconds between withdrawing and closing the sockets
+
+    def resolved_state_dir(self) -> Path:
+        return self.state_dir or default_state_dir()
+
+    def resolved_store_url(self) -> str:
+        if self.store_url is not None:
+            return self.store_url
+        return default_store_url(self.resolved_state_dir())

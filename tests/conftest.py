@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from checker.demomirror import DemoPKI
-from geodns.geoip_demo import write_databases
+from demo.mirror import DemoPKI
+from geodns.steering.mmdb_writer import write_databases
 
 from .util import ServerThread, settings_for
 

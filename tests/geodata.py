@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from geodns.geoip_demo import parse_networks, write_networks
+from geodns.steering.mmdb_writer import parse_networks, write_networks
 
 
 def make_databases(tmp_path: Path, networks: Sequence[Mapping[str, Any]]) -> tuple[Path, Path]:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from checker.demomirror import DemoMirror, DemoPKI, Faults, MirrorThread, Tree
+from demo.mirror import DemoMirror, DemoPKI, Faults, MirrorThread
+from demo.tree import Tree
 from geodns.store import Store, StoreError
 
 from .util import free_port

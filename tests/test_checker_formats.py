@@ -13,14 +13,14 @@ import pytest
 from aiohttp import web
 
 from checker import manifest as mf
-from checker.apt import parse_release
 from checker.cli import main
-from checker.demomirror import Tree
 from checker.errors import ManifestError
-from checker.freshness import parse_timestamp
 from checker.http import HTTPClient, HTTPError
+from checker.probes.apt import parse_release
+from checker.probes.freshness import parse_timestamp
 from checker.text import duration
-from geodns.fields import duration_arg
+from demo.tree import Tree
+from geodns.config.fields import duration_arg
 
 WHEN = datetime(2026, 11, 20, 10, 0, 0, tzinfo=UTC)
 

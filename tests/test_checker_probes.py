@@ -1,7 +1,7 @@
 """Probes against real HTTPS mirrors on loopback, one fault per test.
 
 Every case asserts the state, the reason text and the fall/rise behaviour.
-The mirrors are `checker.demomirror.DemoMirror` servers with trustme
+The mirrors are `demo.mirror.DemoMirror` servers with trustme
 certificates; nothing is mocked and nothing leaves 127.0.0.0/8 and ::1.
 """
 
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from checker.demomirror import DemoMirror, DemoPKI, Faults, Tree, demo_config, mirror_entry
 from checker.scheduler import Checker, RoundResult
+from demo.mirror import DemoMirror, DemoPKI, Faults, demo_config, mirror_entry
+from demo.tree import Tree
 from geodns.model import AptCheck, Checks, FreshnessCheck, ObjectsCheck, Pool, TLSCheck
 from geodns.store import Store
 

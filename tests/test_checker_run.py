@@ -12,9 +12,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from checker import cli
-from checker.demomirror import DemoMirror, DemoPKI, Faults, Tree, demo_config, mirror_entry
 from checker.scheduler import Checker, run_once
 from checker.target import Target
+from demo.mirror import DemoMirror, DemoPKI, Faults, demo_config, mirror_entry
+from demo.tree import Tree
 from geodns.model import Checks, FreshnessCheck, ObjectsCheck, Pool, TLSCheck
 from geodns.store import Store
 

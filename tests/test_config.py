@@ -260,7 +260,7 @@ def test_yaml_anchors_and_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
 def test_file_cache_reparses_only_changed_files_and_keeps_every_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import geodns.config as config_mod
+    import geodns.config.loader as config_mod
 
     parsed: list[str] = []
     build = config_mod._build_file
@@ -420,3 +420,28 @@ def test_mx_target_that_is_a_cname(tmp_path: Path) -> None:
     zone = zone_with("  mail: {CNAME: ns1.example.org.}\n  '@': {MX: '10 mail.example.org.'}\n")
     msg = one(tmp_path, {"z.yaml": zone, "pools/p.yaml": POOL_OK})
     assert "MX: target 'mail.example.org' is a CNAME" in msg and "RFC 2181" in msg
+
+
+@pytest.mark.parametrize(
+    ("broken", "refs"),
+    [
+        ("pool: p\n  bad: [\n", 2),  # YAML syntax error: the pool is not loaded
+        (POOL_OK.replace("192.0.2.10", "192.0.2.300"), 0),  # a field error: it is
+    ],
+)
+def test_a_broken_pool_file_is_the_one_problem_its_references_point_at(
+    tmp_path: Path, broken: str, refs: int
+) -> None:
+    """The steered names that use a pool whose file failed are told why, once
+    each, instead of a second, misleading 'no pool named' problem."""
+    zone = ZONE_OK + "  www: {pool: p}\n"
+    d = write(tmp_path, {"z.yaml": zone, "pools/p.yaml": broken})
+    with pytest.raises(ConfigError) as ei:
+        load_config(d)
+    problems = ei.value.problems
+    assert "pools/p.yaml:" in problems[0]
+    found = [x for x in problems if "steered" in x]
+    assert len(found) == refs and len(set(found)) == refs
+    for ref in found:
+        assert "pool 'p' is not loaded:" in ref and "pools/p.yaml has errors" in ref
+    assert not any("no pool named" in x for x in problems)

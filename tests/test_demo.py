@@ -15,7 +15,7 @@ def test_demo_once(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "checker.demo",
+            "demo.run",
             "--once",
             "--state-dir",
             str(tmp_path / "demo"),

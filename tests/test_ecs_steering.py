@@ -13,8 +13,8 @@ import dns.message
 import dns.rcode
 import pytest
 
-from geodns.explain import explain
-from geodns.server import Server
+from geodns.runtime.explain import explain
+from geodns.runtime.server import Server
 
 from .conftest import TEST_ZONES
 from .geodata import make_databases
@@ -298,7 +298,7 @@ def test_geoip_files_replaced_on_disk(tmp_path: Path, caplog: pytest.LogCaptureF
         r = udp(query("one.example.org", ecs="100.64.0.0/24"), st.addr())
         assert addrs(r) == ["127.3.0.1"]
         # a corrupt replacement: old reader stays, error logged, answers unchanged
-        caplog.set_level(logging.ERROR, logger="geodns.geo")
+        caplog.set_level(logging.ERROR, logger="geodns.steering.geo")
         (geo / "bad.tmp").write_bytes(b"not a maxmind database" * 10)
         (geo / "bad.tmp").rename(geo / "GeoLite2-City.mmdb")
         st.call(st.server.refresh_geoip())

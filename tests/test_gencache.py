@@ -9,8 +9,8 @@ from pathlib import Path
 import dns.message
 import pytest
 
-from geodns.gencache import TwoGen
-from geodns.server import Server
+from geodns.dns.gencache import TwoGen
+from geodns.runtime.server import Server
 
 from .conftest import TEST_ZONES
 from .util import query, settings_for

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from mmdb_writer import MMDBWriter
 from netaddr import IPNetwork, IPSet
 
-from geodns.geo import (
+from geodns.steering.geo import (
     CONTINENT_OF,
     CONTINENTS,
     GeoDB,
@@ -26,7 +26,7 @@ from geodns.geo import (
     continent_of,
     distance_km,
 )
-from geodns.geoip_demo import (
+from geodns.steering.mmdb_writer import (
     DemoNetworksError,
     geoip_demo_command,
     load_networks,
@@ -329,7 +329,7 @@ def test_scope_is_truthful(layered: GeoDB, data: st.DataObject, v6: bool) -> Non
 def test_missing_asn_database_skips_the_tier(
     demo_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, "geodns.geo")
+    caplog.set_level(logging.WARNING, "geodns.steering.geo")
     missing = tmp_path / "GeoLite2-ASN.mmdb"
     db = GeoDB(missing, demo_dir / "GeoLite2-City.mmdb")
     assert not db.has_asn and db.has_city
@@ -460,7 +460,7 @@ def test_refresh_keeps_old_reader_on_corrupt_file(
     gen = db.generation
     assert db.lookup(ip("192.0.2.1")).country == "DE"
 
-    caplog.set_level(logging.INFO, "geodns.geo")
+    caplog.set_level(logging.INFO, "geodns.steering.geo")
     _replace(city, corrupt(good))  # type: ignore[operator]
     assert not db.refresh()
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
@@ -568,7 +568,7 @@ def test_a_database_rewritten_in_place_cannot_crash_the_lookups(
     shutil.copy(demo_geoip[0], asn)
     shutil.copy(demo_geoip[1], city)
     script = f"""
-from geodns.geo import GeoDB
+from geodns.steering.geo import GeoDB
 db = GeoDB({str(asn)!r}, {str(city)!r})
 open({str(city)!r}, "wb").close()  # truncated in place, as cp does before writing
 open({str(asn)!r}, "wb").close()

@@ -10,7 +10,7 @@ The bed (tests/netns.py): a bridge and one namespace per host, all on
     chk 10.99.0.5   fd00:99::5                   `checker run --once` (process, per round)
     client 10.99.0.100 fd00:99::100  DE Berlin   dnspython (threads inside the namespace)
 
-The mirrors are `checker.demomirror.DemoMirror`s (one per address, sharing a
+The mirrors are `demo.mirror.DemoMirror`s (one per address, sharing a
 tree and one DemoPKI CA whose bundle the checker gets with --ca-bundle) on
 asyncio loops whose threads live in the mirror's namespace, so the test swaps
 certificates and stops listeners directly. The store is a SQLite file in the
@@ -186,7 +186,7 @@ class MirrorHost:
     """One mirror host: a DemoMirror per address, on a loop inside its namespace."""
 
     def __init__(self, bed: NetnsBed, host: Host, pki: Any, tree: Any) -> None:
-        from checker.demomirror import DemoMirror
+        from demo.mirror import DemoMirror
 
         self.host = host
         self.name = host.role
@@ -345,7 +345,8 @@ def world(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[World]:
     require_netns()
-    from checker.demomirror import DemoPKI, Tree
+    from demo.mirror import DemoPKI
+    from demo.tree import Tree
 
     tmp = tmp_path_factory.mktemp("netns")
     with ExitStack() as stack:

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geodns.geo import GeoDB, GeoInfo
 from geodns.model import Mirror, Pool
-from geodns.rank import (
+from geodns.steering.geo import GeoDB, GeoInfo
+from geodns.steering.rank import (
     TIER_NAMES,
     Candidate,
     Ranked,

@@ -139,7 +139,7 @@ def test_hypothesis_parser_never_raises(tmp_path: Path, demo_geoip: tuple[Path, 
     from hypothesis import strategies as st
 
     s = settings_for(TEST_ZONES, tmp_path, demo_geoip)
-    from geodns.server import Server
+    from geodns.runtime.server import Server
 
     srv = Server(s)
     srv.load_initial()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from geodns import sdnotify
+from geodns.runtime import sdnotify
 
 from .conftest import TEST_ZONES
 from .util import ServerProcess, free_port, query, serve_args, udp

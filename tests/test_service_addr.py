@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from geodns import service_addr
+from geodns.runtime import service_addr
 
 from .conftest import TEST_ZONES
 from .netns import NetnsBed, in_netns, require_netns

@@ -1,4 +1,4 @@
-"""The packages stay lint-clean and type-check under mypy --strict (STYLE.md)."""
+"""The packages stay lint-clean and type-check under mypy --strict (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_ruff_check_and_format() -> None:
 
 def test_mypy_strict_on_the_packages() -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "mypy", "geodns", "checker"],
+        [sys.executable, "-m", "mypy", "geodns", "checker", "demo"],
         cwd=REPO,
         capture_output=True,
         text=True,

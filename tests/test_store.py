@@ -206,7 +206,7 @@ def test_schema_matches_models_and_head(store: Store, store_url: str) -> None:
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
-    import geodns.store as gs
+    import geodns.store.schema as gs
 
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(gs.__file__).with_name("migrations")))

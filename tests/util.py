@@ -1,6 +1,6 @@
 """Test helpers: real servers on ephemeral loopback ports, and DNS clients.
 
-`ServerThread` runs a whole `geodns.server.Server` on its own uvloop in a
+`ServerThread` runs a whole `geodns.runtime.server.Server` on its own uvloop in a
 thread (so dnspython's blocking client can talk to it from the test);
 `ServerProcess` runs `geodns serve` as a real process for signal tests.
 Both always stop what they start.
@@ -31,7 +31,8 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
-from geodns.server import Server, ServerSettings
+from geodns.runtime.server import Server
+from geodns.settings import ServerSettings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -329,7 +330,7 @@ def silence_region(store: Any, region: str, ago: timedelta) -> None:
     """Make `region`'s checker look silent since `ago` (its states' last checks)."""
     from sqlalchemy import update
 
-    from geodns.store import AddressStateRow
+    from geodns.store.schema import AddressStateRow
 
     with store._session("test") as session:
         session.execute(

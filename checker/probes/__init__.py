@@ -1,0 +1,1 @@
+"""Per-address probes: TLS, freshness, objects and apt consistency."""

@@ -1,0 +1,1 @@
+"""The demo: MaxMind-format test databases, HTTPS demo mirrors on loopback, and `geodns-demo`."""

@@ -1,0 +1,103 @@
+"""Argument types and the one place arguments become a `ServerSettings`
+(shared by `serve` and `explain`, which loads a server the same way)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from pathlib import Path
+
+from geodns.settings import ServerSettings
+
+
+def _hostport(text: str, default_port: int = 53) -> tuple[str, int]:
+    """`127.0.0.1:5353`, `[::1]:5353`, `::1` (port 53), `5353` (127.0.0.1)."""
+    t = text.strip()
+    try:
+        if t.startswith("["):
+            host, _, rest = t[1:].partition("]")
+            port = int(rest.lstrip(":")) if rest else default_port
+        elif t.count(":") == 1:
+            host, p = t.split(":")
+            port = int(p)
+        elif t.isdigit():
+            host, port = "127.0.0.1", int(t)
+        else:
+            host, port = t, default_port
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not ADDRESS:PORT (e.g. 127.0.0.1:5353 or [::1]:5353)"
+        ) from None
+    if not 0 <= port < 65536:
+        raise argparse.ArgumentTypeError(f"port {port} out of range")
+    return host, port
+
+
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a network like 10.0.0.0/8") from None
+
+
+def _interface(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    """`192.0.2.53` (→ /32), `2001:db8::53/128`."""
+    try:
+        return ipaddress.ip_interface(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an address like 192.0.2.53/32") from None
+
+
+def _add_geo_store(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("zones"),
+        help="zone and pool YAML directory (default: ./zones)",
+    )
+    p.add_argument("--geoip-asn", type=Path, help="ASN database (GeoLite2-ASN / GeoIP2-ISP)")
+    p.add_argument("--geoip-city", type=Path, help="City or Country database")
+    p.add_argument(
+        "--geoip-dir",
+        type=Path,
+        action="append",
+        help="where to look for GeoLite2-*.mmdb (default: /var/lib/GeoIP, "
+        "/usr/share/GeoIP, /usr/local/share/GeoIP); repeatable",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="state directory (default: $STATE_DIRECTORY or ./.geodns-state)",
+    )
+    p.add_argument(
+        "--store",
+        help="health store URL (default: sqlite in the state directory; "
+        "env GEODNS_STORE); 'none' to ignore health",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    store = None if args.store is None else ("" if args.store == "none" else args.store)
+    return ServerSettings(
+        config_dir=args.config,
+        listen=getattr(args, "listen", None) or [("127.0.0.1", 5353)],
+        geoip_asn=args.geoip_asn,
+        geoip_city=args.geoip_city,
+        geoip_dirs=tuple(args.geoip_dir) if args.geoip_dir else None,
+        state_dir=args.state_dir,
+        store_url=store,
+        health_interval=getattr(args, "health_interval", 5.0),
+        quorum=getattr(args, "quorum", 1),
+        region_timeout=getattr(args, "region_timeout", 900.0),
+        geoip_interval=getattr(args, "geoip_interval", 60.0),
+        metrics=getattr(args, "metrics", None),
+        query_log=getattr(args, "query_log", False),
+        ecs_trust=tuple(getattr(args, "ecs_trust", ())),
+        tcp_idle_timeout=getattr(args, "tcp_idle_timeout", 10.0),
+        tcp_max_connections=getattr(args, "tcp_max_connections", 1000),
+        service_addresses=tuple(getattr(args, "service_address", ())),
+        service_dev=getattr(args, "service_dev", "lo"),
+        service_drain=getattr(args, "service_drain", 1.0),
+    )

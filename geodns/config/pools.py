@@ -1,0 +1,282 @@
+"""A pool file (`pool:`) → `geodns.model.Pool`: its mirrors and their checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from geodns.config.fields import Section, kind_of, parse_ip
+from geodns.model import (
+    AptCheck,
+    Checks,
+    FreshnessCheck,
+    Mirror,
+    ObjectsCheck,
+    Pool,
+    TLSCheck,
+    Where,
+)
+
+CONTINENTS = ("AF", "AN", "AS", "EU", "NA", "OC", "SA")
+
+
+def _texts(s: Section, key: str, *, required: bool = False) -> list[str]:
+    """A list of plain words: each item a non-empty string (or a number)."""
+    out = []
+    for v, line in s.list_(key, required=required):
+        if isinstance(v, bool) or not isinstance(v, str | int) or not str(v).strip():
+            s.error(key, f"expected a word or path, got {kind_of(v)}", line)
+        else:
+            out.append(str(v).strip())
+    return out
+
+
+def _http_url(text: str) -> bool:
+    try:
+        u = urlsplit(text)
+        return u.scheme in ("http", "https") and bool(u.hostname) and u.port != 0
+    except ValueError:
+        return False
+
+
+def build_pool(s: Section, file: str, root: Path) -> Pool | None:
+    s.keys(
+        ("pool", "fallback", "on_empty", "tie_km", "checks", "mirrors"),
+        required=("pool", "mirrors"),
+    )
+    name = s.str_("pool", required=True)
+    if name is None:
+        return None
+    if not _ident_ok(name):
+        s.error("pool", f"'{name}' is not a valid pool name (letters, digits, '.', '_', '-')")
+    s.ctx = f"pool '{name}'"
+    on_empty = s.choice("on_empty", ("failopen", "servfail"), "failopen")
+    checks = _checks(s.sub("checks", f"pool '{name}' checks"), root)
+    mirrors: list[Mirror] = []
+    items = s.data.get("mirrors")
+    if "mirrors" in s.data and not isinstance(items, list):
+        s.error("mirrors", "expected a list of mirrors")
+        items = []
+    seen_addr: dict[str, str] = {}
+    for item, line in zip(items or [], getattr(items, "lines", []), strict=False):
+        m = _mirror(Section(s.p, file, item, f"pool '{name}' mirror", line), file)
+        if m is None:
+            continue
+        if any(o.name == m.name for o in mirrors):
+            s.p.add(file, line, f"pool '{name}'", f"mirror: duplicate mirror name '{m.name}'")
+            continue
+        for a in m.addresses():
+            if str(a) in seen_addr:
+                s.p.add(
+                    file,
+                    line,
+                    f"pool '{name}' mirror '{m.name}'",
+                    f"ipv{a.version}: address {a} is already used by mirror '{seen_addr[str(a)]}'",
+                )
+            seen_addr[str(a)] = m.name
+        mirrors.append(m)
+    if "mirrors" in s.data and isinstance(items, list) and not items:
+        s.error("mirrors", "a pool needs at least one mirror")
+    fallback: list[str] = []
+    for v, line in s.list_("fallback"):
+        if not any(m.name == str(v) for m in mirrors):
+            s.error("fallback", f"no mirror named '{v}' in this pool", line)
+        else:
+            fallback.append(str(v))
+    return Pool(
+        name=name,
+        mirrors=tuple(mirrors),
+        fallback=tuple(fallback),
+        on_empty=on_empty,  # type: ignore[arg-type]
+        tie_km=s.float_("tie_km", 100.0, lo=0.0, hi=20_000.0) or 0.0,
+        checks=checks,
+        where=Where(file, s.line),
+    )
+
+
+def _ident_ok(v: str) -> bool:
+    return bool(v) and all(c.isalnum() or c in "._-" for c in v) and v.isascii()
+
+
+def _mirror(s: Section, file: str) -> Mirror | None:
+    if not s.ok:
+        return None
+    s.keys(
+        (
+            "name",
+            "url",
+            "ipv4",
+            "ipv6",
+            "weight",
+            "enabled",
+            "asn",
+            "country",
+            "continent",
+            "location",
+        ),
+        required=("name", "url"),
+    )
+    name = s.str_("name", required=True)
+    nameless = name is None  # still check the rest: report everything at once
+    name = name or "?"
+    s.ctx = f"{s.ctx} '{name}'"
+    if not nameless and not _ident_ok(name):
+        s.error("name", f"'{name}' is not a valid mirror name (letters, digits, '.', '_', '-')")
+    url = s.str_("url", required=True) or ""
+    if url:
+        try:
+            parts = urlsplit(url)
+            port_ok = parts.port is None or 0 < parts.port < 65536
+        except ValueError:  # "https://[::1/": a broken IPv6 literal
+            parts, port_ok = urlsplit(""), False
+        if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+            s.error("url", f"'{url}' is not an http:// or https:// URL with a host name")
+    ips: dict[int, list[Any]] = {4: [], 6: []}
+    before = len(s.p.items)
+    for fam in (4, 6):
+        key = f"ipv{fam}"
+        for v, line in s.list_(key):
+            ip = parse_ip(v, fam)
+            if ip is None:
+                s.error(key, f"'{v}' is not an IPv{fam} address", line)
+            elif ip in ips[fam]:
+                s.error(key, f"duplicate address {ip}", line)
+            else:
+                ips[fam].append(ip)
+    if not ips[4] and not ips[6] and len(s.p.items) == before:  # bad ones were reported above
+        s.error(None, "a mirror needs at least one address in 'ipv4' or 'ipv6'")
+    country = s.str_("country")
+    if country is not None:
+        if len(country) != 2 or not country.isalpha() or not country.isascii():
+            s.error("country", f"'{country}' is not a two-letter ISO 3166 country code")
+            country = None
+        else:
+            country = country.upper()
+    continent = s.str_("continent")
+    if continent is not None:
+        continent = continent.upper()
+        if continent not in CONTINENTS:
+            s.error("continent", f"'{continent}' is not one of {', '.join(CONTINENTS)}")
+            continent = None
+    location = None
+    if "location" in s.data and s.data["location"] is not None:
+        loc = s.data["location"]
+        ok = (
+            isinstance(loc, list)
+            and len(loc) == 2
+            and all(isinstance(x, int | float) and not isinstance(x, bool) for x in loc)
+            and -90 <= loc[0] <= 90
+            and -180 <= loc[1] <= 180
+        )
+        if ok:
+            location = (float(loc[0]), float(loc[1]))
+        else:
+            s.error("location", f"expected [latitude, longitude] in degrees, got {loc!r}")
+    mirror = Mirror(
+        name=name,
+        url=url,
+        ipv4=tuple(ips[4]),
+        ipv6=tuple(ips[6]),
+        weight=s.int_("weight", 100, hi=1_000_000) if "weight" in s.data else 100,  # type: ignore[arg-type]
+        enabled=s.bool_("enabled", True),
+        asn=s.int_("asn", None, lo=1, hi=2**32 - 1),
+        country=country,
+        continent=continent,
+        location=location,
+        where=Where(file, s.line),
+    )
+    return None if nameless else mirror
+
+
+def _checks(s: Section | None, root: Path) -> Checks:
+    if s is None or not s.ok:
+        return Checks()
+    s.keys(("tls", "freshness", "objects", "apt", "fall", "rise", "timeout"))
+    tls = fresh = objects = apt = None
+    if (t := s.sub("tls", s.ctx + " tls")) is not None and t.ok:
+        t.keys(("sni", "warn_days", "ca_bundle", "interval"))
+        ca = t.str_("ca_bundle")
+        tls = TLSCheck(
+            sni=t.str_("sni"),
+            warn_days=t.int_("warn_days", 14, hi=3650) or 0,
+            ca_bundle=_path(ca, root) if ca else None,
+            interval=t.duration("interval", 300.0) or 300.0,
+        )
+    if (f := s.sub("freshness", s.ctx + " freshness")) is not None and f.ok:
+        f.keys(("path", "max_lag", "format", "origin", "interval"), required=("path", "max_lag"))
+        path = f.str_("path", required=True)
+        lag = f.duration("max_lag", required=True)
+        origin = f.str_("origin")
+        if origin and not _http_url(origin):
+            f.error("origin", f"'{origin}' is not an http:// or https:// URL")
+        if path and not path.startswith("/"):
+            f.error("path", f"'{path}' must start with '/'")
+        fmt = f.choice("format", ("auto", "epoch", "rfc3339", "debian-trace"), "auto")
+        interval = f.duration("interval", 300.0) or 300.0  # checked even if path/max_lag fail
+        if path and lag:
+            fresh = FreshnessCheck(
+                path=path,
+                max_lag=lag,
+                origin=origin,
+                format=fmt,  # type: ignore[arg-type]
+                interval=interval,
+            )
+    if (o := s.sub("objects", s.ctx + " objects")) is not None and o.ok:
+        o.keys(
+            (
+                "manifest",
+                "sample",
+                "critical",
+                "concurrency",
+                "max_missing",
+                "verify_sha256",
+                "interval",
+            ),
+            required=("manifest",),
+        )
+        manifest = o.str_("manifest", required=True)
+        # every field checked, with or without a usable manifest
+        sample = o.int_("sample", 200, lo=1, hi=10_000_000) or 200
+        critical = tuple(p.lstrip("/") for p in _texts(o, "critical"))
+        concurrency = o.int_("concurrency", 8, lo=1, hi=256) or 8
+        max_missing = o.int_("max_missing", 0) or 0
+        verify = o.int_("verify_sha256", 0, hi=10_000) or 0
+        interval = o.duration("interval", 900.0) or 900.0
+        if manifest:
+            mpath = _path(manifest, root)
+            if not mpath.is_file():
+                o.error(
+                    "manifest", f"no such file: {mpath} (build it with `checker manifest build`)"
+                )
+            objects = ObjectsCheck(
+                manifest=mpath,
+                sample=sample,
+                critical=critical,
+                concurrency=concurrency,
+                max_missing=max_missing,
+                verify_sha256=verify,
+                interval=interval,
+            )
+    if (a := s.sub("apt", s.ctx + " apt")) is not None and a.ok:
+        a.keys(("suites", "interval"), required=("suites",))
+        suites = tuple(_texts(a, "suites", required=True))
+        if a.data.get("suites") == []:
+            a.error("suites", "name at least one suite (like bookworm)")
+        if suites:
+            apt = AptCheck(suites=suites, interval=a.duration("interval", 300.0) or 300.0)
+    return Checks(
+        tls=tls,
+        freshness=fresh,
+        objects=objects,
+        apt=apt,
+        fall=s.int_("fall", 3, lo=1, hi=100) or 3,
+        rise=s.int_("rise", 2, lo=1, hi=100) or 2,
+        timeout=s.duration("timeout", 10.0) or 10.0,
+    )
+
+
+def _path(v: str, root: Path) -> Path:
+    p = Path(v)
+    base = root if root.is_dir() else root.parent
+    return p if p.is_absolute() else (base / p).resolve()

@@ -1,0 +1,1 @@
+"""Wire format, zone tables and the per-query answer path (bytes in, bytes out)."""

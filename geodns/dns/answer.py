@@ -1,0 +1,614 @@
+"""Queries in, response bytes out — from caches of prebuilt wire answers.
+
+One `Responder` serves one generation of (config, health, GeoIP). Answers are
+encoded once per (qname, qtype) — and for steered names once per client GeoIP
+profile, as a short cycle of variants that spreads load by weight — and then
+only the ID, RD/CD bits, the question as sent (QNAME case) and the OPT/ECS
+echo are spliced in per query. Everything unusual (other opcodes, malformed
+packets, EDNS oddities) takes `_slow()`, which parses completely and answers
+exactly. A new generation gets a new Responder, warmed from the running one
+(`warm_from`) while that one keeps answering, then swapped in.
+
+Why this module is over 500 lines: it is the hot path. `Responder._fast` and
+the small encoded-answer classes it walks (`_Body`, `_Geo`, `_Cycle`) are kept
+in one module so that the per-query code reads top to bottom and its helpers
+are module globals, not attribute lookups across imports.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import socket
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from geodns.dns import wire
+from geodns.dns.gencache import TwoGen
+from geodns.dns.stats import Stats
+from geodns.dns.zone import RR, Resolution, Tables
+from geodns.steering.geo import GeoDB, GeoInfo
+from geodns.steering.steer import Steering, SteerResult, tier_name
+
+log = logging.getLogger("geodns.query")
+
+CACHE_MAX = 100_000  # entries per cache generation (geodns.dns.gencache: at most twice this)
+UNKNOWN_CLIENT = GeoInfo(None, None, None, None, 0)
+
+# What a steered answer depends on: (asn, country, continent, location). The
+# network prefix is left out, so every network of one place shares one answer.
+Profile = tuple[Any, ...]
+
+
+def profile(info: GeoInfo) -> Profile:
+    return (info.asn, info.country, info.continent, info.location)
+
+
+_UNKNOWN = (UNKNOWN_CLIENT, profile(UNKNOWN_CLIENT))
+
+_OPT_PLAIN = wire.opt_record(False)
+_OPT_DO = wire.opt_record(True)
+
+
+@dataclass(slots=True)
+class _Body:
+    """Encoded sections of one answer, ready to follow the question."""
+
+    flags: int  # QR|AA|rcode (RD/CD are copied per query)
+    counts: bytes  # ANCOUNT, NSCOUNT, ARCOUNT without OPT
+    counts_opt: bytes  # the same with ARCOUNT + 1
+    body: bytes
+    rcode: int
+    # flags+counts after the ID, indexed by the query's RD | CD<<1 bits
+    heads: tuple[bytes, ...] = ()
+    heads_opt: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        flag_words = [
+            struct.pack("!HH", self.flags | (i & 1) << 8 | (i & 2) << 3, 1) for i in range(4)
+        ]
+        self.heads = tuple(f + self.counts for f in flag_words)
+        self.heads_opt = tuple(f + self.counts_opt for f in flag_words)
+
+
+class _Geo:
+    """A steered entry: per client profile, a cycle of encoded variants."""
+
+    __slots__ = ("qname", "res", "profiles")
+
+    def __init__(self, qname: bytes, res: Resolution) -> None:
+        self.qname = qname
+        self.res = res
+        self.profiles: dict[tuple[Any, ...], _Cycle] = {}
+
+
+class _Cycle:
+    """The rotation of answers for one client profile. Variants are encoded on
+    first use: a cycle can hold up to 256 of them and a cold client needs one."""
+
+    __slots__ = ("bodies", "i", "tier_key", "make")
+
+    def __init__(
+        self,
+        bodies: list[_Body | None],
+        pool: str,
+        tier: str,
+        make: Callable[[int], _Body] | None = None,
+    ) -> None:
+        self.bodies = bodies
+        # Start anywhere: most profiles see a few queries per generation, and
+        # all starting at variant 0 would hand the first mirror nearly all of
+        # them; a random start keeps the weights over many small rotations.
+        self.i = random.randrange(len(bodies)) if len(bodies) > 1 else 0
+        self.tier_key = (pool, tier)  # for the steered-answers counter
+        self.make = make
+
+    def prime(self, at: int) -> None:
+        """Continue at position `at` (of the generation before), encoded now."""
+        i = self.i = at % len(self.bodies)
+        if self.bodies[i] is None:
+            self.bodies[i] = self.make(i)  # type: ignore[misc]
+
+    def next(self) -> _Body:
+        i = self.i
+        self.i = i + 1 if i + 1 < len(self.bodies) else 0
+        body = self.bodies[i]
+        if body is None:
+            body = self.bodies[i] = self.make(i)  # type: ignore[misc]
+        return body
+
+
+class Responder:
+    def __init__(
+        self,
+        tables: Tables,
+        steering: Steering,
+        geodb: GeoDB | None,
+        stats: Stats,
+        *,
+        ecs_trusted: Callable[[str], bool] | None = None,
+        query_log: bool = False,
+    ) -> None:
+        self.tables = tables
+        self.steering = steering
+        self.geodb = geodb
+        self.stats = stats
+        self.ecs_trusted = ecs_trusted
+        self.query_log = query_log
+        self.cache: TwoGen[tuple[bytes, int], _Body | _Geo] = TwoGen(CACHE_MAX)
+        self.src_geo: TwoGen[str, tuple[GeoInfo, Profile]] = TwoGen(CACHE_MAX)
+        self.steer_cache: dict[tuple[Any, ...], SteerResult] = {}
+        self.ecs_clients: TwoGen[bytes, tuple[Any, ...]] = TwoGen(CACHE_MAX)
+        self.geo_generation = geodb.generation if geodb is not None else 0
+
+    # ------------------------------------------------------------------ fast path
+
+    def handle(self, data: bytes, src: str, tcp: bool = False) -> bytes | None:
+        """Answer one query; None means drop. Never raises for any input."""
+        try:
+            return self._fast(data, src, tcp)
+        except Exception:  # noqa: BLE001 — a garbage packet must never stop the server
+            log.exception("internal error answering a query from %s", src)
+            self.stats.dropped += 1
+            return None
+
+    def _fast(self, data: bytes, src: str, tcp: bool) -> bytes | None:
+        n = len(data)
+        # plain QUERY, QR=0, one question, no answer/authority records
+        if n < 17 or data[2] & 0xF8 or data[4:10] != b"\x00\x01\x00\x00\x00\x00":
+            return self._slow(data, src, tcp)
+        off = 12
+        ln = data[12]
+        while ln:
+            if ln > 63:
+                return self._slow(data, src, tcp)
+            off += ln + 1
+            if off >= n:
+                return self._slow(data, src, tcp)
+            ln = data[off]
+        qend = off + 5
+        if (
+            qend > n
+            or off > 266
+            or data[off + 3 : qend] != b"\x00\x01"
+            or data[off + 2] == 41
+            and data[off + 1] == 0
+        ):
+            return self._slow(data, src, tcp)
+        qtype = (data[off + 1] << 8) | data[off + 2]
+        ar = data[11] | (data[10] << 8)
+        ecs_opt = None
+        if ar == 0:
+            if qend != n:
+                return self._slow(data, src, tcp)
+            edns = False
+            limit = 65535 if tcp else 512
+        elif ar == 1:
+            # OPT: root owner, type 41, version 0, options to the end of the packet
+            if (
+                n < qend + 11
+                or data[qend : qend + 3] != b"\x00\x00\x29"
+                or data[qend + 6] != 0
+                or qend + 11 + ((data[qend + 9] << 8) | data[qend + 10]) != n
+            ):
+                return self._slow(data, src, tcp)
+            edns = True
+            payload = (data[qend + 3] << 8) | data[qend + 4]
+            limit = (
+                65535
+                if tcp
+                else (
+                    wire.EDNS_PAYLOAD
+                    if payload > wire.EDNS_PAYLOAD
+                    else 512
+                    if payload < 512
+                    else payload
+                )
+            )
+            o = qend + 11
+            while o < n:
+                if o + 4 > n:
+                    return self._slow(data, src, tcp)
+                olen = (data[o + 2] << 8) | data[o + 3]
+                if data[o] == 0 and data[o + 1] == 8:
+                    if ecs_opt is not None or not _ecs_ok(data, o + 4, olen):
+                        return self._slow(data, src, tcp)
+                    ecs_opt = data[o : o + 4 + olen]
+                o += 4 + olen
+            if o != n:
+                return self._slow(data, src, tcp)
+        else:
+            return self._slow(data, src, tcp)
+        question = data[12:qend]
+        key = (question[:-4].lower(), qtype)
+        entry: Any = self.cache.new.get(key)  # _Body or _Geo; tested by class below
+        if entry is None:
+            entry = self._entry(key[0], qtype)
+        stats = self.stats
+        geo = entry.__class__ is not _Body
+        if ecs_opt is not None:
+            stats.ecs += 1
+            ec = self.ecs_clients.new.get(ecs_opt)
+            if ec is None or self.ecs_trusted is not None:
+                # (the cache holds options as trusted resolvers send them)
+                ec = self._ecs_client(ecs_opt, src)
+            # ec: (info, profile, OPT scope 0, same with DO, OPT true scope, same with DO, scope)
+            body = self._geo_body(entry, ec[0], ec[1]) if geo else entry
+            opt = ec[(4 if geo else 2) + (data[qend + 7] >> 7)]
+            resp = b"".join(
+                (
+                    data[:2],
+                    body.heads_opt[(data[2] & 1) | ((data[3] >> 3) & 2)],
+                    question,
+                    body.body,
+                    opt,
+                )
+            )
+        else:
+            body = self._geo_body(entry, *self._src_client(src)) if geo else entry
+            if edns:
+                resp = b"".join(
+                    (
+                        data[:2],
+                        body.heads_opt[(data[2] & 1) | ((data[3] >> 3) & 2)],
+                        question,
+                        body.body,
+                        _OPT_DO if data[qend + 7] & 0x80 else _OPT_PLAIN,
+                    )
+                )
+            else:
+                resp = b"".join(
+                    (
+                        data[:2],
+                        body.heads[(data[2] & 1) | ((data[3] >> 3) & 2)],
+                        question,
+                        body.body,
+                    )
+                )
+        if len(resp) > limit:
+            # The answer is chosen (and counted); only its size needs the full path.
+            return self._oversize(data, src, tcp, body, geo)
+        qd = stats.qtypes[tcp][":" in src]
+        qd[qtype] = qd.get(qtype, 0) + 1
+        rc = stats.rcodes
+        rc[body.rcode] = rc.get(body.rcode, 0) + 1
+        if self.query_log:
+            log.info(
+                "%s %s %s %s",
+                src,
+                wire.TYPE_NAMES.get(qtype, qtype),
+                question[:-4].decode("ascii", "replace"),
+                wire.RCODE_NAMES.get(body.rcode),
+            )
+        return resp
+
+    def _ecs_client(self, ecs_opt: bytes, src: str) -> tuple[Any, ...]:
+        """Everything a query with this exact ECS option needs, computed once:
+        the client's GeoIP profile and the OPT records to send back (scope 0
+        for answers that do not depend on the client, the true scope for
+        steered ones; without and with the DO bit)."""
+        trusted = self.ecs_trusted is None or self.ecs_trusted(src)
+        if trusted:
+            ec = self.ecs_clients.get(ecs_opt)
+            if ec is not None:
+                return ec
+        geodb = self.geodb
+        by_source = geodb is not None and (not ecs_opt[6] or not trusted)
+        if geodb is None or by_source:
+            # No GeoIP, SOURCE PREFIX-LENGTH 0 (RFC 7871 §7.1.2), or a resolver we
+            # do not take ECS from: steer by the packet source, claim scope 0.
+            (info, prof), scope = self._src_client(src), 0
+        else:
+            fam = ecs_opt[5]
+            addr = ecs_opt[8:]
+            info = geodb.lookup(addr + b"\x00" * ((4 if fam == 1 else 16) - len(addr)))
+            prof, scope = profile(info), info.prefix
+        echo0 = ecs_opt[:7] + b"\x00" + ecs_opt[8:]
+        echo = ecs_opt[:7] + bytes((scope,)) + ecs_opt[8:]
+        ec = (
+            info,
+            prof,
+            wire.opt_record(False, echo0),
+            wire.opt_record(True, echo0),
+            wire.opt_record(False, echo),
+            wire.opt_record(True, echo),
+            scope,
+        )
+        if by_source:
+            return ec  # depends on the packet source too: never cache it by option alone
+        self.ecs_clients.put(ecs_opt, ec)
+        return ec
+
+    def _src_client(self, src: str) -> tuple[GeoInfo, Profile]:
+        """GeoIP of the packet source (when there is no usable ECS)."""
+        geodb = self.geodb
+        if geodb is None:
+            return _UNKNOWN
+        found = self.src_geo.get(src)
+        if found is None:
+            info = geodb.lookup(_packed(src))
+            found = (info, profile(info))
+            self.src_geo.put(src, found)
+        return found
+
+    def _geo_body(self, entry: _Geo, client: GeoInfo, prof: Profile) -> _Body:
+        cyc = entry.profiles.get(prof)
+        if cyc is None:
+            cyc = self._cycle(entry.qname, entry.res, client)
+            if len(entry.profiles) > CACHE_MAX // 8:
+                entry.profiles.clear()
+            entry.profiles[prof] = cyc
+        tiers = self.stats.tiers
+        t = cyc.tier_key
+        tiers[t] = tiers.get(t, 0) + 1
+        return cyc.next()
+
+    # ------------------------------------------------------------------ building
+
+    def _entry(self, qname: bytes, qtype: int) -> _Body | _Geo:
+        found = self.cache.promote((qname, qtype))
+        if found is not None:
+            return found
+        res = self.resolve(qname, qtype)
+        entry: _Body | _Geo
+        if res.steer is not None:
+            entry = _Geo(qname, res)
+        else:
+            entry = _encode(qname, res, res.answer, res.authority, res.additional)
+        self.cache.put((qname, qtype), entry)
+        return entry
+
+    def resolve(self, qname: bytes, qtype: int) -> Resolution:
+        if qtype in (wire.AXFR, wire.IXFR):
+            return Resolution(wire.REFUSED, False, [], [], [])  # no zone transfers
+        if qtype in (wire.MAILA, wire.MAILB):
+            return Resolution(wire.NOTIMP, False, [], [], [])
+        res = self.tables.lookup(qname, qtype)
+        if res is None:
+            return Resolution(wire.REFUSED, False, [], [], [])
+        return res
+
+    def steer(self, res: Resolution, client: GeoInfo) -> SteerResult:
+        """Ranking for (steered name, family, client profile), shared by every
+        query name that leads to it (dl, www → dl, downloads → www → dl)."""
+        st = res.steer
+        assert st is not None
+        key = (st, res.steer_family, *profile(client))
+        sr = self.steer_cache.get(key)
+        if sr is None:
+            if len(self.steer_cache) > CACHE_MAX // 8:
+                self.steer_cache.clear()
+            sr = self.steer_cache[key] = self.steering.steer(st, res.steer_family, client)
+        return sr
+
+    def warm_from(self, old: Responder, limit: int = 50_000) -> Iterator[int]:
+        """Build this generation's answers for the old one's busiest keys before
+        it goes live, so a swap does not turn every query into a cache miss.
+        A generator: the server runs it in slices between queries."""
+        # Rankings stay valid when their pool, its down addresses and the GeoIP
+        # data are unchanged — true for every pool on a zone-only edit.
+        if old.geo_generation == self.geo_generation:
+            same = self.steering.unchanged_pools(old.steering)
+            for key, sr in list(old.steer_cache.items())[-limit:]:
+                if key[0].pool in same:
+                    self.steer_cache[key] = sr
+        done = 0
+        for key, entry in old.cache.items()[-limit:]:
+            if key in self.cache:
+                continue
+            new = self._entry(*key)
+            done += 1
+            yield done
+            if isinstance(entry, _Geo) and isinstance(new, _Geo):
+                for prof in list(entry.profiles)[-limit:]:
+                    client = GeoInfo(prof[0], prof[1], prof[2], prof[3], 0)
+                    cyc = new.profiles[prof] = self._cycle(new.qname, new.res, client)
+                    # carry on where the old rotation was (a swap must not
+                    # restart every rotation), encoding that variant now
+                    cyc.prime(entry.profiles[prof].i)
+                    done += 1
+                    yield done
+        if old.geo_generation == self.geo_generation:
+            for src, found in old.src_geo.items()[-limit:]:
+                self.src_geo.put(src, found)
+        yield done
+
+    def _cycle(self, qname: bytes, res: Resolution, client: GeoInfo) -> _Cycle:
+        sr = self.steer(res, client)
+        st = res.steer
+        assert st is not None
+        if sr.rcode != wire.NOERROR:
+            body = _encode(b"", Resolution(sr.rcode, False, [], [], []), [], [], [])
+            return _Cycle([body], st.pool, sr.case)
+        if not sr.variants:  # NODATA: the pool has no address of this family
+            assert res.steer_negative is not None
+            body = _encode(qname, res, res.answer, [res.steer_negative], [])
+            return _Cycle([body], st.pool, sr.case)
+        rtype = wire.AAAA if res.steer_family == 6 else wire.A
+        variants = sr.variants
+
+        def make(i: int) -> _Body:
+            rrs = [
+                (res.steer_owner, wire.rr_tail(rtype, st.ttl, r.candidate.address.packed))
+                for r in variants[i]
+            ]
+            return _encode(qname, res, res.answer + rrs, res.authority, res.additional)
+
+        tier = tier_name(variants[0][0]) if sr.case == "nearest" else sr.case
+        return _Cycle([None] * len(variants), st.pool, tier, make)
+
+    # ------------------------------------------------------------------ slow path
+
+    def _slow(self, data: bytes, src: str, tcp: bool) -> bytes | None:
+        stats = self.stats
+        try:
+            q = wire.parse_query(data)
+        except wire.BadVersion as e:
+            # RFC 6891 §6.1.3: BADVERS, with our version (0) in the OPT
+            return self._error(data, wire.BADVERS, tcp, edns_do=e.edns.do)
+        except wire.WireError as e:
+            if e.rcode < 0:
+                stats.dropped += 1
+                return None
+            return self._error(data, e.rcode, tcp, edns_do=e.opt_do)
+        qd = stats.qtypes[tcp][":" in src]
+        qd[q.qtype] = qd.get(q.qtype, 0) + 1
+        if q.qclass != wire.CLASS_IN:
+            return self._finish(q, _plain(wire.REFUSED), 0, tcp)
+        key = (q.qname_lower, q.qtype)
+        entry = self.cache.new.get(key) or self._entry(q.qname_lower, q.qtype)
+        if isinstance(entry, _Geo):
+            ecs = q.edns.ecs if q.edns else None
+            if ecs is not None:
+                stats.ecs += 1
+                ec = self._ecs_client(ecs.echo(0), src)
+                info, prof, scope = ec[0], ec[1], ec[6]
+            else:
+                (info, prof), scope = self._src_client(src), 0
+            return self._finish(q, self._geo_body(entry, info, prof), scope, tcp)
+        if q.edns is not None and q.edns.ecs is not None:
+            stats.ecs += 1
+        return self._finish(q, entry, 0, tcp)
+
+    def _oversize(self, data: bytes, src: str, tcp: bool, body: _Body, geo: bool) -> bytes | None:
+        """A fast-path answer too big for this UDP query: the same answer, fitted
+        (glue dropped, or TC=1) — without choosing or counting it again."""
+        try:
+            q = wire.parse_query(data)
+        except wire.WireError:  # cannot happen after the fast checks; be exact anyway
+            return self._slow(data, src, tcp)
+        qd = self.stats.qtypes[tcp][":" in src]
+        qd[q.qtype] = qd.get(q.qtype, 0) + 1
+        ecs = q.edns.ecs if q.edns else None
+        scope = self._ecs_client(ecs.echo(0), src)[6] if geo and ecs is not None else 0
+        return self._finish(q, body, scope, tcp)
+
+    def _finish(self, q: wire.Query, body: _Body, scope: int, tcp: bool) -> bytes:
+        edns = q.edns
+        limit = 65535 if tcp else (min(edns.payload, wire.EDNS_PAYLOAD) if edns else 512)
+        opt = b""
+        if edns is not None:
+            opts = edns.ecs.echo(scope) if edns.ecs is not None else b""
+            opt = wire.opt_record(edns.do, opts)
+        flags = body.flags | (q.flags & 0x0110)  # copy RD and CD
+        counts = body.counts_opt if opt else body.counts
+        resp = struct.pack("!HH", q.id, flags) + b"\x00\x01" + counts + q.question + body.body + opt
+        if len(resp) > limit:
+            resp = self._fit(q, body, flags, opt, limit)
+        self.stats.rcodes[body.rcode] = self.stats.rcodes.get(body.rcode, 0) + 1
+        if self.query_log:
+            log.info(
+                "%s %s %s",
+                wire.TYPE_NAMES.get(q.qtype, q.qtype),
+                q.qname.decode("ascii", "replace"),
+                wire.RCODE_NAMES.get(body.rcode),
+            )
+        return resp
+
+    def _fit(self, q: wire.Query, body: _Body, flags: int, opt: bytes, limit: int) -> bytes:
+        """Too big for UDP: drop the additional section if that is enough
+        (extra records for an answer are optional), else TC=1 (RFC 2181 §9).
+        A referral's additional section is its glue, which RFC 9471 requires:
+        a referral whose glue does not fit is always TC=1."""
+        an, ns, _ar = struct.unpack("!HHH", body.counts)
+        referral = an == 0 and ns > 0 and not body.flags & 0x0400 and body.rcode == 0
+        # Re-walk the encoded body: skip AN+NS records, cut at the additional section.
+        off = 0
+        b = body.body
+        try:
+            for _ in range(an + ns):
+                off = wire.skip_rr(b, off)
+        except wire.WireError:
+            off = len(b) + 1
+        head = struct.pack("!HH", q.id, flags) + b"\x00\x01"
+        arc = 1 if opt else 0
+        short = head + struct.pack("!HHH", an, ns, arc) + q.question + b[:off] + opt
+        if off <= len(b) and len(short) <= limit and not referral:
+            return short
+        self.stats.truncated += 1
+        return (
+            struct.pack("!HH", q.id, flags | 0x0200)
+            + b"\x00\x01"
+            + struct.pack("!HHH", 0, 0, arc)
+            + q.question
+            + opt
+        )
+
+    def _error(
+        self, data: bytes, rcode: int, tcp: bool, edns_do: bool | None = None
+    ) -> bytes | None:
+        """FORMERR/NOTIMP/BADVERS: echo ID, opcode, RD; the question only if it parses."""
+        self.stats.rcodes[rcode] = self.stats.rcodes.get(rcode, 0) + 1
+        if len(data) < 12:
+            return None
+        qid, flags = struct.unpack_from("!HH", data, 0)
+        out_flags = 0x8000 | (flags & 0x7900) | (rcode & 0xF)  # QR, opcode, RD
+        question = b""
+        try:
+            if struct.unpack_from("!H", data, 4)[0] == 1:
+                _, off = wire.read_name(data, 12)
+                if off + 4 <= len(data):
+                    question = data[12 : off + 4]
+        except wire.WireError:
+            question = b""
+        opt = b""
+        if edns_do is not None:
+            opt = wire.opt_record(edns_do, ext_rcode=rcode >> 4)
+        return (
+            struct.pack("!HHHHHH", qid, out_flags, 1 if question else 0, 0, 0, 1 if opt else 0)
+            + question
+            + opt
+        )
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _plain(rcode: int) -> _Body:
+    return _Body(0x8000 | rcode, b"\x00\x00" * 3, b"\x00\x00\x00\x00\x00\x01", b"", rcode)
+
+
+def _encode(
+    qname: bytes, res: Resolution, answer: list[RR], authority: list[RR], additional: list[RR]
+) -> _Body:
+    """Encode sections to follow a question for `qname` (offsets assume the
+    question starts at 12; owner names compress against it and each other)."""
+    comp = wire.NameCompressor()
+    if qname:
+        comp.add(qname, 12)
+    pos = 12 + len(qname) + 4
+    parts = []
+    for owner, tail in (*answer, *authority, *additional):
+        enc = comp.encode(owner, pos)
+        parts.append(enc)
+        parts.append(tail)
+        pos += len(enc) + len(tail)
+    flags = 0x8000 | (0x0400 if res.aa else 0) | res.rcode
+    counts = struct.pack("!HHH", len(answer), len(authority), len(additional))
+    counts_opt = struct.pack("!HHH", len(answer), len(authority), len(additional) + 1)
+    return _Body(flags, counts, counts_opt, b"".join(parts), res.rcode)
+
+
+def _ecs_ok(data: bytes, o: int, olen: int) -> bool:
+    """The common well-formed ECS shape; anything else goes to the full parser."""
+    if olen < 4:
+        return False
+    fam = (data[o] << 8) | data[o + 1]
+    src = data[o + 2]
+    if data[o + 3] != 0 or (fam != 1 and fam != 2) or src > (32 if fam == 1 else 128):
+        return False
+    if olen - 4 != (src + 7) >> 3:
+        return False
+    return not (src & 7 and data[o + olen - 1] & (0xFF >> (src & 7)))
+
+
+def _packed(src: str) -> bytes:
+    try:
+        return socket.inet_pton(
+            socket.AF_INET6 if ":" in src else socket.AF_INET, src.split("%")[0]
+        )
+    except OSError:
+        return ipaddress.ip_address(src).packed

@@ -1,0 +1,1 @@
+"""The running server: lifecycle, reload, health polling, workers, metrics, service addresses."""

@@ -1,0 +1,499 @@
+"""The server's lifecycle: load, bind, serve, reload, poll health, stop.
+
+One `Server` owns everything a running node has. Signal handlers only set
+flags/schedule coroutines. Reloads and health/GeoIP refreshes build a whole
+new generation off the event loop (in a thread) and then swap one reference;
+a config that fails validation is logged and the running one keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import gc
+import ipaddress
+import logging
+import signal
+import socket
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from geodns.config import FileCache, load_config
+from geodns.dns.answer import Responder
+from geodns.dns.protocol import Current, TCPLimits, TCPProtocol, UDPProtocol
+from geodns.dns.stats import PUBLISH_EVERY, PeerStats, Stats, publish_stats
+from geodns.dns.zone import Tables
+from geodns.errors import ConfigError
+from geodns.model import Config
+from geodns.runtime import metrics, sdnotify, service_addr
+from geodns.runtime.forked import run_forked
+from geodns.settings import GEOIP_DIRS, ServerSettings
+from geodns.steering.geo import GeoDB
+from geodns.steering.steer import Key, Steering
+from geodns.store import Store, StoreError
+
+log = logging.getLogger("geodns.server")
+
+WARM_SECONDS = 2.0  # at most this long warming a new generation before it goes live
+WARM_SLICE = 0.001  # warm in slices this long, answering queries in between
+
+
+class HealthState:
+    """The last good health snapshot and whether the store is reachable."""
+
+    def __init__(self) -> None:
+        self.down: frozenset[Key] = frozenset()
+        self.version: int | None = None
+        self.updated = 0.0  # monotonic time of the last successful poll
+        self.ok = False
+        self.errors = 0
+        self.have_snapshot = False
+        self.read_at = 0.0  # monotonic time the down-set was last read
+
+
+class Server:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.s = settings
+        self.stats = Stats()
+        self.health = HealthState()
+        self.config: Config | None = None
+        self.tables: Tables | None = None
+        self.geodb: GeoDB | None = None
+        self.current: Current | None = None
+        self.generation = 0
+        self.last_reload_ok = True
+        self.reload_seconds = 0.0
+        self.transports: list[asyncio.BaseTransport] = []
+        self.servers: list[asyncio.base_events.Server] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.stopping: asyncio.Event | None = None  # created in start(), inside the loop
+        self.store: Store | None = None
+        self._store_error_said = False  # the store's failure is logged once per outage
+        self._reload_lock: asyncio.Lock | None = None
+        self._file_cache: FileCache = {}  # parsed YAML files, reused by reloads
+        self._trusted = self._make_trust()
+        self.tcp_limits = TCPLimits(settings.tcp_idle_timeout, settings.tcp_max_connections)
+        self.metrics_server: Any = None  # aiohttp AppRunner when --metrics is on
+        self.bound: list[tuple[str, int]] = []
+        self.metrics_bound: tuple[str, int] | None = None
+        self.peer_stats = PeerStats()  # --workers: the others' counters (worker 0)
+
+    # ------------------------------------------------------------------ building
+
+    def _make_trust(self) -> Callable[[str], bool] | None:
+        nets = self.s.ecs_trust
+        if not nets:
+            return None
+        cache: dict[str, bool] = {}
+
+        def trusted(src: str) -> bool:
+            v = cache.get(src)
+            if v is None:
+                ip = ipaddress.ip_address(src.split("%")[0])
+                v = any(ip in n for n in nets if n.version == ip.version)
+                if len(cache) > 10000:
+                    cache.clear()
+                cache[src] = v
+            return v
+
+        return trusted
+
+    def load_initial(self) -> None:
+        """Synchronous first load; raises ConfigError so start-up fails loudly."""
+        self.geodb = GeoDB.discover(
+            self.s.geoip_asn, self.s.geoip_city, dirs=self.s.geoip_dirs or GEOIP_DIRS
+        )
+        self._open_store()
+        self._poll_health_sync()
+        config = self._load_config()
+        self._install(config, Tables(config))
+        gc.freeze()
+        log.info(
+            "config generation %d loaded: %d zones, %d pools from %s",
+            self.generation,
+            len(config.zones),
+            len(config.pools),
+            self.s.config_dir,
+        )
+
+    def _load_config(self) -> Config:
+        state = self.s.resolved_state_dir()
+        return load_config(
+            self.s.config_dir, serial_state=state / "serials.json", cache=self._file_cache
+        )
+
+    def _build(self, config: Config, tables: Tables) -> Responder:
+        steering = Steering(config, self.geodb, self.health.down)
+        return Responder(
+            tables,
+            steering,
+            self.geodb,
+            self.stats,
+            ecs_trusted=self._trusted,
+            query_log=self.s.query_log,
+        )
+
+    def _install(self, config: Config, tables: Tables, responder: Responder | None = None) -> None:
+        responder = responder or self._build(config, tables)
+        self.config, self.tables = config, tables
+        self.generation += 1
+        if self.current is None:
+            self.current = Current(responder)
+        else:
+            self.current.responder = responder
+
+    async def swap_in(self, config: Config, tables: Tables, *, reason: str) -> None:
+        """Build the next generation on the loop, warm it from the running one in
+        slices (queries keep being answered between slices), then swap."""
+        t0 = time.perf_counter()
+        # Warming allocates a lot; a full collection over it would pause the loop.
+        gc.disable()
+        try:
+            warmed = await self._warm_and_install(config, tables)
+        finally:
+            # The caches are long-lived and acyclic: keep them out of the cyclic
+            # GC's full passes, which otherwise pause the loop for tens of ms.
+            gc.freeze()
+            gc.enable()
+        log.debug(
+            "%s: generation %d live after %.0f ms (%d answers warmed)",
+            reason,
+            self.generation,
+            (time.perf_counter() - t0) * 1000,
+            warmed,
+        )
+
+    async def _warm_and_install(self, config: Config, tables: Tables) -> int:
+        new = self._build(config, tables)
+        old = self.current.responder if self.current is not None else None
+        warmed = 0
+        if isinstance(old, Responder):
+            deadline = time.monotonic() + WARM_SECONDS
+            slice_end = time.monotonic() + WARM_SLICE
+            for warmed in new.warm_from(old):  # noqa: B007 — logged below
+                now = time.monotonic()
+                if now > slice_end:  # let the loop answer what arrived meanwhile
+                    await asyncio.sleep(0)
+                    slice_end = time.monotonic() + WARM_SLICE
+                    if now > deadline:
+                        break
+        self._install(config, tables, new)
+        return warmed
+
+    # ------------------------------------------------------------------ store
+
+    def _open_store(self) -> None:
+        url = self.s.resolved_store_url()
+        if not url:
+            log.info("no health store configured: every enabled mirror counts as up")
+            return
+        try:
+            self.store = self._make_store(url)
+        except StoreError as e:
+            self.store = None
+            self._store_error_said = True  # polling stays quiet until the store comes back
+            log.warning(
+                "health store not available (%s): every enabled mirror counts as up until it is", e
+            )
+
+    def _make_store(self, url: str) -> Store:
+        timeout = self.s.region_timeout
+        return Store(
+            url,
+            create=False,
+            quorum=self.s.quorum,
+            region_timeout=timedelta(seconds=timeout) if timeout > 0 else None,
+        )
+
+    def _poll_health_sync(self) -> bool:
+        """One poll; returns True when the down-set changed."""
+        url = self.s.resolved_store_url()
+        if not url:
+            return False
+        h = self.health
+        try:
+            if self.store is None:
+                self.store = self._make_store(url)
+            version = self.store.state_version()
+            changed = False
+            now = time.monotonic()
+            # a region falling silent changes the vote without a state change,
+            # so with a timeout the down-set is also re-read now and then
+            refresh = self.s.region_timeout > 0 and now - h.read_at >= min(
+                60.0, self.s.region_timeout / 4
+            )
+            if version != h.version or refresh:
+                down = self.store.down_addresses()
+                changed = down != h.down
+                h.down, h.version, h.read_at = down, version, now
+                h.have_snapshot = True
+            h.updated = now
+            if not h.ok:
+                log.info("health store reachable: %d addresses down", len(h.down))
+            h.ok = True
+            self._store_error_said = False
+            return changed
+        except Exception as e:  # noqa: BLE001 — StoreError or anything else: fail static
+            h.errors += 1
+            if not self._store_error_said:
+                log.error(
+                    "health store unreachable, keeping the last snapshot (%s addresses down): %s",
+                    len(h.down),
+                    e,
+                )
+            h.ok = False
+            self._store_error_said = True
+            return False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        if self.current is None:
+            self.load_initial()
+        current = self.current
+        assert current is not None
+        if self.s.service_addresses:
+            # before binding: the listen addresses may be the service addresses
+            # (in a thread: pyroute2's sync API runs an event loop of its own)
+            await asyncio.to_thread(service_addr.add, self.s.service_addresses, self.s.service_dev)
+        for host, port in self.s.listen:
+            fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+            udp_sock, tcp_sock = _bind_pair(host, port, fam, self.s.reuse_port)
+            port = udp_sock.getsockname()[1]
+            tr, _ = await loop.create_datagram_endpoint(
+                lambda: UDPProtocol(current, self.stats.latency), sock=udp_sock
+            )
+            self.transports.append(tr)
+            srv = await loop.create_server(
+                lambda: TCPProtocol(current, self.tcp_limits), sock=tcp_sock, backlog=1024
+            )
+            self.servers.append(srv)
+            self.bound.append((host, port))
+            log.info("listening on %s port %d (UDP and TCP)", host, port)
+        if self.s.metrics:
+            self.metrics_server = await metrics.start_metrics(self, *self.s.metrics)
+        self.tasks.append(
+            asyncio.create_task(self._every(self.s.health_interval, self.poll_health))
+        )
+        self.tasks.append(
+            asyncio.create_task(self._every(self.s.geoip_interval, self.refresh_geoip))
+        )
+        watchdog = sdnotify.watchdog_interval()
+        if watchdog is not None:
+            self.tasks.append(asyncio.create_task(self._every(watchdog, self.watchdog)))
+        if self.s.stats_dir is not None:  # --workers: counters, and the supervisor's heartbeat
+            self.publish_stats()  # now: "listening" for the supervisor
+            self.tasks.append(asyncio.create_task(self._every(PUBLISH_EVERY, self.publish_stats)))
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+
+    def request_stop(self) -> None:
+        if self.stopping is not None:
+            self.stopping.set()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        self.install_signal_handlers()
+        sdnotify.notify("READY=1", self._status())
+        assert self.stopping is not None
+        await self.stopping.wait()
+        sdnotify.notify("STOPPING=1")
+        await self.stop()
+
+    def _status(self) -> str:
+        down = len(self.health.down)
+        return f"STATUS=serving generation {self.generation}, {down} mirror addresses down"
+
+    def watchdog(self) -> None:
+        """Ping systemd's watchdog from the loop that answers queries: if it
+        stops turning (a wedged process), the pings stop and systemd restarts
+        the service, which withdraws any anycast address first."""
+        if self.current is not None:
+            sdnotify.notify("WATCHDOG=1")
+
+    async def stop(self) -> None:
+        if self.s.service_addresses:
+            # Withdraw first, so the routing daemon moves traffic away, then keep
+            # answering what is still in flight for a moment before closing.
+            try:
+                await asyncio.to_thread(
+                    service_addr.remove, self.s.service_addresses, self.s.service_dev
+                )
+            except Exception:  # noqa: BLE001 — still stop; ExecStopPost=geodns withdraw retries
+                log.exception("could not withdraw the service addresses")
+            if self.transports:
+                await asyncio.sleep(self.s.service_drain)
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        self.tasks.clear()
+        for tr in self.transports:
+            tr.close()
+        for srv in self.servers:
+            srv.close()
+        for srv in self.servers:
+            await srv.wait_closed()
+        self.transports.clear()
+        self.servers.clear()
+        if self.metrics_server is not None:
+            await self.metrics_server.cleanup()
+            self.metrics_server = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        log.info("stopped")
+
+    def publish_stats(self) -> None:
+        assert self.s.stats_dir is not None
+        path = self.s.stats_dir / f"worker-{self.s.worker}.json"
+        publish_stats(path, self.stats, self.tcp_limits.open)
+
+    def tcp_open(self) -> int:
+        return self.tcp_limits.open
+
+    def store_configured(self) -> bool:
+        return bool(self.s.resolved_store_url())
+
+    def peer_stats_paths(self) -> list[Path]:
+        """The other workers' counter snapshots (worker 0 serves metrics)."""
+        d = self.s.stats_dir
+        if d is None:
+            return []
+        return [d / f"worker-{i}.json" for i in range(1, self.s.workers)]
+
+    async def _every(self, interval: float, fn: Callable[[], object]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                res = fn()
+                if asyncio.iscoroutine(res):
+                    await res
+            except Exception:  # noqa: BLE001 — a timer must never die
+                log.exception("periodic task %s failed", getattr(fn, "__name__", fn))
+
+    # ------------------------------------------------------------------ reload & refresh
+
+    async def reload(self) -> bool:
+        """Re-read the YAML; swap only if it validates. Returns success."""
+        assert self._reload_lock is not None
+        async with self._reload_lock:
+            sdnotify.reloading()
+            try:
+                return await self._reload()
+            finally:
+                sdnotify.notify("READY=1", self._status())
+
+    async def _reload(self) -> bool:
+        t0 = time.perf_counter()
+        try:
+            config, tables, self._file_cache = await run_forked(self._load_and_compile)
+        except ConfigError as e:
+            self.last_reload_ok = False
+            log.error(
+                "reload rejected, still serving generation %d:\n%s",
+                self.generation,
+                "\n".join(e.problems),
+            )
+            return False
+        except Exception:  # noqa: BLE001
+            self.last_reload_ok = False
+            log.exception("reload failed, still serving generation %d", self.generation)
+            return False
+        t1 = time.perf_counter()
+        await self.swap_in(config, tables, reason="reload")
+        self.last_reload_ok = True
+        self.reload_seconds = time.perf_counter() - t0
+        log.info(
+            "config generation %d loaded: %d zones, %d pools in %.0f ms "
+            "(read and compile %.0f ms, build and warm %.0f ms)",
+            self.generation,
+            len(config.zones),
+            len(config.pools),
+            self.reload_seconds * 1000,
+            (t1 - t0) * 1000,
+            (time.perf_counter() - t1) * 1000,
+        )
+        return True
+
+    def _load_and_compile(self) -> tuple[Config, Tables, FileCache]:
+        # runs in a forked child (geodns.runtime.forked): pure, no sockets, no loop;
+        # the child's updated file cache goes back with the result
+        config = self._load_config()
+        return config, Tables(config), self._file_cache
+
+    async def rebuild(self, reason: str) -> None:
+        """New health or GeoIP data: same config, new steering, warmed caches."""
+        assert self._reload_lock is not None
+        async with self._reload_lock:
+            if self.config is not None and self.tables is not None:
+                await self.swap_in(self.config, self.tables, reason=reason)
+
+    async def poll_health(self) -> None:
+        # one small query; a thread is fine here (it waits on I/O, not the CPU)
+        changed = await asyncio.to_thread(self._poll_health_sync)
+        if changed:
+            log.info(
+                "health snapshot version %s: %d addresses down",
+                self.health.version,
+                len(self.health.down),
+            )
+            await self.rebuild("health change")
+
+    async def refresh_geoip(self) -> None:
+        if self.geodb is not None and await asyncio.to_thread(self.geodb.refresh):
+            log.info("GeoIP databases changed on disk; answers rebuilt")
+            await self.rebuild("GeoIP change")
+
+
+def _bind_pair(
+    host: str, port: int, fam: int, reuse_port: bool
+) -> tuple[socket.socket, socket.socket]:
+    """UDP and TCP sockets bound to one port. Port 0 asks for any port: the
+    kernel picks it for UDP, and the same number may already be an outgoing
+    TCP connection's, so that case retries with another (bounded)."""
+    for _ in range(1 if port else 20):
+        udp = _socket(fam, socket.SOCK_DGRAM, reuse_port)
+        tcp = _socket(fam, socket.SOCK_STREAM, reuse_port)
+        try:
+            # big buffers absorb bursts while a reload swaps generations
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        except OSError:
+            pass
+        try:
+            udp.bind((host, port))
+            tcp.bind((host, udp.getsockname()[1]))
+        except OSError as e:
+            udp.close()
+            tcp.close()
+            if port or e.errno != errno.EADDRINUSE:
+                raise
+            continue
+        return udp, tcp
+    raise OSError(errno.EADDRINUSE, f"no port free for both UDP and TCP on {host}")
+
+
+def _socket(fam: int, kind: int, reuse_port: bool) -> socket.socket:
+    sock = socket.socket(fam, kind)
+    sock.setblocking(False)
+    if kind == socket.SOCK_STREAM:
+        # as asyncio's create_server does: restart while old connections linger
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if fam == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    return sock

@@ -1,0 +1,1 @@
+"""Where a client is (GeoIP) and which mirrors are nearest to it (ranking)."""

@@ -1,0 +1,439 @@
+"""Ranking: which healthy mirror addresses answer a client, in which order.
+
+Plain data and functions, no I/O. The server builds `Candidate`s per pool and
+family when config or health changes, calls `rank()` per client GeoInfo (cache
+it: GeoInfo is hashable) and `answer_variants()` per ranking, then hands out
+one variant per query, cycling.
+
+Order (docs/architecture.md "Ranking", the Pakfire order): tier same ASN (0) > same
+country (1) > same continent (2) > world (3); a client field that is unknown
+matches nothing. Inside a tier: great-circle distance (unknown after known),
+then weight (higher first), then name and address for determinism.
+
+Equal rank: same tier and distance within `tie_km` of the first member of the
+group (greedy over the sorted list); with no distance (either side's location
+unknown) the tier's unknown-distance mirrors form one group. Among equal-rank
+mirrors the load is shared by weight (`answer_variants`).
+
+Weight 0 means standby: such addresses are ranked after every positive-weight
+address, whatever their tier, so they are answered only to fill slots that
+positive-weight mirrors cannot fill.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+
+from geodns.model import Mirror, Pool
+from geodns.steering.geo import UNKNOWN, GeoDB, GeoInfo, continent_of, distance_km
+
+TIER_NAMES = ("asn", "country", "continent", "world")
+TIER_ASN, TIER_COUNTRY, TIER_CONTINENT, TIER_WORLD = range(4)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    pool: str
+    mirror: str
+    address: IPv4Address | IPv6Address
+    weight: int  # the mirror's, as configured (shown by explain)
+    geo: GeoInfo  # the address's effective location (GeoIP + YAML overrides)
+    # the weight this address ranks and shares load with: the mirror's weight
+    # split over its addresses of the family (address_shares); None = weight
+    share: int | None = None
+
+    @property
+    def rank_weight(self) -> int:
+        return self.weight if self.share is None else self.share
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    candidate: Candidate
+    tier: int  # index into TIER_NAMES
+    distance_km: float | None  # None when either location is unknown
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+def mirror_geo(mirror: Mirror, address: IPv4Address | IPv6Address, db: GeoDB | None) -> GeoInfo:
+    """GeoIP of a mirror address with the operator's YAML overrides on top.
+
+    A country override without a continent takes the continent of that
+    country, so an override never leaves a contradictory GeoIP continent.
+    """
+    geo = db.lookup(address) if db is not None else UNKNOWN
+    continent = mirror.continent
+    if continent is None and mirror.country is not None:
+        continent = continent_of(mirror.country)
+    if all(v is None for v in (mirror.asn, mirror.country, continent, mirror.location)):
+        return geo
+    return GeoInfo(
+        asn=mirror.asn if mirror.asn is not None else geo.asn,
+        country=mirror.country if mirror.country is not None else geo.country,
+        continent=continent if continent is not None else geo.continent,
+        location=mirror.location if mirror.location is not None else geo.location,
+        prefix=geo.prefix,
+    )
+
+
+def build_candidates(
+    pool: Pool,
+    family: int,
+    db: GeoDB | None,
+    is_up: Callable[[str, IPv4Address | IPv6Address], bool] | None = None,
+) -> list[Candidate]:
+    """Candidates of one address family (4 → A, 6 → AAAA) of a pool.
+
+    Only enabled mirrors; `is_up(mirror_name, address)` filters by health per
+    address, so a mirror whose IPv6 is down still serves A queries. A mirror
+    with several addresses of a family gets one candidate per address, and
+    its weight is split between them (`address_shares`).
+    """
+    if family not in (4, 6):
+        raise ValueError(f"family must be 4 or 6, not {family!r}")
+    result = []
+    shares = address_shares(pool, family)
+    for mirror in pool.mirrors:
+        if not mirror.enabled:
+            continue
+        addresses: Iterable[IPv4Address | IPv6Address] = mirror.ipv4 if family == 4 else mirror.ipv6
+        for address in addresses:
+            if is_up is not None and not is_up(mirror.name, address):
+                continue
+            geo = mirror_geo(mirror, address, db)
+            result.append(
+                Candidate(pool.name, mirror.name, address, mirror.weight, geo, shares[mirror.name])
+            )
+    return result
+
+
+def address_shares(pool: Pool, family: int) -> dict[str, int]:
+    """Each mirror's weight split evenly over its configured addresses of the
+    family, in whole numbers on one scale for the pool: `weight:` is the
+    mirror's share (docs/architecture.md), so a mirror with two IPv4 addresses draws as
+    many A answers as an equally weighted one with a single address. Split
+    over configured, not healthy, addresses: one server of a pair being down
+    halves that mirror's capacity, not its neighbours'."""
+    counts = {m.name: len(m.ipv4 if family == 4 else m.ipv6) for m in pool.mirrors}
+    scale = math.lcm(*(c for c in counts.values() if c)) if any(counts.values()) else 1
+    return {
+        m.name: m.weight * (scale // counts[m.name]) if counts[m.name] else 0 for m in pool.mirrors
+    }
+
+
+# --------------------------------------------------------------------------- ranking
+
+
+def _tier(mirror: GeoInfo, client: GeoInfo) -> int:
+    if client.asn is not None and mirror.asn == client.asn:
+        return TIER_ASN
+    if client.country is not None and mirror.country == client.country:
+        return TIER_COUNTRY
+    if client.continent is not None and mirror.continent == client.continent:
+        return TIER_CONTINENT
+    return TIER_WORLD
+
+
+def _sort_key(r: Ranked) -> tuple[int, bool, float, int, str, int, int]:
+    c = r.candidate
+    known = r.distance_km is not None
+    return (
+        r.tier,
+        not known,
+        r.distance_km if r.distance_km is not None else 0.0,
+        -c.rank_weight,
+        c.mirror,
+        c.address.version,
+        int(c.address),
+    )
+
+
+def _group(ranked: list[Ranked], tie_km: float) -> list[tuple[Ranked, ...]]:
+    groups: list[tuple[Ranked, ...]] = []
+    current: list[Ranked] = []
+    for r in ranked:
+        if current:
+            head = current[0]
+            same = head.tier == r.tier and (
+                (head.distance_km is None and r.distance_km is None)
+                or (
+                    head.distance_km is not None
+                    and r.distance_km is not None
+                    and r.distance_km - head.distance_km <= tie_km
+                )
+            )
+            if not same:
+                groups.append(tuple(current))
+                current = []
+        current.append(r)
+    if current:
+        groups.append(tuple(current))
+    return groups
+
+
+def rank(
+    candidates: Iterable[Candidate], client: GeoInfo, *, tie_km: float = 100.0
+) -> list[tuple[Ranked, ...]]:
+    """Groups of equally ranked candidates, best group first.
+
+    Weight-0 (standby) candidates are ranked and grouped the same way but
+    placed after all positive-weight groups.
+    """
+    active: list[Ranked] = []
+    standby: list[Ranked] = []
+    loc = client.location
+    for c in candidates:
+        d = distance_km(loc, c.geo.location) if loc is not None and c.geo.location else None
+        (active if c.rank_weight > 0 else standby).append(Ranked(c, _tier(c.geo, client), d))
+    active.sort(key=_sort_key)
+    standby.sort(key=_sort_key)
+    return _group(active, tie_km) + _group(standby, tie_km)
+
+
+# --------------------------------------------------------------------------- load sharing
+
+
+def _lcm(a: int, b: int) -> int:
+    return a * b // math.gcd(a, b)
+
+
+def _stride(n: int) -> int:
+    """A step coprime to n near n/phi: visiting k*step mod n spreads any
+    prefix of the cycle evenly (so a truncated cycle stays close to fair)."""
+    if n <= 2:
+        return 1
+    step = max(1, round(n * 0.6180339887))
+    while math.gcd(step, n) != 1:
+        step += 1
+    return step
+
+
+def _swrr(weights: Sequence[int], count: int) -> list[int]:
+    """Smooth weighted round-robin (nginx): indexes, exact over sum/gcd picks."""
+    total = sum(weights)
+    current = [0] * len(weights)
+    picks = []
+    for _ in range(count):
+        best = 0
+        for i, w in enumerate(weights):
+            current[i] += w
+            if current[i] > current[best]:
+                best = i
+        current[best] -= total
+        picks.append(best)
+    return picks
+
+
+class _GroupSchedule:
+    """Which members of one group are answered, and in which order, per variant.
+
+    `slots` of the group's members go into each answer. Target per member i
+    with weight w_i (W = group total): included in a share min(1, slots*w_i/W)
+    of the answers (members whose share would exceed 1 are "always in" and the
+    remaining slots are shared by the rest, iterated), and leading the group in
+    a share w_i/W.
+
+    Construction, exact over one period:
+    - leads: smooth WRR over the always-in members plus one virtual member
+      standing for all the sampled ones (weight = their total);
+    - inclusion of the sampled members: systematic sampling. Member u gets a
+      segment of c_u = r*w_u*L/W_u unit cells on a line of r*L cells (r free
+      slots, L the smallest length making every c_u whole); configuration k
+      (0 <= k < L) takes the members at cells k, k+L, ..., k+(r-1)L. No
+      segment is longer than L, so no member is taken twice, and over the L
+      configurations member u is taken exactly c_u times;
+    - when the virtual member leads, the lead is the member at one of those
+      r*L cells, each cell used equally often, so sampled members lead in
+      proportion to c_u, i.e. to their weight.
+    Order inside the group: the lead, then the other included members in the
+    group's rank order, wrapping (round-robin).
+    """
+
+    def __init__(self, members: Sequence[Ranked], slots: int) -> None:
+        self.members = tuple(members)
+        m = len(self.members)
+        weights = [max(0, r.candidate.rank_weight) for r in self.members]
+        if not any(weights):
+            weights = [1] * m  # a group of standbys shares equally
+        slots = min(slots, m)
+
+        # Members whose proportional share reaches a whole slot are always in.
+        always: list[int] = []
+        sampled = list(range(m))
+        free = slots
+        while free > 0 and sampled:
+            eff = [weights[i] for i in sampled]
+            if not any(eff):
+                eff = [1] * len(eff)  # only zero weights left: share what remains equally
+            total = sum(eff)
+            full = [i for i, w in zip(sampled, eff, strict=True) if free * w >= total]
+            if not full:
+                break
+            always += full
+            sampled = [i for i in sampled if i not in full]
+            free = slots - len(always)
+        if free <= 0:
+            sampled = []
+        self.always = sorted(always)
+
+        # Systematic sampling layout for the rest.
+        self.free = free
+        self.cells: list[int] = []  # cell → member index, length free*L
+        self.configs = 1  # L
+        if sampled:
+            eff = [weights[i] for i in sampled]
+            if not any(eff):
+                eff = [1] * len(eff)
+            total = sum(eff)
+            g = total
+            for w in eff:
+                g = math.gcd(g, free * w)
+            self.configs = total // g
+            for i, w in zip(sampled, eff, strict=True):
+                self.cells += [i] * (free * w * self.configs // total)
+        self.sampled = sampled
+
+        # Lead items: always-in members, then the virtual "sampled" member.
+        self.lead_items = list(self.always)
+        lead_weights = [weights[i] for i in self.always]
+        virtual = sum(weights[i] for i in sampled)
+        if sampled and (virtual or not any(lead_weights)):
+            self.lead_items.append(-1)
+            lead_weights.append(virtual or 1)
+        if not any(lead_weights):
+            lead_weights = [1] * len(lead_weights)
+        self.lead_weights = lead_weights
+
+        # Period: whole SWRR cycles until both sampling streams wrap evenly.
+        total = sum(lead_weights)
+        g = 0
+        for w in lead_weights:
+            g = math.gcd(g, w)
+        swrr = total // g
+        period = swrr
+        if sampled:
+            n_cells = len(self.cells)
+            per_virtual = lead_weights[-1] // g if self.lead_items[-1] == -1 else 0
+            per_other = swrr - per_virtual
+            rounds = 1
+            if per_virtual:
+                rounds = _lcm(rounds, n_cells // math.gcd(per_virtual, n_cells))
+            if per_other:
+                rounds = _lcm(rounds, self.configs // math.gcd(per_other, self.configs))
+            period = swrr * rounds
+        self.period = period
+
+    def take(self, count: int) -> list[tuple[Ranked, ...]]:
+        """The first `count` variants of the (periodic) schedule."""
+        leads = _swrr(self.lead_weights, count)
+        n_cells = len(self.cells)
+        cell_step, config_step = _stride(n_cells or 1), _stride(self.configs)
+        virtual_n = other_n = 0
+        m = len(self.members)
+        out = []
+        for pick in leads:
+            item = self.lead_items[pick]
+            if item == -1:
+                cell = (virtual_n * cell_step) % n_cells
+                virtual_n += 1
+                k = cell % self.configs
+                lead = self.cells[cell]
+            else:
+                k = (other_n * config_step) % self.configs
+                other_n += 1
+                lead = item
+            included = set(self.always)
+            if self.sampled:
+                included.update(self.cells[k + j * self.configs] for j in range(self.free))
+            # rank order rotated to start at the lead (round-robin)
+            start = lead
+            ordered = sorted(included, key=lambda i: (i - start) % m)
+            out.append(tuple(self.members[i] for i in ordered))
+        return out
+
+
+def answer_variants(
+    groups: Sequence[tuple[Ranked, ...]], answers: int, *, max_variants: int = 256
+) -> list[tuple[Ranked, ...]]:
+    """Answers to hand out in turn, one per query, cycling through the list.
+
+    Each variant holds the first `answers` addresses in rank order: groups
+    that fit entirely are always included; the group straddling the cut fills
+    the remaining slots, chosen by weight; later groups are left out. Inside
+    each group the order rotates (round-robin) and the lead rotates by weight.
+
+    Proportions are exact over the returned cycle: among equal-rank mirrors a
+    weight-100 mirror leads twice as often as a weight-50 one and, when only
+    some of the group fit, appears twice as often, unless that would exceed
+    once per answer (it is then in every answer and the others share the rest
+    of the slots by weight). The cycle is the lcm of the groups' periods; when
+    that exceeds `max_variants`, the first `max_variants` variants are
+    returned and the proportions are close rather than exact.
+    """
+    if answers < 1:
+        raise ValueError("answers must be >= 1")
+    if max_variants < 1:
+        raise ValueError("max_variants must be >= 1")
+    schedules: list[_GroupSchedule] = []
+    left = answers
+    for group in groups:
+        if left <= 0:
+            break
+        if group:
+            schedules.append(_GroupSchedule(group, min(left, len(group))))
+            left -= len(group)
+    if not schedules:
+        return [()]
+    cycle = 1
+    for s in schedules:
+        cycle = min(_lcm(cycle, s.period), max_variants)
+    parts = [s.take(cycle) for s in schedules]
+    return [tuple(r for part in parts for r in part[t]) for t in range(cycle)]
+
+
+# --------------------------------------------------------------------------- explain
+
+
+@dataclass(frozen=True, slots=True)
+class ExplainRow:
+    group: int  # 0 = best
+    tier: str
+    mirror: str
+    address: IPv4Address | IPv6Address
+    weight: int
+    distance_km: float | None
+    answered: float  # share of variants that contain this address
+    leading: float  # share of variants in which it comes first
+
+
+def explain_rows(
+    groups: Sequence[tuple[Ranked, ...]], variants: Sequence[tuple[Ranked, ...]]
+) -> list[ExplainRow]:
+    """One row per ranked candidate, best first, for `geodns explain`."""
+    n = len(variants) or 1
+    shown: dict[Candidate, int] = {}
+    led: dict[Candidate, int] = {}
+    for v in variants:
+        for r in v:
+            shown[r.candidate] = shown.get(r.candidate, 0) + 1
+        if v:
+            led[v[0].candidate] = led.get(v[0].candidate, 0) + 1
+    return [
+        ExplainRow(
+            group=g,
+            tier=TIER_NAMES[r.tier],
+            mirror=r.candidate.mirror,
+            address=r.candidate.address,
+            weight=r.candidate.weight,
+            distance_km=r.distance_km,
+            answered=shown.get(r.candidate, 0) / n,
+            leading=led.get(r.candidate, 0) / n,
+        )
+        for g, group in enumerate(groups)
+        for r in group
+    ]
