@@ -13,8 +13,10 @@ Everything is generated from the data below into a temporary directory:
 
 The reference ranking in :func:`rank` is the geodns semantics (same ASN > same
 country > same continent > everyone else, then great-circle distance, then
-weight); it is used to precompute the answer sets the C servers hand out, and to
-report how far their answers differ from geodns' for each client subnet.
+weight), and :func:`best_group` the answer set geodns hands out (the best tier
+within max(nearest + TIE_KM, BAND_FACTOR x nearest)); they precompute the sets
+the C servers hand out, and tell how far their answers differ from geodns'
+for each client subnet.
 
 Addresses: mirrors live in the benchmarking ranges (198.18.0.0/15, RFC 2544;
 2001:2::/48, RFC 5180). Client subnets only ever appear inside the ECS option of
@@ -38,6 +40,7 @@ STEERED = "dl"
 POOL = "distfiles"
 ANSWERS = 3
 STEERED_TTL = 60
+TIE_KM, BAND_FACTOR = 100.0, 1.5  # geodns' defaults (pool tie_km, band_factor)
 
 
 @dataclass(frozen=True)
@@ -308,8 +311,34 @@ def rank(client: Where, mirrors: tuple[MirrorSpec, ...] = MIRRORS) -> list[Mirro
     return sorted(mirrors, key=key)
 
 
-def answer_set(client: Where, family: int, n: int = ANSWERS) -> frozenset[str]:
-    return frozenset(m.ipv4 if family == 4 else m.ipv6 for m in rank(client)[:n])
+def best_group(client: Where, mirrors: tuple[MirrorSpec, ...] = MIRRORS) -> list[MirrorSpec]:
+    """The mirrors geodns answers `client` from: the best tier, within the band."""
+    ranked = rank(client, mirrors)
+    head = ranked[0]
+
+    def tier(m: MirrorSpec) -> int:
+        if client.asn is not None and m.asn == client.asn:
+            return 0
+        if client.country and m.country == client.country:
+            return 1
+        if client.continent and m.continent == client.continent:
+            return 2
+        return 3
+
+    if client.location is None:
+        return [m for m in ranked if tier(m) == tier(head)]
+    near = distance_km(client.location, head.location)
+    limit = max(near + TIE_KM, BAND_FACTOR * near)
+    return [
+        m
+        for m in ranked
+        if tier(m) == tier(head) and distance_km(client.location, m.location) <= limit
+    ]
+
+
+def answer_set(client: Where, family: int) -> frozenset[str]:
+    """Every address geodns may answer `client` (each answer holds some of them)."""
+    return frozenset(m.ipv4 if family == 4 else m.ipv6 for m in best_group(client))
 
 
 def client_where(c: ClientSpec, *, with_asn: bool = True) -> Where:
@@ -464,10 +493,11 @@ def _quote(s: str) -> str:
 
 
 def gdnsd_dc_sets() -> dict[str, list[MirrorSpec]]:
-    """One gdnsd datacenter per mirror; it answers that mirror and the next ANSWERS-1 mirrors
-    geodns would rank after it for a client standing at the mirror (same N addresses)."""
+    """One gdnsd datacenter per mirror; it answers the set geodns would answer a
+    client standing at that mirror (its best group, at most ANSWERS)."""
     return {
-        m.name: rank(Where(None, m.country, m.continent, m.location))[:ANSWERS] for m in MIRRORS
+        m.name: best_group(Where(None, m.country, m.continent, m.location))[:ANSWERS]
+        for m in MIRRORS
     }
 
 
@@ -552,12 +582,12 @@ def write_knot(confdir: Path, port: int, city_db: Path) -> Path:
     geo_lines = [f"{STEERED}.{ZONE}:"]
     for key, where in knot_views():
         geo_lines.append(f'  - geo: "{key}"')
-        for m in rank(where)[:ANSWERS]:
+        for m in best_group(where)[:ANSWERS]:
             geo_lines.append(f"    A: {m.ipv4}")
-        for m in rank(where)[:ANSWERS]:
+        for m in best_group(where)[:ANSWERS]:
             geo_lines.append(f"    AAAA: {m.ipv6}")
     (confdir / "geo.conf").write_text("\n".join(geo_lines) + "\n")
-    default = rank(Where())[:ANSWERS]
+    default = best_group(Where())[:ANSWERS]
     zone = _zonefile_static()
     zone += "".join(f"{STEERED} {STEERED_TTL} IN A {m.ipv4}\n" for m in default)
     zone += "".join(f"{STEERED} {STEERED_TTL} IN AAAA {m.ipv6}\n" for m in default)

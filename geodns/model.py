@@ -110,9 +110,14 @@ class Pool:
     fallback: tuple[str, ...] = ()
     # After fallback: "failopen" answers every enabled mirror, "servfail" refuses.
     on_empty: Literal["failopen", "servfail"] = "failopen"
-    # Mirrors of one tier whose distances differ by less than this are equally
-    # near and share the load by weight.
+    # Mirrors of one tier within max(nearest + tie_km, band_factor x nearest)
+    # are equally near to a client: they form its answer set and share the
+    # load by weight (geodns/steering/rank.py).
     tie_km: float = 100.0
+    band_factor: float = 1.5
+    # Pad answers that hold fewer addresses than this from the next groups
+    # (client-side failover); 1 = answer the best group only.
+    min_answers: int = 1
     checks: Checks = field(default_factory=Checks)
     where: Where = field(default=Where("", 0), compare=False)
 
@@ -153,8 +158,9 @@ class RRSet:
 class Steered:
     name: str  # absolute, lower case
     pool: str
-    answers: int = 3  # addresses per family in one answer
+    answers: int = 3  # at most this many addresses per family in one answer
     ttl: int = 60
+    min_answers: int | None = None  # None: the pool's
     where: Where = field(default=Where("", 0), compare=False)
 
 

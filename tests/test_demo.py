@@ -32,10 +32,12 @@ def test_demo_once(tmp_path: Path) -> None:
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert "mirror-fr  │ 127.4.0.1  │ down" in out and "stale: 9h behind" in out, out
-    # Berlin: both German mirrors (equally near: either may lead), nothing else
+    # Berlin: one German mirror per answer (weights 100:50 make sets of one),
+    # the other in rotation, nothing farther
     assert re.search(
-        r"→ (127\.1\.0\.1 \(mirror-de\), 127\.5\.0\.1 \(mirror-de2\)"
-        r"|127\.5\.0\.1 \(mirror-de2\), 127\.1\.0\.1 \(mirror-de\))\n",
+        r"→ (127\.1\.0\.1 \(mirror-de\); in rotation also 127\.5\.0\.1 \(mirror-de2\)"
+        r"|127\.5\.0\.1 \(mirror-de2\); in rotation also 127\.1\.0\.1 \(mirror-de\))\n",
         out,
     ), out
+    assert "→ 127.2.0.1 (mirror-us)\n" in out, out  # New York: the US mirror alone
     assert "mirror-fr never appears: confirmed" in out, out

@@ -59,28 +59,29 @@ def wait_for(pred, timeout: float = 5.0) -> float:  # type: ignore[no-untyped-de
 def test_marked_down_disappears_within_a_poll_and_returns(
     healthy_server: ServerThread, store_url: str
 ) -> None:
+    # `pad` (min_answers 2) answers both German mirrors to a German client
     st = healthy_server
-    assert addrs(udp(query("dl.example.org", ecs=DE), st.addr())) == ["127.1.0.1", "127.5.0.1"]
+    assert addrs(udp(query("pad.example.org", ecs=DE), st.addr())) == ["127.1.0.1", "127.5.0.1"]
     with Store(store_url) as store:
         store.set_state("distfiles", "mirror-de2", "127.5.0.1", False, "test: TLS expired")
         delay = wait_for(
-            lambda: "127.5.0.1" not in addrs(udp(query("dl.example.org", ecs=DE), st.addr()))
+            lambda: "127.5.0.1" not in addrs(udp(query("pad.example.org", ecs=DE), st.addr()))
         )
         assert delay < 0.2 * 5  # within a few poll intervals (0.2 s here)
         for _ in range(10):  # and it stays out, whatever the rotation
-            assert "127.5.0.1" not in addrs(udp(query("dl.example.org", ecs=DE), st.addr()))
+            assert "127.5.0.1" not in addrs(udp(query("pad.example.org", ecs=DE), st.addr()))
         # the IPv6 address of another mirror going down only affects AAAA
         store.set_state("distfiles", "mirror-de", "2001:db8:de::1", False, "test: v6 route broken")
         wait_for(
             lambda: (
-                addrs(udp(query("dl.example.org", "AAAA", ecs=DE), st.addr())) == ["2001:db8:5::1"]
+                addrs(udp(query("pad.example.org", "AAAA", ecs=DE), st.addr())) == ["2001:db8:5::1"]
             )
         )
-        assert "127.1.0.1" in addrs(udp(query("dl.example.org", ecs=DE), st.addr()))
+        assert "127.1.0.1" in addrs(udp(query("pad.example.org", ecs=DE), st.addr()))
         store.set_state("distfiles", "mirror-de2", "127.5.0.1", True, "test: recovered")
         wait_for(
             lambda: (
-                addrs(udp(query("dl.example.org", ecs=DE), st.addr())) == ["127.1.0.1", "127.5.0.1"]
+                addrs(udp(query("pad.example.org", ecs=DE), st.addr())) == ["127.1.0.1", "127.5.0.1"]
             )
         )
 
@@ -128,8 +129,8 @@ def test_store_unreachable_keeps_last_snapshot(
         store.set_state("distfiles", "mirror-de2", "127.5.0.1", False, "test")
     wait_for(
         lambda: (
-            addrs(udp(query("dl.example.org", ecs=DE), st.addr())) == ["127.1.0.1", "127.2.0.1"]
-            or "127.5.0.1" not in addrs(udp(query("dl.example.org", ecs=DE), st.addr()))
+            addrs(udp(query("pad.example.org", ecs=DE), st.addr())) == ["127.1.0.1", "127.2.0.1"]
+            or "127.5.0.1" not in addrs(udp(query("pad.example.org", ecs=DE), st.addr()))
         )
     )
     db = tmp_path / "health.sqlite"
@@ -140,7 +141,7 @@ def test_store_unreachable_keeps_last_snapshot(
     wait_for(lambda: st.server.health.errors > 0)
     assert not st.server.health.ok
     for _ in range(5):
-        got = addrs(udp(query("dl.example.org", ecs=DE), st.addr()))
+        got = addrs(udp(query("pad.example.org", ecs=DE), st.addr()))
         assert "127.5.0.1" not in got and len(got) == 2
     metrics = fetch(st, "/metrics")
     assert "geodns_health_store_up 0.0" in metrics
@@ -156,7 +157,7 @@ def test_startup_without_store_serves_everything(
         TEST_ZONES, tmp_path, demo_geoip, store_url=f"sqlite:///{tmp_path}/missing.sqlite"
     )
     with ServerThread(s) as st:
-        assert addrs(udp(query("dl.example.org", ecs=DE), st.addr())) == ["127.1.0.1", "127.5.0.1"]
+        assert addrs(udp(query("pad.example.org", ecs=DE), st.addr())) == ["127.1.0.1", "127.5.0.1"]
     assert any("health store not available" in r.getMessage() for r in caplog.records)
 
 

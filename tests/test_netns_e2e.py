@@ -16,7 +16,8 @@ asyncio loops whose threads live in the mirror's namespace, so the test swaps
 certificates and stops listeners directly. The store is a SQLite file in the
 test's temporary directory: namespaces share the filesystem.
 
-Names: `dl.e2e.test` answers up to 3 addresses (every healthy mirror);
+Names: `dl.e2e.test` answers up to 3 addresses (every healthy mirror: the
+best group padded to `min_answers: 3`);
 `near.e2e.test` answers 1, so it shows the ranking the client's real source
 address gets: m1 (same country) before m2 (same continent) before m3.
 
@@ -75,7 +76,7 @@ ns: [ns1.{ZONE}]
 records:
   ns1: {{A: {DNS4}, AAAA: "{DNS6}"}}
 steered:
-  dl: {{pool: {POOL}, answers: 3, ttl: 5}}
+  dl: {{pool: {POOL}, answers: 3, min_answers: 3, ttl: 5}}
   near: {{pool: {POOL}, answers: 1, ttl: 5}}
 """
 

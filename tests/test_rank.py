@@ -19,10 +19,12 @@ from geodns.steering.rank import (
     Ranked,
     address_shares,
     answer_variants,
+    band_limit,
     build_candidates,
     explain_rows,
     mirror_geo,
     rank,
+    set_size,
 )
 from tests.geodata import WORLD, make_databases
 
@@ -76,38 +78,40 @@ def _tiers(groups: Sequence[tuple[Ranked, ...]]) -> list[str]:
     [
         pytest.param(
             "192.0.2.5",  # AS65001, DE, Berlin: same AS as fra and nue
-            [("nue", "fra"), ("muc",), ("par",), ("ash",), ("tyo",), ("sao",)],
-            ["asn", "country", "continent", "world", "world", "world"],
+            [("nue", "fra"), ("muc",), ("par",), ("ash", "tyo"), ("sao",)],
+            ["asn", "country", "continent", "world", "world"],
             id="same-asn",
         ),
         pytest.param(
-            "198.51.100.5",  # AS65100, DE, Berlin: nue 378 km, fra 423, muc 504
-            [("nue", "fra"), ("muc",), ("par",), ("ash",), ("tyo",), ("sao",)],
-            ["country", "country", "continent", "world", "world", "world"],
+            # AS65100, DE, Berlin: nue 378 km, fra 423, muc 504 (within 1.5 x 378);
+            # world: ash 6727, tyo 8915 (<= 10090), sao 10252 (beyond)
+            "198.51.100.5",
+            [("nue", "fra", "muc"), ("par",), ("ash", "tyo"), ("sao",)],
+            ["country", "continent", "world", "world"],
             id="same-country-by-distance",
         ),
         pytest.param(
             "203.0.113.5",  # GB London: EU mirrors by distance, then the world
-            [("par",), ("fra",), ("nue", "muc"), ("ash",), ("sao", "tyo")],
-            ["continent", "continent", "continent", "world", "world"],
+            [("par",), ("fra", "nue", "muc"), ("ash",), ("sao", "tyo")],
+            ["continent", "continent", "world", "world"],
             id="same-continent",
         ),
         pytest.param(
             "100.64.0.5",  # US New York
-            [("ash",), ("par",), ("fra",), ("nue", "muc"), ("sao",), ("tyo",)],
-            ["country", "world", "world", "world", "world", "world"],
+            [("ash",), ("par", "fra", "nue", "muc", "sao"), ("tyo",)],
+            ["country", "world", "world"],
             id="us",
         ),
         pytest.param(
             "100.64.1.5",  # JP Osaka
-            [("tyo",), ("nue", "fra", "muc"), ("par",), ("ash",), ("sao",)],
-            ["country", "world", "world", "world", "world"],
+            [("tyo",), ("nue", "fra", "muc", "par", "ash"), ("sao",)],
+            ["country", "world", "world"],
             id="jp",
         ),
         pytest.param(
             "100.64.2.5",  # AU Sydney: no mirror shares anything, distance decides
-            [("tyo",), ("sao",), ("ash",), ("muc", "nue"), ("fra",), ("par",)],
-            ["world"] * 6,
+            [("tyo",), ("sao", "ash", "muc", "nue", "fra", "par")],
+            ["world"] * 2,
             id="world-by-distance",
         ),
         pytest.param(
@@ -142,8 +146,8 @@ def test_rank_ipv6_client_and_family(db: GeoDB) -> None:
     assert {c.mirror for c in cands} == {"fra", "ash", "tyo"}
     assert all(c.address.version == 6 for c in cands)
     ranked = rank(cands, client)
-    assert _names(ranked) == [("fra",), ("ash",), ("tyo",)]
-    assert _tiers(ranked) == ["country", "world", "world"]
+    assert _names(ranked) == [("fra",), ("ash", "tyo")]
+    assert _tiers(ranked) == ["country", "world"]
     assert ranked[0][0].distance_km == pytest.approx(423, abs=2)
 
 
@@ -229,12 +233,13 @@ def _serve(
     cands: list[Candidate], answers: int, queries: int = 6000
 ) -> tuple[Counter[str], Counter[str], list[tuple[Ranked, ...]]]:
     """Cycle through the variants as the server does: one variant per query."""
-    variants = answer_variants(rank(cands, CLIENT), answers)
+    groups = rank(cands, CLIENT)
+    variants = answer_variants(groups, answers)
     shown: Counter[str] = Counter()
     lead: Counter[str] = Counter()
     for q in range(queries):
         v = variants[q % len(variants)]
-        assert len(v) == min(answers, len(cands))
+        assert len(v) == set_size(groups[0], answers)
         assert len({r.candidate for r in v}) == len(v)  # no duplicates
         shown.update(r.candidate.mirror for r in v)
         lead[v[0].candidate.mirror] += 1
@@ -252,11 +257,14 @@ def test_weights_two_to_one_answers_1() -> None:
     assert Counter(v[0].candidate.mirror for v in variants) == {"a": 2, "b": 1}
 
 
-def test_weights_two_to_one_answers_2_lead_shares() -> None:
+def test_unequal_weights_shrink_the_set_so_a_shuffle_keeps_them() -> None:
+    """A resolver shuffles each set (rrset-roundrobin): {a, b} in every answer
+    would give b half of the clients. Sets of one keep 2:1."""
     shown, lead, variants = _serve([_cand("a", 100), _cand("b", 50)], answers=2)
-    assert shown["a"] == shown["b"] == 6000  # both fit: both always answered
+    assert all(len(v) == 1 for v in variants)
     assert _ratio(lead, "a", "b") == pytest.approx(2.0, rel=0.05)
-    # round-robin order: the second address rotates too
+    # equal weights keep every slot, order rotating
+    _shown, _lead, variants = _serve([_cand("a", 100), _cand("b", 100)], answers=2)
     assert {tuple(r.candidate.mirror for r in v) for v in variants} == {("a", "b"), ("b", "a")}
 
 
@@ -279,55 +287,53 @@ def test_three_mirrors_answers_2() -> None:
     assert len(variants) == 10  # exact cycle
 
 
-def test_heavy_mirror_capped_at_every_answer() -> None:
-    # a's share of 2 slots would be 1.67 answers: it is in every answer, and b
-    # and c share the other slot equally; leads still follow the weights.
+def test_a_heavy_mirror_makes_single_address_sets() -> None:
+    # a's share of 2 slots would be 1.67 answers; in every set it would get only
+    # half of the shuffled first places. Sets of one give it 10 in 12.
     shown, lead, variants = _serve([_cand("a", 100), _cand("b", 10), _cand("c", 10)], answers=2)
-    assert shown["a"] == 6000
-    assert shown["b"] == shown["c"] == 3000
+    assert set_size(rank([_cand("a", 100), _cand("b", 10), _cand("c", 10)], CLIENT)[0], 2) == 1
     assert Counter(v[0].candidate.mirror for v in variants) == {"a": 10, "b": 1, "c": 1}
 
 
-def test_groups_inside_the_cut_always_answered_in_rank_order() -> None:
-    near = [_cand("n1", 100, loc=(50.0, 8.0)), _cand("n2", 50, loc=(50.0, 8.1))]
-    mid = [_cand(f"m{i}", w, loc=(52.5, 13.4)) for i, w in enumerate((100, 50, 50))]
-    far = [_cand("far", 100, loc=(35.0, 139.0))]
-    groups = rank(near + mid + far, CLIENT)
+NEAR = [_cand("n1", 100, loc=(50.0, 8.0)), _cand("n2", 100, loc=(50.0, 8.1))]
+MID = [_cand(f"m{i}", w, loc=(52.5, 13.4)) for i, w in enumerate((100, 50, 50))]
+FAR = [_cand("far", 100, loc=(35.0, 139.0))]
+
+
+def test_only_the_best_group_is_answered() -> None:
+    groups = rank(NEAR + MID + FAR, CLIENT)
     assert _names(groups) == [("n1", "n2"), ("m0", "m1", "m2"), ("far",)]
-    variants = answer_variants(groups, 3)
+    for v in answer_variants(groups, 3):
+        assert sorted(r.candidate.mirror for r in v) == ["n1", "n2"]  # no farther slot filler
+    # a lone best mirror is answered alone
+    lone = answer_variants(rank([NEAR[0], *MID, *FAR], CLIENT), 3)
+    assert {tuple(r.candidate.mirror for r in v) for v in lone} == {("n1",)}
+
+
+def test_min_answers_pads_from_the_next_groups_in_rank_order() -> None:
+    groups = rank([NEAR[0], *MID, *FAR], CLIENT)
+    assert _names(groups)[0] == ("n1",)
+    variants = answer_variants(groups, 3, min_answers=2)
     for v in variants:
         names = [r.candidate.mirror for r in v]
-        assert set(names[:2]) == {"n1", "n2"}  # the nearest group comes first, whole
-        assert names[2].startswith("m")  # one slot from the straddling group
-    third = Counter(v[2].candidate.mirror for v in variants)
-    assert third["m0"] == 2 * third["m1"] == 2 * third["m2"]
+        assert names[0] == "n1" and len(names) == 2 and names[1].startswith("m")
+    second = Counter(v[1].candidate.mirror for v in variants)
+    assert second["m0"] == 2 * second["m1"] == 2 * second["m2"]  # by weight
+    # padding goes on to the group after when the next one is too small
+    v = answer_variants(rank([NEAR[0], *FAR], CLIENT), 3, min_answers=3)[0]
+    assert [r.candidate.mirror for r in v] == ["n1", "far"]
+    # never more than answers
+    assert all(len(v) <= 2 for v in answer_variants(groups, 2, min_answers=3))
 
 
-def test_weight_zero_is_standby() -> None:
-    standby = _cand("s", 0, loc=(50.0, 8.0))  # right next to the client
-    far = _cand("far", 100, loc=(35.0, 139.0))
-    other = _cand("o", 100, loc=(52.5, 13.4))
-    groups = rank([standby, far, other], CLIENT)
-    assert _names(groups) == [("o",), ("far",), ("s",)]  # after every positive weight
-    for v in answer_variants(groups, 2):
-        assert [r.candidate.mirror for r in v] == ["o", "far"]
-    # it fills a slot nothing else can fill
-    assert {r.candidate.mirror for r in answer_variants(groups, 3)[0]} == {"o", "far", "s"}
-    # only standbys: they share equally
-    lead = Counter(
-        v[0].candidate.mirror for v in answer_variants(rank([standby, _cand("t", 0)], CLIENT), 1)
-    )
-    assert lead["s"] == lead["t"]
-
-
-def test_zero_weight_inside_a_group_never_chosen_over_positive_peer() -> None:
-    # groups passed by hand (rank() would move the standby out of the group)
-    cands = [_cand("a", 100), _cand("b", 0), _cand("c", 50)]
-    group = tuple(Ranked(c, 0, 0.0) for c in cands)
-    variants = answer_variants([group], 2)
-    assert all("b" not in {r.candidate.mirror for r in v} for v in variants)
-    variants = answer_variants([group], 3)
-    assert all(v[0].candidate.mirror != "b" for v in variants)
+def test_the_band_is_tie_km_or_the_factor_whichever_is_wider() -> None:
+    assert band_limit(10.0, 100.0, 1.5) == 110.0  # near client: tie_km wins
+    assert band_limit(1000.0, 100.0, 1.5) == 1500.0  # far client: 1.5x wins
+    client = GeoInfo(None, None, None, (0.0, 0.0), 0)
+    # ~1000 km and ~1400 km away: equally near by the factor, not by tie_km
+    a, b = _cand("a", 100, loc=(0.0, 9.0)), _cand("b", 100, loc=(0.0, 12.6))
+    assert _names(rank([a, b], client)) == [("a", "b")]
+    assert _names(rank([a, b], client, band_factor=1.0)) == [("a",), ("b",)]
 
 
 def test_answers_more_than_candidates_and_empty() -> None:
@@ -346,44 +352,32 @@ def test_long_cycle_truncated_stays_close() -> None:
     assert abs(lead["a"] - 256 * 997 / 1988) <= 2  # within two queries of the exact share
 
 
-def _expected_shares(weights: list[int], slots: int) -> list[Fraction]:
-    """Inclusion share per member: slots*w/W, capped at 1, iterated (independent)."""
-    share = [Fraction(0)] * len(weights)
-    fixed: set[int] = set()
-    while True:
-        rest = [i for i in range(len(weights)) if i not in fixed]
-        free = slots - len(fixed)
-        total = sum(weights[i] for i in rest)
-        capped = [i for i in rest if free * weights[i] >= total]
-        if not capped or free <= 0:
-            for i in rest:
-                share[i] = Fraction(free * weights[i], total) if free > 0 else Fraction(0)
-            break
-        fixed.update(capped)
-    for i in fixed:
-        share[i] = Fraction(1)
-    return share
-
-
 @settings(max_examples=150, deadline=None)
 @given(
     weights=st.lists(st.integers(1, 12), min_size=1, max_size=6),
     answers=st.integers(1, 6),
 )
-def test_shares_are_exact_over_one_cycle(weights: list[int], answers: int) -> None:
+def test_shares_are_exact_over_one_cycle_and_survive_a_shuffle(
+    weights: list[int], answers: int
+) -> None:
     cands = [_cand(f"m{i}", w, n=i) for i, w in enumerate(weights)]
     group = tuple(Ranked(c, 0, 0.0) for c in cands)
     variants = answer_variants([group], answers, max_variants=100_000)
     n = len(variants)
-    slots = min(answers, len(weights))
+    total = sum(weights)
+    k = set_size(group, answers)
+    assert 1 <= k <= min(answers, len(weights)) and k * max(weights) <= total
     shown = Counter(r.candidate.mirror for v in variants for r in v)
     lead = Counter(v[0].candidate.mirror for v in variants)
-    total = sum(weights)
-    for i, (w, share) in enumerate(zip(weights, _expected_shares(weights, slots), strict=True)):
-        assert Fraction(shown[f"m{i}"], n) == share
+    for i, w in enumerate(weights):
+        assert Fraction(shown[f"m{i}"], n) == Fraction(k * w, total)
         assert Fraction(lead[f"m{i}"], n) == Fraction(w, total)
+        # what a client behind a shuffling resolver connects to first
+        assert sum(
+            Fraction(1, len(v)) for v in variants if cands[i] in {r.candidate for r in v}
+        ) / n == Fraction(w, total)
     for v in variants:
-        assert len(v) == slots and len({r.candidate for r in v}) == slots
+        assert len(v) == k and len({r.candidate for r in v}) == k
 
 
 # --------------------------------------------------------------------------- explain

@@ -112,7 +112,7 @@ def test_10000_random_and_mutated_packets(tmp_path: Path, demo_geoip: tuple[Path
         assert sp.proc is not None and sp.proc.poll() is None, sp.log()
         r = udp(query("mail.example.org"), addr)
         assert rrset_texts(r.answer) == ["mail.example.org. 3600 IN A 192.0.2.25"]
-        r = udp(query("dl.example.org", ecs="192.0.2.0/24"), addr)
+        r = udp(query("pad.example.org", ecs="192.0.2.0/24"), addr)
         assert r.rcode() == dns.rcode.NOERROR and len(r.answer[0]) == 2
         log = sp.log()
         assert "internal error" not in log and "Traceback" not in log, log[-3000:]

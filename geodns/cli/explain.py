@@ -54,7 +54,12 @@ def render(r: dict[str, Any]) -> str:
     if not r["steered"]:
         lines.append(f"  {r['note']}; rcode {r['rcode']}")
         return "\n".join(lines)
-    lines.append(f"  pool {r['pool']}: case '{r['case']}', answers {r['answers']}, ttl {r['ttl']}s")
+    band = r["band"]
+    lines.append(
+        f"  pool {r['pool']}: case '{r['case']}', answers {r['answers']} "
+        f"(min {r['min_answers']}), band max(nearest + {band['tie_km']:g} km, "
+        f"{band['factor']:g} x nearest), ttl {r['ttl']}s"
+    )
     lines.append(
         f"  {'mirror':<16} {'address':<26} {'state':<9} {'tier':<10} {'km':>8} {'weight':>6}  why"
     )

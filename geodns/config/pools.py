@@ -42,7 +42,16 @@ def _http_url(text: str) -> bool:
 
 def build_pool(s: Section, file: str, root: Path) -> Pool | None:
     s.keys(
-        ("pool", "fallback", "on_empty", "tie_km", "checks", "mirrors"),
+        (
+            "pool",
+            "fallback",
+            "on_empty",
+            "tie_km",
+            "band_factor",
+            "min_answers",
+            "checks",
+            "mirrors",
+        ),
         required=("pool", "mirrors"),
     )
     name = s.str_("pool", required=True)
@@ -90,6 +99,8 @@ def build_pool(s: Section, file: str, root: Path) -> Pool | None:
         fallback=tuple(fallback),
         on_empty=on_empty,  # type: ignore[arg-type]
         tie_km=s.float_("tie_km", 100.0, lo=0.0, hi=20_000.0) or 0.0,
+        band_factor=s.float_("band_factor", 1.5, lo=1.0, hi=100.0) or 1.5,
+        min_answers=s.int_("min_answers", 1, lo=1, hi=32) or 1,
         checks=checks,
         where=Where(file, s.line),
     )

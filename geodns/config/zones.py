@@ -262,13 +262,17 @@ def _steered(st: Section, file: str, owner_raw: str, zname: str) -> Steered | No
     s = Section(st.p, file, st.data[owner_raw], ctx, line)
     if not s.ok:
         return None
-    s.keys(("pool", "answers", "ttl"), required=("pool",))
+    s.keys(("pool", "answers", "min_answers", "ttl"), required=("pool",))
     pool = s.str_("pool", required=True)
-    answers = s.int_("answers", 3, lo=1, hi=32)
+    answers = s.int_("answers", 3, lo=1, hi=32) or 3
+    min_answers = s.int_("min_answers", None, lo=1, hi=32)
+    if min_answers is not None and min_answers > answers:
+        s.error("min_answers", f"{min_answers} is more than answers ({answers})")
     ttl = s.int_("ttl", 60, hi=MAX_TTL)
     if pool is None:
         return None
-    return Steered(owner, pool, answers or 3, ttl if ttl is not None else 60, Where(file, line))
+    ttl = ttl if ttl is not None else 60
+    return Steered(owner, pool, answers, ttl, min_answers=min_answers, where=Where(file, line))
 
 
 def _check_zone(z: Zone, s: Section) -> None:

@@ -14,9 +14,10 @@ from typing import Any
 from geodns.dns import wire
 from geodns.dns.answer import UNKNOWN_CLIENT
 from geodns.dns.names import to_wire
+from geodns.model import Pool
 from geodns.runtime.server import Server
 from geodns.steering.geo import GeoInfo
-from geodns.steering.rank import explain_rows
+from geodns.steering.rank import TIER_NAMES, ExplainRow, Ranked, band_limit, explain_rows
 
 
 def explain(server: Server, name: str, client: str, qtype: str = "A") -> dict[str, Any]:
@@ -79,47 +80,44 @@ def explain(server: Server, name: str, client: str, qtype: str = "A") -> dict[st
                 "geo": _geo(cand.geo),
             }
         )
+    for cand, why in sr.waiting:
+        state = "standby" if why.startswith("standby") else "fallback"
+        mirrors.append(
+            {"mirror": cand.mirror, "address": str(cand.address), "state": state, "why": why}
+        )
     fam_attr = "ipv6" if qt == wire.AAAA else "ipv4"
+    min_answers = st.min_answers if st.min_answers is not None else pool.min_answers
+    best = sr.groups[0][0] if sr.groups and sr.groups[0] else None
     for m in pool.mirrors:
         for a in getattr(m, fam_attr):
             key = (m.name, str(a))
-            if key in ranked:
-                r = ranked[key]
-                mirrors.append(
-                    {
-                        "mirror": m.name,
-                        "address": str(a),
-                        "state": "answered" if r.answered else "ranked",
-                        "group": r.group,
-                        "tier": r.tier,
-                        "distance_km": _round(r.distance_km),
-                        "weight": r.weight,
-                        "answered_share": round(r.answered, 3),
-                        "first_share": round(r.leading, 3),
-                        "why": (
-                            f"in {r.answered:.0%} of answers"
-                            if r.answered
-                            else f"nearer mirrors fill all {st.answers} answers"
-                        ),
-                    }
-                )
-            elif m.name in pool.fallback and sr.case == "nearest":
-                mirrors.append(
-                    {
-                        "mirror": m.name,
-                        "address": str(a),
-                        "state": "fallback",
-                        "why": "fallback only: answered when no other mirror is healthy",
-                    }
-                )
+            if key not in ranked:
+                continue
+            r = ranked[key]
+            mirrors.append(
+                {
+                    "mirror": m.name,
+                    "address": str(a),
+                    "state": "answered" if r.answered else "ranked",
+                    "group": r.group,
+                    "tier": r.tier,
+                    "distance_km": _round(r.distance_km),
+                    "weight": r.weight,
+                    "answered_share": round(r.answered, 3),
+                    "first_share": round(r.leading, 3),
+                    "why": _why(r, best, pool, st.answers, min_answers),
+                }
+            )
     # best first: ranked rows in rank order, then fallback and skipped ones
-    order = {"answered": 0, "ranked": 0, "fallback": 1, "skipped": 2}
+    order = {"answered": 0, "ranked": 0, "standby": 1, "fallback": 1, "skipped": 2}
     mirrors.sort(key=lambda m: (order[m["state"]], m.get("group", 0), m.get("distance_km") or 0))
     out.update(
         {
             "steered": True,
             "pool": st.pool,
             "answers": st.answers,
+            "min_answers": min_answers,
+            "band": {"tie_km": pool.tie_km, "factor": pool.band_factor},
             "ttl": st.ttl,
             "case": sr.case,
             "mirrors": mirrors,
@@ -134,6 +132,27 @@ def explain(server: Server, name: str, client: str, qtype: str = "A") -> dict[st
     if sr.rcode != wire.NOERROR:
         out["rcode"] = wire.RCODE_NAMES[sr.rcode]
     return out
+
+
+def _why(r: ExplainRow, best: Ranked | None, pool: Pool, answers: int, min_answers: int) -> str:
+    """Why a ranked address is (or is not) in the answers, in the ranking's words."""
+    if r.answered:
+        share = f"in {r.answered:.0%} of answers"
+        if r.group == 0:
+            return share if r.answered == 1 else f"{share} (the group shares the set by weight)"
+        return f"{share}: padding from group {r.group + 1} (min_answers {min_answers})"
+    if r.group == 0 or best is None:
+        return f"over answers: the group's other members fill the {answers} slot(s)"
+    if TIER_NAMES[best.tier] != r.tier:
+        return f"farther group: tier {r.tier} (the best group is tier {TIER_NAMES[best.tier]})"
+    if best.distance_km is not None and r.distance_km is not None:
+        limit = band_limit(best.distance_km, pool.tie_km, pool.band_factor)
+        return (
+            f"outside the band: {r.distance_km:.0f} km > {limit:.0f} km "
+            f"(max(nearest {best.distance_km:.0f} + {pool.tie_km:g}, "
+            f"{pool.band_factor:g} x nearest))"
+        )
+    return f"farther group: group {r.group + 1} of tier {r.tier}"
 
 
 def _geo(g: GeoInfo) -> dict[str, Any]:

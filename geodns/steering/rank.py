@@ -10,14 +10,20 @@ country (1) > same continent (2) > world (3); a client field that is unknown
 matches nothing. Inside a tier: great-circle distance (unknown after known),
 then weight (higher first), then name and address for determinism.
 
-Equal rank: same tier and distance within `tie_km` of the first member of the
-group (greedy over the sorted list); with no distance (either side's location
-unknown) the tier's unknown-distance mirrors form one group. Among equal-rank
-mirrors the load is shared by weight (`answer_variants`).
+Groups: the nearest remaining candidate heads a group, and every candidate of
+its tier within the *band* joins it: distance <= max(head + tie_km,
+band_factor x head) (MirrorBits' 1.5x closest-distance range, widened to
+`tie_km` for near clients). With no distance (either side's location unknown)
+the tier's unknown-distance candidates form one group.
 
-Weight 0 means standby: such addresses are ranked after every positive-weight
-address, whatever their tier, so they are answered only to fill slots that
-positive-weight mirrors cannot fill.
+The answer set is the best group only (`answer_variants`): caching resolvers
+reorder every RRset (Unbound's rrset-roundrobin, Knot Resolver's
+reorder-rrset), so any farther address in the set is the first one some
+clients try. Padding from the next groups is the operator's opt-in
+(`min_answers`). Inside the group, load follows weight through which *sets*
+are handed out: a set holds at most W/w_max members (W the group's total
+weight, w_max its largest), so that a member is in a share k*w/W of the sets
+and, after any uniform shuffle, first in a share w/W of them.
 """
 
 from __future__ import annotations
@@ -153,9 +159,15 @@ def _sort_key(r: Ranked) -> tuple[int, bool, float, int, str, int, int]:
     )
 
 
-def _group(ranked: list[Ranked], tie_km: float) -> list[tuple[Ranked, ...]]:
+def band_limit(head_km: float, tie_km: float, band_factor: float) -> float:
+    """The farthest distance that is still as near as `head_km` (the nearest)."""
+    return max(head_km + tie_km, band_factor * head_km)
+
+
+def _group(ranked: list[Ranked], tie_km: float, band_factor: float) -> list[tuple[Ranked, ...]]:
     groups: list[tuple[Ranked, ...]] = []
     current: list[Ranked] = []
+    limit = 0.0
     for r in ranked:
         if current:
             head = current[0]
@@ -164,12 +176,14 @@ def _group(ranked: list[Ranked], tie_km: float) -> list[tuple[Ranked, ...]]:
                 or (
                     head.distance_km is not None
                     and r.distance_km is not None
-                    and r.distance_km - head.distance_km <= tie_km
+                    and r.distance_km <= limit
                 )
             )
             if not same:
                 groups.append(tuple(current))
                 current = []
+        if not current and r.distance_km is not None:
+            limit = band_limit(r.distance_km, tie_km, band_factor)
         current.append(r)
     if current:
         groups.append(tuple(current))
@@ -177,22 +191,24 @@ def _group(ranked: list[Ranked], tie_km: float) -> list[tuple[Ranked, ...]]:
 
 
 def rank(
-    candidates: Iterable[Candidate], client: GeoInfo, *, tie_km: float = 100.0
+    candidates: Iterable[Candidate],
+    client: GeoInfo,
+    *,
+    tie_km: float = 100.0,
+    band_factor: float = 1.5,
 ) -> list[tuple[Ranked, ...]]:
-    """Groups of equally ranked candidates, best group first.
+    """Groups of equally near candidates, best group first (see the module doc).
 
-    Weight-0 (standby) candidates are ranked and grouped the same way but
-    placed after all positive-weight groups.
+    Standby (weight 0) is the caller's business: `steer` ranks positive-weight
+    candidates, and standbys only when none of those is healthy.
     """
-    active: list[Ranked] = []
-    standby: list[Ranked] = []
     loc = client.location
+    ranked = []
     for c in candidates:
         d = distance_km(loc, c.geo.location) if loc is not None and c.geo.location else None
-        (active if c.rank_weight > 0 else standby).append(Ranked(c, _tier(c.geo, client), d))
-    active.sort(key=_sort_key)
-    standby.sort(key=_sort_key)
-    return _group(active, tie_km) + _group(standby, tie_km)
+        ranked.append(Ranked(c, _tier(c.geo, client), d))
+    ranked.sort(key=_sort_key)
+    return _group(ranked, tie_km, band_factor)
 
 
 # --------------------------------------------------------------------------- load sharing
@@ -357,38 +373,56 @@ class _GroupSchedule:
         return out
 
 
+def set_size(group: Sequence[Ranked], answers: int) -> int:
+    """How many of a group's members one answer holds: at most `answers`, and
+    at most W/w_max, so that no member needs more than every set to get its
+    weight's share of first places after a resolver shuffles the set."""
+    weights = [max(0, r.candidate.rank_weight) for r in group]
+    if not any(weights):
+        return max(1, min(answers, len(group)))  # standbys share equally
+    return max(1, min(answers, len(group), sum(weights) // max(weights)))
+
+
 def answer_variants(
-    groups: Sequence[tuple[Ranked, ...]], answers: int, *, max_variants: int = 256
+    groups: Sequence[tuple[Ranked, ...]],
+    answers: int,
+    *,
+    min_answers: int = 1,
+    max_variants: int = 256,
 ) -> list[tuple[Ranked, ...]]:
     """Answers to hand out in turn, one per query, cycling through the list.
 
-    Each variant holds the first `answers` addresses in rank order: groups
-    that fit entirely are always included; the group straddling the cut fills
-    the remaining slots, chosen by weight; later groups are left out. Inside
-    each group the order rotates (round-robin) and the lead rotates by weight.
+    Each variant is a set from the best group (`set_size` of its members,
+    chosen by weight), in rank order rotated round-robin with the lead
+    rotating by weight. Fewer than `answers` addresses is normal; a farther
+    group is never added to fill slots. Only when a variant would hold fewer
+    than `min_answers` (capped at `answers`) is it padded: first with more of
+    the best group, then from the next groups in rank order.
 
-    Proportions are exact over the returned cycle: among equal-rank mirrors a
-    weight-100 mirror leads twice as often as a weight-50 one and, when only
-    some of the group fit, appears twice as often, unless that would exceed
-    once per answer (it is then in every answer and the others share the rest
-    of the slots by weight). The cycle is the lcm of the groups' periods; when
-    that exceeds `max_variants`, the first `max_variants` variants are
-    returned and the proportions are close rather than exact.
+    Proportions are exact over the returned cycle: among the group's members
+    a weight-100 mirror is in twice as many sets as a weight-50 one and leads
+    twice as often. The cycle is the lcm of the groups' periods; when that
+    exceeds `max_variants`, the first `max_variants` variants are returned
+    and the proportions are close rather than exact.
     """
     if answers < 1:
         raise ValueError("answers must be >= 1")
+    if min_answers < 1:
+        raise ValueError("min_answers must be >= 1")
     if max_variants < 1:
         raise ValueError("max_variants must be >= 1")
+    groups = [g for g in groups if g]
+    if not groups:
+        return [()]
+    first = set_size(groups[0], answers)
+    want = max(first, min(min_answers, answers))
     schedules: list[_GroupSchedule] = []
-    left = answers
+    left = want
     for group in groups:
         if left <= 0:
             break
-        if group:
-            schedules.append(_GroupSchedule(group, min(left, len(group))))
-            left -= len(group)
-    if not schedules:
-        return [()]
+        schedules.append(_GroupSchedule(group, min(left, len(group))))
+        left -= len(group)
     cycle = 1
     for s in schedules:
         cycle = min(_lcm(cycle, s.period), max_variants)

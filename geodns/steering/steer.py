@@ -10,7 +10,7 @@ responder has no cached answer for the client's GeoIP profile.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from geodns.dns import wire
 from geodns.model import Config, Pool, Steered
@@ -26,23 +26,33 @@ from geodns.steering.rank import (
 )
 
 Key = tuple[str, str, str]  # (pool, mirror, address text) as in the store
+_STAGES = ("nearest", "standby", "fallback")
 
 
 @dataclass(frozen=True, slots=True)
 class SteerResult:
     rcode: int  # NOERROR, or SERVFAIL when the pool says so
     variants: list[tuple[Ranked, ...]]  # cycled per query; empty → NODATA
-    case: str  # "nearest" | "fallback" | "failopen" | "servfail" | "nodata"
-    groups: list[tuple[Ranked, ...]]  # the full ranking, for explain
+    # "nearest" | "standby" | "fallback" | "failopen" | "servfail" | "nodata"
+    case: str
+    groups: list[tuple[Ranked, ...]]  # the ranking the variants come from, for explain
     skipped: list[tuple[Candidate, str]]  # candidates not considered, with why
+    waiting: list[tuple[Candidate, str]] = field(default_factory=list)  # healthy, later stage
 
 
 @dataclass(slots=True)
 class _Family:
-    ranked: list[Candidate]  # enabled, not fallback, healthy
+    ranked: list[Candidate]  # enabled, not fallback, healthy, weight > 0
+    standby: list[Candidate]  # the same with weight 0
     fallback: list[Candidate]  # enabled fallback mirrors, healthy
     everyone: list[Candidate]  # every enabled address (fail-open)
     skipped: list[tuple[Candidate, str]]
+
+
+_WAITING = {
+    "standby": "standby (weight 0): answered only when no positive-weight address is healthy",
+    "fallback": "fallback only: answered when no other mirror is healthy",
+}
 
 
 class Steering:
@@ -81,22 +91,33 @@ class Steering:
         pool = self.config.pools[st.pool]
         if not fam.everyone:
             return SteerResult(wire.NOERROR, [], "nodata", [], fam.skipped)
-        for case, cands in (("nearest", fam.ranked), ("fallback", fam.fallback)):
+        min_answers = st.min_answers if st.min_answers is not None else pool.min_answers
+
+        def answer(case: str, cands: list[Candidate]) -> SteerResult:
+            groups = rank(cands, client, tie_km=pool.tie_km, band_factor=pool.band_factor)
+            variants = answer_variants(
+                groups, st.answers, min_answers=min_answers, max_variants=self.max_variants
+            )
+            # healthy addresses of the later stages, for explain
+            later = stages[[c for c, _ in stages].index(case) + 1 :] if case in _STAGES else []
+            waiting = [(c, _WAITING[name]) for name, cs in later for c in cs]
+            return SteerResult(wire.NOERROR, variants, case, groups, fam.skipped, waiting)
+
+        # Stages: positive weights; standbys only when none of those is healthy
+        # anywhere in the pool; then the pool's fallback mirrors.
+        stages = [("nearest", fam.ranked), ("standby", fam.standby), ("fallback", fam.fallback)]
+        for case, cands in stages:
             if cands:
-                groups = rank(cands, client, tie_km=pool.tie_km)
-                variants = answer_variants(groups, st.answers, max_variants=self.max_variants)
-                return SteerResult(wire.NOERROR, variants, case, groups, fam.skipped)
+                return answer(case, cands)
         if pool.on_empty == "servfail":
             return SteerResult(wire.SERVFAIL, [], "servfail", [], fam.skipped)
         # Fail open: a wrong answer beats none when the checker says all is down
         # (more often the checker's network is broken than every mirror at once).
-        groups = rank(fam.everyone, client, tie_km=pool.tie_km)
-        variants = answer_variants(groups, st.answers, max_variants=self.max_variants)
-        return SteerResult(wire.NOERROR, variants, "failopen", groups, fam.skipped)
+        return answer("failopen", fam.everyone)
 
 
 def _family(pool: Pool, family: int, geodb: GeoDB | None, down: frozenset[Key]) -> _Family:
-    out = _Family([], [], [], [])
+    out = _Family([], [], [], [], [])
     fallback = set(pool.fallback)
     shares = address_shares(pool, family)
     for m in pool.mirrors:
@@ -112,8 +133,10 @@ def _family(pool: Pool, family: int, geodb: GeoDB | None, down: frozenset[Key]) 
                 out.skipped.append((cand, "down (health checker)"))
             elif m.name in fallback:
                 out.fallback.append(cand)
-            else:
+            elif cand.rank_weight > 0:
                 out.ranked.append(cand)
+            else:
+                out.standby.append(cand)
     return out
 
 
