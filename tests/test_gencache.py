@@ -61,4 +61,7 @@ def test_random_name_flood_does_not_evict_the_hot_answers(
             ask("dl.example.org")
         assert len(responder.cache) <= 128 and len(responder.ecs_clients) <= 128
     assert responder.cache.get(DL) is hot  # never rebuilt
-    assert ask("dl.example.org").answer == first.answer
+    # the same best group still answers (one German mirror a set, by weight)
+    german = {"127.1.0.1", "127.5.0.1"}
+    for msg in (first, ask("dl.example.org")):
+        assert {rr.address for rr in msg.answer[0]} <= german

@@ -81,7 +81,8 @@ def test_marked_down_disappears_within_a_poll_and_returns(
         store.set_state("distfiles", "mirror-de2", "127.5.0.1", True, "test: recovered")
         wait_for(
             lambda: (
-                addrs(udp(query("pad.example.org", ecs=DE), st.addr())) == ["127.1.0.1", "127.5.0.1"]
+                addrs(udp(query("pad.example.org", ecs=DE), st.addr()))
+                == ["127.1.0.1", "127.5.0.1"]
             )
         )
 
@@ -98,12 +99,12 @@ def test_all_down_fallback_then_failopen(healthy_server: ServerThread, store_url
     with Store(store_url) as store:
         for m, a in ranked:
             store.set_state("distfiles", m, a, False, "test: down")
-        wait_for(lambda: addrs(udp(query("dl.example.org", ecs=DE), st.addr())) == ["127.1.0.10"])
+        wait_for(lambda: addrs(udp(query("pad.example.org", ecs=DE), st.addr())) == ["127.1.0.10"])
         store.set_state("distfiles", "origin", "127.1.0.10", False, "test: origin down too")
         # fail open: every enabled mirror is a candidate again, nearest first
         wait_for(
             lambda: (
-                addrs(udp(query("dl.example.org", ecs=DE), st.addr()))
+                addrs(udp(query("pad.example.org", ecs=DE), st.addr()))
                 in (
                     ["127.1.0.1", "127.5.0.1"],
                     ["127.1.0.1", "127.1.0.10"],
@@ -188,7 +189,7 @@ def test_metrics_move_with_queries(healthy_server: ServerThread) -> None:
     st = healthy_server
     before = fetch(st, "/metrics")
     for _ in range(40):
-        udp(query("dl.example.org", ecs=DE), st.addr())
+        udp(query("pad.example.org", ecs=DE), st.addr())
     udp(query("nope.example.org"), st.addr())
     after = fetch(st, "/metrics")
     key = 'geodns_dns_requests_total{family="4",proto="udp",qtype="A"}'
@@ -219,9 +220,9 @@ def test_quorum_of_regions(tmp_path: Path, demo_geoip: tuple[Path, Path], store_
         store.set_state("distfiles", "mirror-de2", "127.5.0.1", False, "eu: timeout", region="eu")
         st.poll_health()
         time.sleep(0.5)
-        assert "127.5.0.1" in addrs(udp(query("dl.example.org", ecs=DE), st.addr()))
+        assert "127.5.0.1" in addrs(udp(query("pad.example.org", ecs=DE), st.addr()))
         store.set_state("distfiles", "mirror-de2", "127.5.0.1", False, "us: timeout", region="us")
-        wait_for(lambda: "127.5.0.1" not in addrs(udp(query("dl.example.org", ecs=DE), st.addr())))
+        wait_for(lambda: "127.5.0.1" not in addrs(udp(query("pad.example.org", ecs=DE), st.addr())))
 
 
 def test_a_region_falling_silent_is_noticed_without_a_state_change(
@@ -234,6 +235,6 @@ def test_a_region_falling_silent_is_noticed_without_a_state_change(
     with ServerThread(s) as st, Store(store_url) as store:
         store.set_state("distfiles", "mirror-de2", "127.5.0.1", False, "eu: timeout", region="eu")
         store.set_state("distfiles", "mirror-de2", "127.5.0.1", True, "us: fine", region="us")
-        wait_for(lambda: "127.5.0.1" not in addrs(udp(query("dl.example.org", ecs=DE), st.addr())))
+        wait_for(lambda: "127.5.0.1" not in addrs(udp(query("pad.example.org", ecs=DE), st.addr())))
         silence_region(store, "eu", timedelta(hours=1))  # eu's checker stops checking
-        wait_for(lambda: "127.5.0.1" in addrs(udp(query("dl.example.org", ecs=DE), st.addr())))
+        wait_for(lambda: "127.5.0.1" in addrs(udp(query("pad.example.org", ecs=DE), st.addr())))
