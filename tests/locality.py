@@ -198,23 +198,34 @@ def next_group(c: Client) -> frozenset[str]:
     return best_group(c, [m for m in MIRRORS if m.name not in best])
 
 
+def edge_problems(c: Client, among: Sequence[Mirror] | None = None) -> list[str]:
+    """Mirrors of the client's best tier (among `among`) within 5% of an
+    edge of the band, under either reading of the band: where the expected
+    group would hinge on the reading or on rounding."""
+    if c.location is None:
+        return []
+    pool = [m for m in (MIRRORS if among is None else among) if m.weight > 0]
+    t = min(tier(m, c) for m in pool)
+    dists = sorted(distance_km(c.location, m.location) for m in pool if tier(m, c) == t)
+    d0 = dists[0]
+    edges = (d0 + max(TIE_KM, (BAND_FACTOR - 1) * d0), max(TIE_KM, BAND_FACTOR * d0))
+    return [
+        f"{c.name}: a mirror at {d:.0f} km, band edge {edge:.0f} km"
+        for d in dists[1:]
+        for edge in edges
+        if abs(d - edge) < 0.05 * edge
+    ]
+
+
+def next_group_is_clear(c: Client) -> bool:
+    """No mirror near the band edge of the next group either."""
+    best = best_group(c)
+    return not edge_problems(c, [m for m in MIRRORS if m.name not in best])
+
+
 def check_scenario() -> list[str]:
-    """Problems that would make the expected groups depend on how the band is
-    read or on rounding: a mirror of the best tier within 5% of an edge."""
-    problems = []
-    for c in CLIENTS:
-        if c.location is None:
-            continue
-        pool = [m for m in MIRRORS if m.weight > 0]
-        t = min(tier(m, c) for m in pool)
-        dists = sorted(distance_km(c.location, m.location) for m in pool if tier(m, c) == t)
-        d0 = dists[0]
-        edges = (d0 + max(TIE_KM, (BAND_FACTOR - 1) * d0), max(TIE_KM, BAND_FACTOR * d0))
-        for d in dists[1:]:
-            for edge in edges:
-                if abs(d - edge) < 0.05 * edge:
-                    problems.append(f"{c.name}: a mirror at {d:.0f} km, band edge {edge:.0f} km")
-    return problems
+    """Every client's best group is clear of band edges."""
+    return [p for c in CLIENTS for p in edge_problems(c)]
 
 
 BY_ADDRESS = {m.address: m for m in MIRRORS}
