@@ -69,8 +69,6 @@ def _unbound_installed() -> None:
         pytest.skip("unbound is not installed (tests/run installs it)")
 
 
-
-
 @pytest.fixture(scope="module")
 def geoip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return make_databases(tmp_path_factory.mktemp("locality-geoip"), geoip_entries())
