@@ -162,6 +162,10 @@ def geodns_serve_argv(
     post = ["--log-level", log_level] if "--log-level" in help_text else []
     if "--state-dir" in help_text:
         post += ["--state-dir", str(state)]
+    if "--rrl-rate" in help_text and "--rrl-rate" not in extra:
+        # every bench client is 127.0.0.1: response rate limiting would cut the
+        # load to 50 answers a second; dns_qps measures it separately (geodns-rrl)
+        post += ["--rrl-rate", "0"]
     if "--store" in help_text:
         post += [
             "--store",

@@ -12,6 +12,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from geodns.dns import rrl
+
+COOKIE_FILE_NAME = "cookie-secret"  # in the state directory, unless --cookie-secret-file
+
 GEOIP_DIRS = (Path("/var/lib/GeoIP"), Path("/usr/share/GeoIP"), Path("/usr/local/share/GeoIP"))
 
 
@@ -51,6 +55,17 @@ class ServerSettings:
     ecs_trust: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # empty = all
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 1000
+    tcp_max_per_source: int = 32  # per IPv4 address / IPv6 /64 (geodns.dns.tcpslots)
+    # response rate limiting (geodns.dns.rrl); rate 0 = off
+    rrl_rate: int = rrl.DEFAULT_RATE
+    rrl_slip: int = rrl.DEFAULT_SLIP
+    rrl_v4_prefix: int = rrl.DEFAULT_V4_PREFIX
+    rrl_v6_prefix: int = rrl.DEFAULT_V6_PREFIX
+    rrl_exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    rrl_max_buckets: int = rrl.DEFAULT_MAX_BUCKETS
+    # DNS Cookies (geodns.dns.cookies); None: <state dir>/cookie-secret, made if absent
+    cookies: bool = True
+    cookie_secret_file: Path | None = None
     reuse_port: bool = False
     # --workers N: this process's index, and where workers share their counters
     worker: int = 0
@@ -63,6 +78,9 @@ class ServerSettings:
 
     def resolved_state_dir(self) -> Path:
         return self.state_dir or default_state_dir()
+
+    def resolved_cookie_secret_file(self) -> Path:
+        return self.cookie_secret_file or self.resolved_state_dir() / COOKIE_FILE_NAME
 
     def resolved_store_url(self) -> str:
         if self.store_url is not None:

@@ -74,6 +74,7 @@ LOOPBACK_MIRRORS = {
 # The role creates this system account (and group) for the run; teardown removes it.
 SERVICE_USER = f"geodns-ci-{os.getpid()}"
 PG_PASSWORD = "ci-p'ss\\w\"rd $HOME %n"  # quotes, backslash, $ and %: the escaping is tested too
+COOKIE_SECRET = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"  # geodns_cookie_secret of the deployment
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -413,6 +414,7 @@ def deployment() -> Iterator[Deployment]:
                     "geodns_test_pg_socket_dir": str(pg.sockets),
                     "geodns_test_pg_port": pg.port,
                     "geodns_test_pg_password": PG_PASSWORD,
+                    "geodns_test_cookie_secret": COOKIE_SECRET,
                 },
                 indent=1,
             )
@@ -659,6 +661,41 @@ def test_server_started_from_the_unit_answers_on_loopback(deployed_server: Serve
         "ns1.example.org.",
         "ns2.example.org.",
     ]
+
+
+@pytest.mark.slow
+def test_cookie_secret_is_deployed_unseen_and_used(
+    deployment: Deployment, deployed_server: Server
+) -> None:
+    """geodns_cookie_secret: one file for every node (0640, root:group), never
+    printed by the playbook, named in the unit, and the running server's
+    cookies verify with it (RFC 9018: any node with the secret accepts them)."""
+    import struct
+
+    import dns.edns
+
+    from geodns.dns.cookies import server_cookie
+
+    path = deployment.prefix / "etc" / "geodns" / "cookie-secret"
+    assert path.read_text() == COOKIE_SECRET + "\n"
+    st = path.stat()
+    assert (st.st_uid, grp.getgrgid(st.st_gid).gr_name, st.st_mode & 0o777) == (
+        0,
+        SERVICE_USER,
+        0o640,
+    )
+    for run in deployment.runs:
+        assert COOKIE_SECRET not in run.output
+    unit = dict(_unit_lines(deployment.unit_dir / "geodns.service"))
+    assert f"--cookie-secret-file {path}" in unit["ExecStart"]
+    client = bytes(range(8))
+    q = dns.message.make_query("mail.example.org.", "A", use_edns=0)
+    q.use_edns(0, options=[dns.edns.CookieOption(client, b"")])
+    resp = dns.query.udp(q, "127.0.0.1", port=deployed_server.port, timeout=2)
+    (cookie,) = [o for o in resp.options if isinstance(o, dns.edns.CookieOption)]
+    ts = struct.unpack("!I", cookie.server[4:8])[0]
+    ip = bytes((127, 0, 0, 1))
+    assert cookie.server == server_cookie(bytes.fromhex(COOKIE_SECRET), client, ip, ts)
 
 
 @pytest.mark.slow

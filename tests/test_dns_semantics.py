@@ -357,22 +357,29 @@ def test_tcp_slow_partial_query_times_out(server: ServerThread) -> None:
         assert s.recv(10) == b""
 
 
-def test_tcp_connection_cap(server: ServerThread) -> None:
+def test_tcp_connection_cap_closes_the_longest_idle(server: ServerThread) -> None:
+    """RFC 7766 §6.2.2: at the cap a newcomer is admitted and the connection
+    idle the longest is closed (refusing newcomers let the first comers keep
+    the server to themselves)."""
     limits = server.server.tcp_limits
     old = limits.max_connections
     limits.max_connections = 2
     socks = []
+    q = query("mail.example.org").to_wire()
+    framed = struct.pack("!H", len(q)) + q
     try:
         for _ in range(2):
             socks.append(socket.create_connection(server.addr(), timeout=3))
-        time.sleep(0.2)
+            time.sleep(0.05)
+        socks[1].sendall(framed)  # the second is active, the first idle
+        assert len(socks[1].recv(2000)) > 2
         extra = socket.create_connection(server.addr(), timeout=3)
-        assert extra.recv(10) == b""  # closed at once
+        extra.sendall(framed)
+        assert len(extra.recv(2000)) > 2  # the newcomer is served
+        assert socks[0].recv(10) == b""  # the longest idle was closed for it
+        socks[1].sendall(framed)
+        assert len(socks[1].recv(2000)) > 2
         extra.close()
-        # the first two still work
-        q = query("mail.example.org").to_wire()
-        socks[0].sendall(struct.pack("!H", len(q)) + q)
-        assert len(socks[0].recv(2000)) > 2
     finally:
         for s in socks:
             s.close()

@@ -102,6 +102,9 @@ def settings_for(
     config: Path, tmp: Path, geoip: tuple[Path, Path] | None = None, **kw: Any
 ) -> ServerSettings:
     listen = kw.pop("listen", [("127.0.0.1", 0)])
+    # Tests send many queries from one address: rate limiting only where a
+    # test asks for it (tests/test_abuse.py).
+    kw.setdefault("rrl_rate", 0)
     return ServerSettings(
         config_dir=config,
         listen=listen,
@@ -275,6 +278,8 @@ def serve_args(
         str(state),
         "--store",
         "none",
+        "--rrl-rate",  # tests query fast from one address; a later --rrl-rate wins
+        "0",
         *extra,
     ]
 

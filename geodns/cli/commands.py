@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from geodns.cli.options import (
+    _add_abuse,
     _add_geo_store,
     _hostport,
     _interface,
@@ -94,7 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to keep answering after withdrawing, before closing (1)",
     )
     s.add_argument("--tcp-idle-timeout", type=float, default=10.0)
-    s.add_argument("--tcp-max-connections", type=int, default=1000)
+    s.add_argument(
+        "--tcp-max-connections",
+        type=int,
+        default=1000,
+        help="open TCP connections at most; at the cap the longest-idle one is closed "
+        "for a newcomer (default 1000)",
+    )
+    _add_abuse(s)
 
     v = sub.add_parser("validate", help="check zone and pool YAML; exit 1 on problems")
     v.add_argument("config", type=Path, nargs="?", default=Path("zones"))
@@ -187,6 +195,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     settings.state_dir = settings.resolved_state_dir()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    if settings.cookies and settings.cookie_secret_file is None:
+        # made once before any worker starts, so that every worker reads the same
+        from geodns.dns.cookies import CookieSecretError, ensure_secret_file
+
+        try:
+            ensure_secret_file(settings.resolved_cookie_secret_file())
+        except (CookieSecretError, OSError) as e:
+            log.error("not starting: %s", e)
+            return 1
     if args.workers > 1:
         return run_workers(settings, args.workers)
     server = Server(settings)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+from collections.abc import Callable
 from pathlib import Path
 
+from geodns.dns import rrl
 from geodns.settings import ServerSettings
 
 
@@ -49,6 +51,83 @@ def _interface(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
         raise argparse.ArgumentTypeError(f"'{text}' is not an address like 192.0.2.53/32") from None
 
 
+def _int_range(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is out of range ({lo}..{hi})")
+        return v
+
+    return parse
+
+
+def _add_abuse(s: argparse.ArgumentParser) -> None:
+    """Response rate limiting, DNS Cookies and TCP slots (README: Abuse resistance)."""
+    g = s.add_argument_group("abuse resistance")
+    g.add_argument(
+        "--rrl-rate",
+        type=_int_range(0, 1_000_000),
+        default=rrl.DEFAULT_RATE,
+        help="UDP responses per second per client network and response kind "
+        f"(0 = no rate limiting; default {rrl.DEFAULT_RATE})",
+    )
+    g.add_argument(
+        "--rrl-slip",
+        type=_int_range(0, 10),
+        default=rrl.DEFAULT_SLIP,
+        help="every Kth response over the rate is sent truncated (TC=1) so that real "
+        "clients retry over TCP, the others are dropped; 0 = drop all "
+        f"(default {rrl.DEFAULT_SLIP})",
+    )
+    g.add_argument(
+        "--rrl-ipv4-prefix",
+        type=_int_range(0, 32),
+        default=rrl.DEFAULT_V4_PREFIX,
+        help=f"IPv4 client network size for rate limiting (default /{rrl.DEFAULT_V4_PREFIX})",
+    )
+    g.add_argument(
+        "--rrl-ipv6-prefix",
+        type=_int_range(0, 128),
+        default=rrl.DEFAULT_V6_PREFIX,
+        help=f"IPv6 client network size for rate limiting (default /{rrl.DEFAULT_V6_PREFIX})",
+    )
+    g.add_argument(
+        "--rrl-exempt",
+        type=_network,
+        action="append",
+        default=[],
+        help="never rate-limit answers to this network; repeatable",
+    )
+    g.add_argument(
+        "--rrl-max-buckets",
+        type=_int_range(1000, 100_000_000),
+        default=rrl.DEFAULT_MAX_BUCKETS,
+        help=f"rate-limit buckets kept at most (memory bound; default {rrl.DEFAULT_MAX_BUCKETS:,})",
+    )
+    g.add_argument(
+        "--cookie-secret-file",
+        type=Path,
+        help="DNS Cookies (RFC 7873/9018): file with the 128-bit server secret as 32 hex digits "
+        "(share it between the servers of one name); default: <state dir>/cookie-secret, "
+        "generated when absent; re-read on SIGHUP",
+    )
+    g.add_argument(
+        "--no-cookies",
+        action="store_true",
+        help="ignore DNS COOKIE options (answer as if they were unknown options)",
+    )
+    g.add_argument(
+        "--tcp-max-per-source",
+        type=_int_range(0, 1_000_000),
+        default=32,
+        help="TCP connections one IPv4 address or IPv6 /64 may hold; at the cap its "
+        "longest-idle one is closed (0 = no per-source cap; default 32)",
+    )
+
+
 def _add_geo_store(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
@@ -80,7 +159,7 @@ def _add_geo_store(p: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     store = None if args.store is None else ("" if args.store == "none" else args.store)
-    return ServerSettings(
+    settings = ServerSettings(
         config_dir=args.config,
         listen=getattr(args, "listen", None) or [("127.0.0.1", 5353)],
         geoip_asn=args.geoip_asn,
@@ -101,3 +180,15 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         service_dev=getattr(args, "service_dev", "lo"),
         service_drain=getattr(args, "service_drain", 1.0),
     )
+    if getattr(args, "rrl_rate", None) is None:
+        return settings  # `explain`: no sockets, no abuse defences to set
+    settings.tcp_max_per_source = args.tcp_max_per_source
+    settings.rrl_rate = args.rrl_rate
+    settings.rrl_slip = args.rrl_slip
+    settings.rrl_v4_prefix = args.rrl_ipv4_prefix
+    settings.rrl_v6_prefix = args.rrl_ipv6_prefix
+    settings.rrl_exempt = tuple(args.rrl_exempt)
+    settings.rrl_max_buckets = args.rrl_max_buckets
+    settings.cookies = not args.no_cookies
+    settings.cookie_secret_file = args.cookie_secret_file
+    return settings

@@ -24,9 +24,12 @@ import socket
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from time import monotonic
 from typing import Any
 
+from geodns.dns import rrl as rrl_mod
 from geodns.dns import wire
+from geodns.dns.cookies import BADCOOKIE, VALID, Cookies, well_formed
 from geodns.dns.gencache import TwoGen
 from geodns.dns.stats import Stats
 from geodns.dns.zone import RR, Resolution, Tables
@@ -62,6 +65,7 @@ class _Body:
     counts_opt: bytes  # the same with ARCOUNT + 1
     body: bytes
     rcode: int
+    kind: int = rrl_mod.ERROR_KIND  # the RRL response kind (geodns.dns.rrl.kind_key)
     # flags+counts after the ID, indexed by the query's RD | CD<<1 bits
     heads: tuple[bytes, ...] = ()
     heads_opt: tuple[bytes, ...] = ()
@@ -131,6 +135,8 @@ class Responder:
         *,
         ecs_trusted: Callable[[str], bool] | None = None,
         query_log: bool = False,
+        rrl: rrl_mod.RateLimiter | None = None,
+        cookies: Cookies | None = None,
     ) -> None:
         self.tables = tables
         self.steering = steering
@@ -143,13 +149,49 @@ class Responder:
         self.steer_cache: dict[tuple[Any, ...], SteerResult] = {}
         self.ecs_clients: TwoGen[bytes, tuple[Any, ...]] = TwoGen(CACHE_MAX)
         self.geo_generation = geodb.generation if geodb is not None else 0
+        # Abuse defences; both outlive generations (the server owns them).
+        self.rrl = rrl
+        self.cookies = cookies
+        # The RRL kind of the response just made, set by whichever path made
+        # it (fast path, _finish, _error); None when the query carried a valid
+        # server cookie (its source is proven: exempt from RRL).
+        self.kind: int | None = rrl_mod.ERROR_KIND
 
     # ------------------------------------------------------------------ fast path
 
     def handle(self, data: bytes, src: str, tcp: bool = False) -> bytes | None:
-        """Answer one query; None means drop. Never raises for any input."""
+        """Answer one query; None means drop. Never raises for any input.
+
+        The one per-datagram entry point (UDP one by one or batched, and TCP):
+        response rate limiting is applied here, to every UDP response, with
+        the kind the answering path left in `self.kind`."""
         try:
-            return self._fast(data, src, tcp)
+            resp = self._fast(data, src, tcp)
+            if tcp or resp is None:
+                return resp  # RRL never limits TCP: its source is real
+            limiter = self.rrl
+            if limiter is None:
+                return resp
+            kind = self.kind
+            if kind is None:
+                return resp  # a valid server cookie (RFC 7873): source proven
+            # The common case inline (a known network whose bucket is full:
+            # it was last answered more than an interval ago); it saves the
+            # call into the limiter, which does everything else.
+            net = limiter.nets.get(src)
+            if net:
+                key = net ^ kind
+                new = limiter.new
+                tat = new.get(key)
+                if tat is not None:
+                    now = monotonic()
+                    if tat <= now:
+                        new[key] = now + limiter.interval
+                        return resp
+            action = limiter.check(src, kind)
+            if action:
+                return self._limited(data, src, resp, action)
+            return resp
         except Exception:  # noqa: BLE001 — a garbage packet must never stop the server
             log.exception("internal error answering a query from %s", src)
             self.stats.dropped += 1
@@ -181,6 +223,7 @@ class Responder:
         qtype = (data[off + 1] << 8) | data[off + 2]
         ar = data[11] | (data[10] << 8)
         ecs_opt = None
+        cookie_at = 0  # offset of a COOKIE option (never 0: the header is there)
         if ar == 0:
             if qend != n:
                 return self._slow(data, src, tcp)
@@ -213,10 +256,16 @@ class Responder:
                 if o + 4 > n:
                     return self._slow(data, src, tcp)
                 olen = (data[o + 2] << 8) | data[o + 3]
-                if data[o] == 0 and data[o + 1] == 8:
-                    if ecs_opt is not None or not _ecs_ok(data, o + 4, olen):
-                        return self._slow(data, src, tcp)
-                    ecs_opt = data[o : o + 4 + olen]
+                if data[o] == 0:
+                    code = data[o + 1]
+                    if code == 8:
+                        if ecs_opt is not None or not _ecs_ok(data, o + 4, olen):
+                            return self._slow(data, src, tcp)
+                        ecs_opt = data[o : o + 4 + olen]
+                    elif code == 10 and self.cookies is not None:
+                        if cookie_at or not well_formed(olen):
+                            return self._slow(data, src, tcp)  # FORMERR there
+                        cookie_at = o
                 o += 4 + olen
             if o != n:
                 return self._slow(data, src, tcp)
@@ -229,15 +278,31 @@ class Responder:
             entry = self._entry(key[0], qtype)
         stats = self.stats
         geo = entry.__class__ is not _Body
-        if ecs_opt is not None:
-            stats.ecs += 1
-            ec = self.ecs_clients.new.get(ecs_opt)
-            if ec is None or self.ecs_trusted is not None:
-                # (the cache holds options as trusted resolvers send them)
-                ec = self._ecs_client(ecs_opt, src)
-            # ec: (info, profile, OPT scope 0, same with DO, OPT true scope, same with DO, scope)
-            body = self._geo_body(entry, ec[0], ec[1]) if geo else entry
-            opt = ec[(4 if geo else 2) + (data[qend + 7] >> 7)]
+        kind = None
+        if edns:
+            if ecs_opt is not None:
+                stats.ecs += 1
+                ec = self.ecs_clients.new.get(ecs_opt)
+                if ec is None or self.ecs_trusted is not None:
+                    # (the cache holds options as trusted resolvers send them)
+                    ec = self._ecs_client(ecs_opt, src)
+                # ec: (info, profile, OPT scope 0, same with DO, OPT true scope, same w/ DO, scope)
+                body = self._geo_body(entry, ec[0], ec[1]) if geo else entry
+                opt = ec[(4 if geo else 2) + (data[qend + 7] >> 7)]
+            else:
+                body = self._geo_body(entry, *self._src_client(src)) if geo else entry
+                opt = _OPT_DO if data[qend + 7] & 0x80 else _OPT_PLAIN
+            kind = body.kind
+            if cookie_at:
+                # RFC 7873 §5.2.3-5: answer with the client cookie and ours
+                clen = (data[cookie_at + 2] << 8) | data[cookie_at + 3]
+                verdict, copt = self.cookies.check(  # type: ignore[union-attr]
+                    data[cookie_at + 4 : cookie_at + 4 + clen], src
+                )
+                stats.cookies[verdict] += 1
+                opt = _with_option(opt, copt)
+                if verdict == VALID:
+                    kind = None
             resp = b"".join(
                 (
                     data[:2],
@@ -249,28 +314,19 @@ class Responder:
             )
         else:
             body = self._geo_body(entry, *self._src_client(src)) if geo else entry
-            if edns:
-                resp = b"".join(
-                    (
-                        data[:2],
-                        body.heads_opt[(data[2] & 1) | ((data[3] >> 3) & 2)],
-                        question,
-                        body.body,
-                        _OPT_DO if data[qend + 7] & 0x80 else _OPT_PLAIN,
-                    )
+            kind = body.kind
+            resp = b"".join(
+                (
+                    data[:2],
+                    body.heads[(data[2] & 1) | ((data[3] >> 3) & 2)],
+                    question,
+                    body.body,
                 )
-            else:
-                resp = b"".join(
-                    (
-                        data[:2],
-                        body.heads[(data[2] & 1) | ((data[3] >> 3) & 2)],
-                        question,
-                        body.body,
-                    )
-                )
+            )
         if len(resp) > limit:
             # The answer is chosen (and counted); only its size needs the full path.
             return self._oversize(data, src, tcp, body, geo)
+        self.kind = kind
         qd = stats.qtypes[tcp][":" in src]
         qd[qtype] = qd.get(qtype, 0) + 1
         rc = stats.rcodes
@@ -357,9 +413,17 @@ class Responder:
         if res.steer is not None:
             entry = _Geo(qname, res)
         else:
-            entry = _encode(qname, res, res.answer, res.authority, res.additional)
+            entry = _encode(
+                qname, res, res.answer, res.authority, res.additional, self._zone(qname)
+            )
         self.cache.put((qname, qtype), entry)
         return entry
+
+    def _zone(self, qname: bytes) -> bytes:
+        """The apex of the zone `qname` is in (lower wire), b"" if none: the
+        RRL kind of NXDOMAIN and error answers."""
+        cz = self.tables.find_zone(qname)
+        return cz.apex if cz is not None else b""
 
     def resolve(self, qname: bytes, qtype: int) -> Resolution:
         if qtype in (wire.AXFR, wire.IXFR):
@@ -420,12 +484,13 @@ class Responder:
         sr = self.steer(res, client)
         st = res.steer
         assert st is not None
+        zone = self._zone(qname)
         if sr.rcode != wire.NOERROR:
-            body = _encode(b"", Resolution(sr.rcode, False, [], [], []), [], [], [])
+            body = _encode(b"", Resolution(sr.rcode, False, [], [], []), [], [], [], zone)
             return _Cycle([body], st.pool, sr.case)
         if not sr.variants:  # NODATA: the pool has no address of this family
             assert res.steer_negative is not None
-            body = _encode(qname, res, res.answer, [res.steer_negative], [])
+            body = _encode(qname, res, res.answer, [res.steer_negative], [], zone)
             return _Cycle([body], st.pool, sr.case)
         rtype = wire.AAAA if res.steer_family == 6 else wire.A
         variants = sr.variants
@@ -435,7 +500,7 @@ class Responder:
                 (res.steer_owner, wire.rr_tail(rtype, st.ttl, r.candidate.address.packed))
                 for r in variants[i]
             ]
-            return _encode(qname, res, res.answer + rrs, res.authority, res.additional)
+            return _encode(qname, res, res.answer + rrs, res.authority, res.additional, zone)
 
         tier = tier_name(variants[0][0]) if sr.case == "nearest" else sr.case
         return _Cycle([None] * len(variants), st.pool, tier, make)
@@ -445,7 +510,7 @@ class Responder:
     def _slow(self, data: bytes, src: str, tcp: bool) -> bytes | None:
         stats = self.stats
         try:
-            q = wire.parse_query(data)
+            q = wire.parse_query(data, empty_ok=self.cookies is not None)
         except wire.BadVersion as e:
             # RFC 6891 §6.1.3: BADVERS, with our version (0) in the OPT
             return self._error(data, wire.BADVERS, tcp, edns_do=e.edns.do)
@@ -454,24 +519,87 @@ class Responder:
                 stats.dropped += 1
                 return None
             return self._error(data, e.rcode, tcp, edns_do=e.opt_do)
+        verdict, copt = -1, b""
+        edns = q.edns
+        if edns is not None and edns.cookie is not None and self.cookies is not None:
+            if edns.cookie_dup or not well_formed(len(edns.cookie)):
+                # RFC 7873 §5.2.2: a malformed COOKIE option is FORMERR
+                stats.cookies[3] += 1
+                return self._error(data, wire.FORMERR, tcp, edns_do=edns.do)
+            verdict, copt = self.cookies.check(edns.cookie, src)
+            stats.cookies[verdict] += 1
+        if not q.question:
+            if not copt:
+                return self._error(data, wire.FORMERR, tcp, edns_do=edns.do if edns else None)
+            return self._cookie_only(q, verdict, copt)
         qd = stats.qtypes[tcp][":" in src]
         qd[q.qtype] = qd.get(q.qtype, 0) + 1
         if q.qclass != wire.CLASS_IN:
-            return self._finish(q, _plain(wire.REFUSED), 0, tcp)
-        key = (q.qname_lower, q.qtype)
-        entry = self.cache.new.get(key) or self._entry(q.qname_lower, q.qtype)
-        if isinstance(entry, _Geo):
-            ecs = q.edns.ecs if q.edns else None
-            if ecs is not None:
-                stats.ecs += 1
-                ec = self._ecs_client(ecs.echo(0), src)
-                info, prof, scope = ec[0], ec[1], ec[6]
+            resp = self._finish(q, _plain(wire.REFUSED), 0, tcp, copt)
+        else:
+            key = (q.qname_lower, q.qtype)
+            entry = self.cache.new.get(key) or self._entry(q.qname_lower, q.qtype)
+            if isinstance(entry, _Geo):
+                ecs = edns.ecs if edns else None
+                if ecs is not None:
+                    stats.ecs += 1
+                    ec = self._ecs_client(ecs.echo(0), src)
+                    info, prof, scope = ec[0], ec[1], ec[6]
+                else:
+                    (info, prof), scope = self._src_client(src), 0
+                resp = self._finish(q, self._geo_body(entry, info, prof), scope, tcp, copt)
             else:
-                (info, prof), scope = self._src_client(src), 0
-            return self._finish(q, self._geo_body(entry, info, prof), scope, tcp)
-        if q.edns is not None and q.edns.ecs is not None:
-            stats.ecs += 1
-        return self._finish(q, entry, 0, tcp)
+                if edns is not None and edns.ecs is not None:
+                    stats.ecs += 1
+                resp = self._finish(q, entry, 0, tcp, copt)
+        if verdict == VALID:
+            self.kind = None
+        return resp
+
+    def _cookie_only(self, q: wire.Query, verdict: int, copt: bytes) -> bytes:
+        """RFC 7873 §5.4: a query without a question asks for a server cookie:
+        NOERROR with our cookie, or BADCOOKIE if the one it brought is not ours."""
+        assert q.edns is not None
+        rcode = wire.NOERROR if verdict != 2 else BADCOOKIE  # 2: invalid server cookie
+        self.stats.rcodes[rcode] = self.stats.rcodes.get(rcode, 0) + 1
+        self.kind = None if verdict == VALID else rrl_mod.ERROR_KIND
+        flags = 0x8000 | (q.flags & 0x0110) | (rcode & 0xF)
+        opt = wire.opt_record(q.edns.do, copt, ext_rcode=rcode >> 4)
+        return struct.pack("!HHHHHH", q.id, flags, 0, 0, 0, 1) + opt
+
+    def _limited(self, data: bytes, src: str, resp: bytes, action: int) -> bytes | None:
+        """A UDP response over its RRL rate: dropped, or (every slip-th) sent as
+        a small truncated answer so that a real client retries over TCP. To a
+        client that sent a cookie the small answer is BADCOOKIE with our server
+        cookie instead (RFC 7873 §5.2.3 (2)): it retries over UDP with proof."""
+        stats = self.stats
+        if action == rrl_mod.DROP:
+            stats.rrl_dropped += 1
+            return None
+        stats.rrl_slipped += 1
+        try:
+            q = wire.parse_query(data)
+        except wire.WireError:
+            # an error response, no bigger than the query it refuses: TC=1 on it
+            return resp[:2] + bytes((resp[2] | 0x02,)) + resp[3:]
+        flags = ((resp[2] << 8) | resp[3]) | 0x0200
+        opt = b""
+        edns = q.edns
+        if edns is not None:
+            opts = edns.ecs.echo(0) if edns.ecs is not None else b""
+            cookie = edns.cookie
+            if (
+                cookie is not None
+                and self.cookies is not None
+                and not edns.cookie_dup
+                and well_formed(len(cookie))
+            ):
+                _, copt = self.cookies.check(cookie, src)
+                flags = 0x8000 | (q.flags & 0x0110) | (BADCOOKIE & 0xF)
+                opt = wire.opt_record(edns.do, opts + copt, ext_rcode=BADCOOKIE >> 4)
+            else:
+                opt = wire.opt_record(edns.do, opts)
+        return struct.pack("!HHHHHH", q.id, flags, 1, 0, 0, 1 if opt else 0) + q.question + opt
 
     def _oversize(self, data: bytes, src: str, tcp: bool, body: _Body, geo: bool) -> bytes | None:
         """A fast-path answer too big for this UDP query: the same answer, fitted
@@ -482,17 +610,29 @@ class Responder:
             return self._slow(data, src, tcp)
         qd = self.stats.qtypes[tcp][":" in src]
         qd[q.qtype] = qd.get(q.qtype, 0) + 1
-        ecs = q.edns.ecs if q.edns else None
+        edns = q.edns
+        ecs = edns.ecs if edns else None
         scope = self._ecs_client(ecs.echo(0), src)[6] if geo and ecs is not None else 0
-        return self._finish(q, body, scope, tcp)
+        verdict, copt = -1, b""
+        if edns is not None and edns.cookie is not None and self.cookies is not None:
+            verdict, copt = self.cookies.check(edns.cookie, src)  # (counted by the fast path)
+        resp = self._finish(q, body, scope, tcp, copt)
+        if verdict == VALID:
+            self.kind = None
+        return resp
 
-    def _finish(self, q: wire.Query, body: _Body, scope: int, tcp: bool) -> bytes:
+    def _finish(
+        self, q: wire.Query, body: _Body, scope: int, tcp: bool, cookie: bytes = b""
+    ) -> bytes:
+        """The response for a parsed query; `cookie` is the COOKIE option to
+        send (RFC 7873: with the client cookie the query had), or b"" for none."""
+        self.kind = body.kind
         edns = q.edns
         limit = 65535 if tcp else (min(edns.payload, wire.EDNS_PAYLOAD) if edns else 512)
         opt = b""
         if edns is not None:
             opts = edns.ecs.echo(scope) if edns.ecs is not None else b""
-            opt = wire.opt_record(edns.do, opts)
+            opt = wire.opt_record(edns.do, opts + cookie)
         flags = body.flags | (q.flags & 0x0110)  # copy RD and CD
         counts = body.counts_opt if opt else body.counts
         resp = struct.pack("!HH", q.id, flags) + b"\x00\x01" + counts + q.question + body.body + opt
@@ -542,6 +682,7 @@ class Responder:
     ) -> bytes | None:
         """FORMERR/NOTIMP/BADVERS: echo ID, opcode, RD; the question only if it parses."""
         self.stats.rcodes[rcode] = self.stats.rcodes.get(rcode, 0) + 1
+        self.kind = rrl_mod.ERROR_KIND
         if len(data) < 12:
             return None
         qid, flags = struct.unpack_from("!HH", data, 0)
@@ -567,12 +708,23 @@ class Responder:
 # ----------------------------------------------------------------------------- helpers
 
 
+def _with_option(opt: bytes, option: bytes) -> bytes:
+    """An OPT record with one more option at its end (RDLEN grows with it)."""
+    rdlen = ((opt[9] << 8) | opt[10]) + len(option)
+    return opt[:9] + bytes((rdlen >> 8, rdlen & 0xFF)) + opt[11:] + option
+
+
 def _plain(rcode: int) -> _Body:
     return _Body(0x8000 | rcode, b"\x00\x00" * 3, b"\x00\x00\x00\x00\x00\x01", b"", rcode)
 
 
 def _encode(
-    qname: bytes, res: Resolution, answer: list[RR], authority: list[RR], additional: list[RR]
+    qname: bytes,
+    res: Resolution,
+    answer: list[RR],
+    authority: list[RR],
+    additional: list[RR],
+    zone: bytes = b"",
 ) -> _Body:
     """Encode sections to follow a question for `qname` (offsets assume the
     question starts at 12; owner names compress against it and each other)."""
@@ -589,7 +741,25 @@ def _encode(
     flags = 0x8000 | (0x0400 if res.aa else 0) | res.rcode
     counts = struct.pack("!HHH", len(answer), len(authority), len(additional))
     counts_opt = struct.pack("!HHH", len(answer), len(authority), len(additional) + 1)
-    return _Body(flags, counts, counts_opt, b"".join(parts), res.rcode)
+    kind = _kind(qname, res, answer, authority, zone)
+    return _Body(flags, counts, counts_opt, b"".join(parts), res.rcode, kind)
+
+
+def _kind(qname: bytes, res: Resolution, answer: list[RR], authority: list[RR], zone: bytes) -> int:
+    """The RRL response kind (BIND/Knot categories): positive answers by the
+    queried name, referrals by the delegation point, NODATA by name,
+    NXDOMAIN and errors by zone."""
+    if res.rcode == wire.NOERROR:
+        if answer:
+            return rrl_mod.kind_key(rrl_mod.ANSWER, qname)
+        if authority and not res.aa and authority[0][1][:2] == b"\x00\x02":  # NS: a referral
+            return rrl_mod.kind_key(rrl_mod.REFERRAL, authority[0][0])
+        return rrl_mod.kind_key(rrl_mod.NODATA, qname)
+    if res.rcode == wire.NXDOMAIN:
+        if authority and authority[0][1][:2] == b"\x00\x06":  # the SOA of the zone that said so
+            zone = authority[0][0]
+        return rrl_mod.kind_key(rrl_mod.NXDOMAIN, zone)
+    return rrl_mod.kind_key(rrl_mod.ERROR, zone)
 
 
 def _ecs_ok(data: bytes, o: int, olen: int) -> bool:

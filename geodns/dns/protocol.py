@@ -13,7 +13,11 @@ import struct
 from time import perf_counter
 from typing import Any, Protocol
 
+from geodns.dns.tcpslots import TCPLimits
+
 log = logging.getLogger("geodns.protocol")
+
+__all__ = ["Current", "Handler", "TCPLimits", "TCPProtocol", "UDPProtocol"]
 
 
 class Handler(Protocol):
@@ -55,19 +59,10 @@ class UDPProtocol(asyncio.DatagramProtocol):
         log.debug("UDP error: %s", exc)
 
 
-class TCPLimits:
-    def __init__(
-        self, idle_timeout: float = 10.0, max_connections: int = 1000, max_pipelined: int = 100
-    ) -> None:
-        self.idle_timeout = idle_timeout  # RFC 7766 §6.2.3: seconds, not minutes
-        self.max_connections = max_connections
-        self.max_pipelined = max_pipelined
-        self.open = 0
-
-
 class TCPProtocol(asyncio.Protocol):
     """RFC 7766: two-byte length framing, pipelined queries answered in order,
-    idle connections closed after `idle_timeout`, a cap on open connections."""
+    idle connections closed after `idle_timeout`; slots (global and per source)
+    are handed out by geodns.dns.tcpslots."""
 
     def __init__(self, current: Current, limits: TCPLimits) -> None:
         self.current = current
@@ -84,16 +79,17 @@ class TCPProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
-        lim = self.limits
-        if lim.open >= lim.max_connections:
-            log.warning(
-                "TCP connection limit (%d) reached; closing %s", lim.max_connections, self.peer
-            )
+        if not self.limits.admit(self, self.peer):
             transport.close()
             return
-        lim.open += 1
         self.counted = True
         self._arm()
+
+    def evict(self) -> None:
+        """Closed to make room for another connection (geodns.dns.tcpslots)."""
+        self.counted = False
+        if self.transport is not None:
+            self.transport.close()
 
     def _arm(self) -> None:
         if self.timer is not None:
@@ -154,6 +150,8 @@ class TCPProtocol(asyncio.Protocol):
                 tr.resume_reading()
         if handled:
             self._arm()  # idle = no complete query; a trickle of bytes is not activity
+            if self.counted:
+                self.limits.touch(self)
 
     def pause_writing(self) -> None:
         # The client does not read its answers: stop reading its queries, so
@@ -172,6 +170,6 @@ class TCPProtocol(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
         if self.counted:
-            self.limits.open -= 1
+            self.limits.release(self)
             self.counted = False
         self.transport = None

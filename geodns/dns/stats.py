@@ -49,6 +49,9 @@ class Stats:
         "ecs",
         "dropped",
         "latency",
+        "rrl_dropped",
+        "rrl_slipped",
+        "cookies",
     )
 
     def __init__(self) -> None:
@@ -60,6 +63,11 @@ class Stats:
         self.truncated = 0
         self.ecs = 0
         self.dropped = 0
+        # responses over the RRL rate: dropped, or sent small (TC=1 / BADCOOKIE)
+        self.rrl_dropped = 0
+        self.rrl_slipped = 0
+        # COOKIE options seen: [valid, client cookie only, invalid server cookie, malformed]
+        self.cookies = [0, 0, 0, 0]
 
 
 # --------------------------------------------------------------------------- --workers N
@@ -72,7 +80,9 @@ class Stats:
 PUBLISH_EVERY = 1.0
 
 
-def stats_snapshot(st: Stats, tcp_open: int) -> dict[str, Any]:
+def stats_snapshot(
+    st: Stats, tcp_open: int, tcp_evicted: dict[str, int] | None = None
+) -> dict[str, Any]:
     lat = st.latency
     return {
         "qtypes": [[sorted(d.items()) for d in row] for row in st.qtypes],
@@ -81,15 +91,20 @@ def stats_snapshot(st: Stats, tcp_open: int) -> dict[str, Any]:
         "truncated": st.truncated,
         "ecs": st.ecs,
         "dropped": st.dropped,
+        "rrl": [st.rrl_dropped, st.rrl_slipped],
+        "cookies": list(st.cookies),
+        "tcp_evicted": dict(tcp_evicted or {}),
         "latency": {"counts": lat.counts, "total": lat.total, "n": lat.n},
         "tcp_open": tcp_open,
         "pid": os.getpid(),  # a new pid on the same file: the worker was restarted
     }
 
 
-def publish_stats(path: Path, st: Stats, tcp_open: int) -> None:
+def publish_stats(
+    path: Path, st: Stats, tcp_open: int, tcp_evicted: dict[str, int] | None = None
+) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(stats_snapshot(st, tcp_open)))
+    tmp.write_text(json.dumps(stats_snapshot(st, tcp_open, tcp_evicted)))
     os.replace(tmp, path)  # the reader never sees half a file
 
 
@@ -103,9 +118,16 @@ class PeerStats:
         self.last: dict[Path, dict[str, Any]] = {}
         self.carried: list[dict[str, Any]] = []
 
-    def merged(self, own: Stats, own_tcp: int, paths: list[Path]) -> tuple[Stats, int, int]:
-        """(sum of all workers' counters, open TCP connections, workers counted)."""
-        snaps = [stats_snapshot(own, own_tcp)]
+    def merged(
+        self,
+        own: Stats,
+        own_tcp: int,
+        paths: list[Path],
+        own_evicted: dict[str, int] | None = None,
+    ) -> tuple[Stats, int, int, dict[str, int]]:
+        """(sum of all workers' counters, open TCP connections, workers counted,
+        TCP connections closed to make room, by reason)."""
+        snaps = [stats_snapshot(own, own_tcp, own_evicted)]
         for p in paths:
             prev = self.last.get(p)
             try:
@@ -118,8 +140,13 @@ class PeerStats:
                 self.carried.append(prev | {"tcp_open": 0})
             self.last[p] = snap
             snaps.append(snap)
-        total = _add([*self.carried, *snaps])
-        return total, sum(int(snap["tcp_open"]) for snap in snaps), len(snaps)
+        every = [*self.carried, *snaps]
+        total = _add(every)
+        evicted: dict[str, int] = {}
+        for snap in every:
+            for reason, n in snap.get("tcp_evicted", {}).items():
+                evicted[reason] = evicted.get(reason, 0) + n
+        return total, sum(int(snap["tcp_open"]) for snap in snaps), len(snaps), evicted
 
 
 def _add(snaps: list[dict[str, Any]]) -> Stats:
@@ -137,6 +164,11 @@ def _add(snaps: list[dict[str, Any]]) -> Stats:
         total.truncated += snap["truncated"]
         total.ecs += snap["ecs"]
         total.dropped += snap["dropped"]
+        rrl_counts = snap.get("rrl", [0, 0])
+        total.rrl_dropped += rrl_counts[0]
+        total.rrl_slipped += rrl_counts[1]
+        for i, n in enumerate(snap.get("cookies", [])[:4]):
+            total.cookies[i] += n
         lat = snap["latency"]
         total.latency.counts = [
             a + b for a, b in zip(total.latency.counts, lat["counts"], strict=True)

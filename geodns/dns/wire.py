@@ -47,6 +47,7 @@ TYPE_NAMES = {v: k for k, v in TYPE_CODES.items()} | {
 }
 CLASS_IN = 1
 ECS_CODE = 8  # RFC 7871 §6
+COOKIE_CODE = 10  # RFC 7873 §4
 EDNS_PAYLOAD = 1232  # the DNS flag day 2020 size: fits every common path MTU
 MAX_LABEL, MAX_NAME = 63, 255
 
@@ -84,6 +85,10 @@ class EDNS:
     version: int
     do: bool
     ecs: ECS | None
+    # RFC 7873 COOKIE option data as sent (checked by geodns.dns.cookies, which
+    # may be switched off: then it is an unknown option like any other)
+    cookie: bytes | None = None
+    cookie_dup: bool = False  # more than one COOKIE option
 
 
 @dataclass(slots=True)
@@ -158,22 +163,27 @@ def parse_header(data: bytes) -> tuple[int, int, int, int, int, int]:
     return struct.unpack_from("!HHHHHH", data, 0)
 
 
-def parse_query(data: bytes) -> Query:
+def parse_query(data: bytes, empty_ok: bool = False) -> Query:
     """Parse a query completely. Raises WireError with the rcode to answer:
-    FORMERR, NOTIMP, BADVERS; rcode -1 means "drop, do not answer"."""
+    FORMERR, NOTIMP, BADVERS; rcode -1 means "drop, do not answer".
+    `empty_ok`: a query without a question parses (qname b"", qtype 0), for
+    the caller to answer if it may (RFC 7873 §5.4: a query for a cookie)."""
     qid, flags, qd, an, ns, ar = parse_header(data)
     if flags & 0x8000:
         raise WireError(-1, "a response, not a query")  # never answer answers (loops)
     opcode = (flags >> 11) & 0xF
     if opcode != 0:
         raise WireError(NOTIMP, f"opcode {opcode} is not implemented")
-    if qd != 1:
+    if qd == 0 and empty_ok:
+        qname, off, qtype, qclass = b"", 12, 0, 0
+    elif qd != 1:
         raise WireError(FORMERR, f"QDCOUNT is {qd}, expected 1")
-    qname, off = read_name(data, 12)
-    if off + 4 > len(data):
-        raise WireError(FORMERR, "question truncated")
-    qtype, qclass = struct.unpack_from("!HH", data, off)
-    off += 4
+    else:
+        qname, off = read_name(data, 12)
+        if off + 4 > len(data):
+            raise WireError(FORMERR, "question truncated")
+        qtype, qclass = struct.unpack_from("!HH", data, off)
+        off += 4
     question = data[12:off]
     # Skip answer and authority records (a query should have none; tolerate them).
     for _ in range(an + ns):
@@ -226,6 +236,8 @@ def _parse_opt(payload: int, ttl: int, rdata: bytes) -> EDNS:
     version = (ttl >> 16) & 0xFF
     do = bool(ttl & 0x8000)
     ecs = None
+    cookie: bytes | None = None
+    cookie_dup = False
     off = 0
     while off < len(rdata):
         if off + 4 > len(rdata):
@@ -238,9 +250,14 @@ def _parse_opt(payload: int, ttl: int, rdata: bytes) -> EDNS:
             if ecs is not None:
                 raise WireError(FORMERR, "more than one Client Subnet option")
             ecs = parse_ecs(rdata[off : off + olen])
+        elif code == COOKIE_CODE:
+            if cookie is None:
+                cookie = rdata[off : off + olen]
+            else:
+                cookie_dup = True
         # RFC 6891 §6.1.2: unknown options are ignored
         off += olen
-    edns = EDNS(max(payload, 512), version, do, ecs)
+    edns = EDNS(max(payload, 512), version, do, ecs, cookie, cookie_dup)
     if version > 0:
         raise BadVersion(edns)
     return edns

@@ -65,6 +65,7 @@ class Source(Protocol):
     def metrics_bound(self, value: tuple[str, int] | None) -> None: ...
     def store_configured(self) -> bool: ...
     def tcp_open(self) -> int: ...
+    def tcp_evicted(self) -> dict[str, int]: ...
     def peer_stats_paths(self) -> list[Path]: ...
 
 
@@ -74,8 +75,8 @@ class ServerCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         srv = self.server
-        st, tcp_open, workers = srv.peer_stats.merged(
-            srv.stats, srv.tcp_open(), srv.peer_stats_paths()
+        st, tcp_open, workers, evicted = srv.peer_stats.merged(
+            srv.stats, srv.tcp_open(), srv.peer_stats_paths(), srv.tcp_evicted()
         )
         yield GaugeMetricFamily(
             "geodns_workers", "worker processes whose counters are included", value=workers
@@ -160,6 +161,56 @@ class ServerCollector(Collector):
             value=srv.reload_seconds,
         )
         yield GaugeMetricFamily("geodns_tcp_connections", "open TCP connections", value=tcp_open)
+        c = CounterMetricFamily(
+            "geodns_tcp_connections_closed",
+            "TCP connections closed to make room: over the per-source cap (source_cap) "
+            "or at the global cap (global_cap)",
+            labels=["reason"],
+        )
+        for reason in ("global_cap", "source_cap"):
+            c.add_metric([reason], evicted.get(reason, 0))
+        yield c
+        c = CounterMetricFamily(
+            "geodns_rrl_limited",
+            "UDP responses over the rate limit: dropped, or sent truncated (slip)",
+            labels=["action"],
+        )
+        c.add_metric(["drop"], st.rrl_dropped)
+        c.add_metric(["slip"], st.rrl_slipped)
+        yield c
+        c = CounterMetricFamily(
+            "geodns_dns_cookies",
+            "queries with a DNS COOKIE option (RFC 7873) by what it held",
+            labels=["result"],
+        )
+        for i, result in enumerate(("valid", "client_only", "invalid", "malformed")):
+            c.add_metric([result], st.cookies[i])
+        yield c
+        c = CounterMetricFamily(
+            "geodns_tcp_connections_closed",
+            "TCP connections closed to make room: over the per-source cap (source_cap) "
+            "or at the global cap (global_cap)",
+            labels=["reason"],
+        )
+        for reason in ("global_cap", "source_cap"):
+            c.add_metric([reason], evicted.get(reason, 0))
+        yield c
+        c = CounterMetricFamily(
+            "geodns_rrl_limited",
+            "UDP responses over the rate limit: dropped, or sent truncated (slip)",
+            labels=["action"],
+        )
+        c.add_metric(["drop"], st.rrl_dropped)
+        c.add_metric(["slip"], st.rrl_slipped)
+        yield c
+        c = CounterMetricFamily(
+            "geodns_dns_cookies",
+            "queries with a DNS COOKIE option (RFC 7873) by what it held",
+            labels=["result"],
+        )
+        for i, result in enumerate(("valid", "client_only", "invalid", "malformed")):
+            c.add_metric([result], st.cookies[i])
+        yield c
 
 
 def healthz(server: Source) -> tuple[int, dict[str, Any]]:

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from geodns.config import FileCache, load_config
+from geodns.dns import cookies as cookie_mod
+from geodns.dns import rrl
 from geodns.dns.answer import Responder
 from geodns.dns.protocol import Current, TCPLimits, TCPProtocol, UDPProtocol
 from geodns.dns.stats import PUBLISH_EVERY, PeerStats, Stats, publish_stats
@@ -75,7 +77,20 @@ class Server:
         self._reload_lock: asyncio.Lock | None = None
         self._file_cache: FileCache = {}  # parsed YAML files, reused by reloads
         self._trusted = self._make_trust()
-        self.tcp_limits = TCPLimits(settings.tcp_idle_timeout, settings.tcp_max_connections)
+        self.tcp_limits = TCPLimits(
+            settings.tcp_idle_timeout, settings.tcp_max_connections, settings.tcp_max_per_source
+        )
+        self.rrl: rrl.RateLimiter | None = None
+        if settings.rrl_rate > 0:
+            self.rrl = rrl.RateLimiter(
+                settings.rrl_rate,
+                settings.rrl_slip,
+                v4_prefix=settings.rrl_v4_prefix,
+                v6_prefix=settings.rrl_v6_prefix,
+                exempt=settings.rrl_exempt,
+                max_buckets=settings.rrl_max_buckets,
+            )
+        self.cookies: cookie_mod.Cookies | None = None  # load_initial() reads the secret
         self.metrics_server: Any = None  # aiohttp AppRunner when --metrics is on
         self.bound: list[tuple[str, int]] = []
         self.metrics_bound: tuple[str, int] | None = None
@@ -106,6 +121,8 @@ class Server:
         self.geodb = GeoDB.discover(
             self.s.geoip_asn, self.s.geoip_city, dirs=self.s.geoip_dirs or GEOIP_DIRS
         )
+        if self.s.cookies and self.cookies is None:
+            self.cookies = cookie_mod.Cookies(self._read_cookie_secrets())
         self._open_store()
         self._poll_health_sync()
         config = self._load_config()
@@ -118,6 +135,33 @@ class Server:
             len(config.pools),
             self.s.config_dir,
         )
+
+    def _read_cookie_secrets(self) -> list[bytes]:
+        """The secrets from the file (made in the state directory if that is
+        where it is and it does not exist yet); ConfigError when unusable."""
+        path = self.s.resolved_cookie_secret_file()
+        try:
+            if self.s.cookie_secret_file is None:
+                cookie_mod.ensure_secret_file(path)
+            return cookie_mod.read_secrets(path)
+        except (cookie_mod.CookieSecretError, OSError) as e:
+            raise ConfigError([str(e)]) from None
+
+    def rotate_cookie_secret(self) -> None:
+        """Re-read the cookie secret file (on reload): a new secret makes new
+        cookies at once, the previous one is still accepted."""
+        if self.cookies is None:
+            return
+        try:
+            new = self._read_cookie_secrets()
+        except ConfigError as e:
+            log.error("DNS cookie secret kept, the file is unusable: %s", e.problems[0])
+            return
+        if self.cookies.rotate(new):
+            log.info(
+                "DNS cookie secret rotated from %s (the previous one is still accepted)",
+                self.s.resolved_cookie_secret_file(),
+            )
 
     def _load_config(self) -> Config:
         state = self.s.resolved_state_dir()
@@ -134,6 +178,8 @@ class Server:
             self.stats,
             ecs_trusted=self._trusted,
             query_log=self.s.query_log,
+            rrl=self.rrl,
+            cookies=self.cookies,
         )
 
     def _install(self, config: Config, tables: Tables, responder: Responder | None = None) -> None:
@@ -349,6 +395,7 @@ class Server:
             await srv.wait_closed()
         self.transports.clear()
         self.servers.clear()
+        self.tcp_limits.tally.cancel()
         if self.metrics_server is not None:
             await self.metrics_server.cleanup()
             self.metrics_server = None
@@ -360,10 +407,13 @@ class Server:
     def publish_stats(self) -> None:
         assert self.s.stats_dir is not None
         path = self.s.stats_dir / f"worker-{self.s.worker}.json"
-        publish_stats(path, self.stats, self.tcp_limits.open)
+        publish_stats(path, self.stats, self.tcp_limits.open, self.tcp_limits.evicted)
 
     def tcp_open(self) -> int:
         return self.tcp_limits.open
+
+    def tcp_evicted(self) -> dict[str, int]:
+        return self.tcp_limits.evicted
 
     def store_configured(self) -> bool:
         return bool(self.s.resolved_store_url())
@@ -393,6 +443,7 @@ class Server:
         async with self._reload_lock:
             sdnotify.reloading()
             try:
+                self.rotate_cookie_secret()  # whatever becomes of the YAML
                 return await self._reload()
             finally:
                 sdnotify.notify("READY=1", self._status())
