@@ -181,7 +181,10 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         service_drain=getattr(args, "service_drain", 1.0),
     )
     if getattr(args, "rrl_rate", None) is None:
-        return settings  # `explain`: no sockets, no abuse defences to set
+        # `explain` answers no query: no limiter, and no cookie secret made on disk
+        settings.rrl_rate = 0
+        settings.cookies = False
+        return settings
     settings.tcp_max_per_source = args.tcp_max_per_source
     settings.rrl_rate = args.rrl_rate
     settings.rrl_slip = args.rrl_slip
