@@ -200,6 +200,41 @@ def start(
     return server
 
 
+def start_standby(primary: PgServer) -> PgServer:
+    """A hot standby streaming from `primary` (pg_basebackup -R over its Unix
+    socket; initdb -A trust lets the replication connection in). Its own
+    directory and socket; `stop()` it and remove its root when done."""
+    root = Path(tempfile.mkdtemp(prefix="geodns-pg-"))
+    _, account = _run_as()
+    if account:
+        shutil.chown(root, user=account)
+    server = PgServer(primary.bindir, root, primary.prefix)
+    try:
+        server._run(
+            str(primary.bindir / "pg_basebackup"),
+            "-D",
+            str(server.data),
+            "-h",
+            str(primary.socket_dir),
+            "-U",
+            USER,
+            "-R",  # standby.signal + primary_conninfo: a streaming standby
+            "-X",
+            "stream",
+            "--checkpoint=fast",  # not a spread checkpoint: minutes on an idle server
+            "--no-sync",
+        )
+        server.opts = (
+            f"-k {root} -c listen_addresses='' -c fsync=off -c hot_standby=on -c max_connections=50"
+        )
+        server._pg_ctl_start()
+    except BaseException:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return server
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     bindir = find_bindir()
