@@ -819,7 +819,9 @@ def failed(samples: list[Sample], after: float = -math.inf) -> list[Sample]:
 class Result:
     name: str
     seconds: float  # the scenario's headline time
-    lost: int = 0
+    # resolver queries that failed (SERVFAIL or no answer in 2 s): the whole
+    # scenario's, or (c) those of the switch; None until run_scenario counts
+    lost: int | None = None
     figures: dict[str, Any] = field(default_factory=dict)
 
     def line(self) -> str:
@@ -834,7 +836,7 @@ def check(cond: bool, what: str, c: Cluster) -> None:
         raise ScenarioError(f"{what}\n{c.logs()}")
 
 
-def scenario_mirror_stops(c: Cluster) -> Result:
+def scenario_mirror_stops(c: Cluster, load: Load) -> Result:
     """(a) A mirror stops: every node stops answering it within one checker
     round + one health interval; the resolver's clients never get it once
     that plus the TTL has passed."""
@@ -888,7 +890,7 @@ def scenario_mirror_stops(c: Cluster) -> Result:
     )
 
 
-def scenario_region_cut(c: Cluster) -> Result:
+def scenario_region_cut(c: Cluster, load: Load) -> Result:
     """(b) One region's path to a mirror is cut: that region calls it down,
     the others do not, and with --quorum 2 every node keeps answering it."""
     t0 = time.monotonic()
@@ -922,12 +924,11 @@ def scenario_region_cut(c: Cluster) -> Result:
     return Result("b region_cut", region_down, figures={"node_polls_with_m2": polls})
 
 
-def scenario_node_killed(c: Cluster) -> Result:
+def scenario_node_killed(c: Cluster, load: Load) -> Result:
     """(c) A DNS node is SIGKILLed: its supervisor withdraws the address, the
     router drops that next hop, and resolver clients keep getting answers.
     Then a node vanishes whole (its link cut): BFD takes the route away."""
     victim = c.nodes["n2"]
-    resolver = Load(c, "resolver")
     direct = Load(c, "anycast")
     time.sleep(1.0)  # a baseline before the fault
     t0 = victim.kill()
@@ -953,7 +954,7 @@ def scenario_node_killed(c: Cluster) -> Result:
     session = c.birdc("router", "show", "protocols", "n2")
     check("Established" in session, f"(c) n2's BGP session went down:\n{session}", c)
     time.sleep(2.0)  # queries after the switch: every one must be answered
-    r_samples, d_samples = resolver.stop(), direct.stop()
+    r_samples, d_samples = list(load.samples), direct.stop()
     settle = t0 + switch + 0.3  # queries sent once the route has moved
     check(
         not failed(r_samples, settle),
@@ -968,7 +969,7 @@ def scenario_node_killed(c: Cluster) -> Result:
     figures: dict[str, Any] = {
         "withdraw_started_s": withdrawn[0] - t0,
         "withdraw_s": withdrawn[1] - t0,
-        "resolver_queries": len(r_samples),
+        "switch_resolver_queries": len(r_samples),
         "anycast_queries": len(d_samples),
         "anycast_lost": len(failed(d_samples)),
     }
@@ -998,12 +999,13 @@ def scenario_node_killed(c: Cluster) -> Result:
     settle = t2 + figures["bfd_s"] + 0.3
     check(not failed(d_samples, settle), "(c) anycast queries failed after BFD moved", c)
     figures["bfd_anycast_lost"] = len(failed(d_samples))
+    figures["bfd_resolver_lost"] = len(failed([x for x in load.samples if x.t >= t2 - 0.5]))
     c.bed.set_link(lost_node.host, True)
     wait_until("(c) n3's route returns", lambda: NODES["n3"] in c.nexthops(), 30, step=0.05)
     return Result("c node_killed", switch, lost=lost, figures=figures)
 
 
-def scenario_store_outage(c: Cluster) -> Result:
+def scenario_store_outage(c: Cluster, load: Load) -> Result:
     """(d) PostgreSQL stops: nodes keep serving the last snapshot and say
     degraded; a node restarted meanwhile serves the snapshot it saved, not
     all-up; everything follows the store again once it is back."""
@@ -1078,7 +1080,7 @@ def scenario_store_outage(c: Cluster) -> Result:
     )
 
 
-def scenario_checker_dies(c: Cluster) -> Result:
+def scenario_checker_dies(c: Cluster, load: Load) -> Result:
     """(e) A regional checker dies: its votes age out after --region-timeout
     and the quorum shrinks to the regions still current (geodns/store.py):
     eu and ap call m2 down (2 of 3 ⇒ out); ap's checker dies ⇒ after the
@@ -1125,13 +1127,27 @@ def scenario_checker_dies(c: Cluster) -> Result:
     return Result("e checker_dies", aged_out, figures={"quorum_shrunk_s": shrunk})
 
 
-SCENARIOS: dict[str, Callable[[Cluster], Result]] = {
+SCENARIOS: dict[str, Callable[[Cluster, Load], Result]] = {
     "a": scenario_mirror_stops,
     "b": scenario_region_cut,
     "c": scenario_node_killed,
     "d": scenario_store_outage,
     "e": scenario_checker_dies,
 }
+
+
+def run_scenario(c: Cluster, key: str) -> Result:
+    """One scenario with resolver clients asking all along (Load): what they
+    lost is the scenario's `lost`, unless the scenario counts its own."""
+    load = Load(c, "resolver", every=0.05)
+    try:
+        r = SCENARIOS[key](c, load)
+    finally:
+        samples = load.stop()
+    if r.lost is None:
+        r.lost = len(failed(samples))
+    r.figures["resolver_queries"] = len(samples)
+    return r
 
 
 def summary_line(results: dict[str, Result]) -> str:

@@ -50,7 +50,7 @@ def healthy(cluster: cb.Cluster) -> Iterator[cb.Cluster]:
 
 
 def run(c: cb.Cluster, key: str) -> cb.Result:
-    r = cb.SCENARIOS[key](c)
+    r = cb.run_scenario(c, key)
     c.results[key] = r  # type: ignore[attr-defined]
     return r
 
@@ -73,12 +73,14 @@ def test_bed_is_anycast_over_three_nodes(healthy: cb.Cluster) -> None:
 def test_a_mirror_stops(healthy: cb.Cluster) -> None:
     r = run(healthy, "a")
     assert r.seconds <= r.figures["bound_s"]
+    assert r.lost == 0  # resolver clients asking all along lost nothing
     assert r.figures["regions_down"] >= cb.QUORUM
 
 
 def test_b_one_region_cut_off_from_a_mirror(healthy: cb.Cluster) -> None:
     r = run(healthy, "b")
     assert r.seconds <= cb.CHECK_ROUND + cb.SLACK
+    assert r.lost == 0
     assert r.figures["node_polls_with_m2"] > 0
 
 
@@ -87,17 +89,20 @@ def test_c_dns_node_killed(healthy: cb.Cluster) -> None:
     # the route goes as soon as the supervisor's `geodns withdraw` has run
     assert r.seconds <= r.figures["withdraw_s"] + 1.0
     assert r.figures["bfd_s"] <= cb.HOLD  # BFD, not the hold timer
-    # what was lost is bounded by the switch: at most the queries of that window
-    assert r.lost <= r.figures["resolver_queries"] * 0.5
+    # resolver clients asked all along (no query failed once the route had
+    # moved: the scenario checks that); a few may fail in the switch itself
+    assert r.figures["switch_resolver_queries"] >= 20
 
 
 def test_d_store_outage(healthy: cb.Cluster) -> None:
     r = run(healthy, "d")
     assert r.figures["restart_failstatic"] == "ok"
+    assert r.lost == 0  # a graceful restart withdraws first: the resolver notices nothing
     assert r.seconds <= cb.HEALTH_INTERVAL + cb.SLACK
 
 
 def test_e_regional_checker_dies(healthy: cb.Cluster) -> None:
     r = run(healthy, "e")
+    assert r.lost == 0
     late = cb.REGION_TIMEOUT + cb.REGION_REFRESH + cb.HEALTH_INTERVAL + cb.SLACK
     assert r.seconds <= late and r.figures["quorum_shrunk_s"] <= late
