@@ -47,7 +47,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -87,7 +87,8 @@ REGION_TIMEOUT = 5.0  # geodns --region-timeout
 TTL = 2  # dl.cluster.test
 JITTER = 0.1  # the checker's default interval jitter
 SLACK = 2.5  # a loaded 2-core machine: process wake-ups, Python, commits
-# a checker calls a stopped mirror down after `fall` probes, one interval apart
+# a checker calls a mirror down after `fall` failed probes one interval apart
+# (a refused or timed-out connection at the first: it skips `fall`)
 CHECK_ROUND = FALL * CHECK_INTERVAL * (1 + JITTER) + CHECK_TIMEOUT
 # a region's silence is noticed at the server's next re-read of the vote
 REGION_REFRESH = min(60.0, REGION_TIMEOUT / 4)
@@ -477,6 +478,8 @@ class Cluster:
         self.mirrors: dict[str, MirrorHost] = {}
         self.cuts: set[tuple[str, str]] = set()  # (region, mirror) with a route cut
         self.pg_down = False
+        self.loads: list[Load] = []  # stopped on close, whatever a scenario left running
+        self.results: dict[str, Result] = {}  # what the scenarios measured, by key
 
     # ---------------------------------------------------------------- building
 
@@ -493,6 +496,8 @@ class Cluster:
 
     def close(self) -> None:
         self.closing = True
+        for load in self.loads:
+            load.halt()
         self.stack.close()
 
     def _build(self) -> None:
@@ -753,12 +758,6 @@ def _catching(fn: Callable[[], None], errors: list[BaseException]) -> Callable[[
     return run
 
 
-@contextlib.contextmanager
-def cluster(tmp: Path) -> Iterator[Cluster]:
-    with Cluster(tmp) as c:
-        yield c
-
-
 # --------------------------------------------------------------------------- watching
 
 
@@ -780,6 +779,7 @@ class Load:
         self.c, self.kind, self.every, self.limit = c, kind, every, limit
         self.samples: list[Sample] = []
         self._stop = threading.Event()
+        c.loads.append(self)
         self._future = c.client_pool.submit(self._run)
 
     def _one(self) -> Sample:
@@ -801,6 +801,9 @@ class Load:
         while not self._stop.is_set() and time.monotonic() < end:
             self.samples.append(self._one())
             self._stop.wait(self.every)
+
+    def halt(self) -> None:
+        self._stop.set()
 
     def stop(self) -> list[Sample]:
         self._stop.set()
@@ -1147,6 +1150,7 @@ def run_scenario(c: Cluster, key: str) -> Result:
     if r.lost is None:
         r.lost = len(failed(samples))
     r.figures["resolver_queries"] = len(samples)
+    c.results[key] = r
     return r
 
 

@@ -29,10 +29,9 @@ def cluster(
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the cluster tests, but: {reason}", pytrace=False)
         pytest.skip(f"cluster bed unavailable: {reason}")
-    results: dict[str, cb.Result] = {}
     with cb.Cluster(tmp_path_factory.mktemp("cluster")) as c:
-        c.results = results  # type: ignore[attr-defined]
         yield c
+    results = c.results
     if results:
         lines = ["", f"cluster bed up in {c.ready_seconds:.1f} s; scenarios:"]
         lines += [f"  {r.line()}" for r in results.values()]
@@ -50,9 +49,7 @@ def healthy(cluster: cb.Cluster) -> Iterator[cb.Cluster]:
 
 
 def run(c: cb.Cluster, key: str) -> cb.Result:
-    r = cb.run_scenario(c, key)
-    c.results[key] = r  # type: ignore[attr-defined]
-    return r
+    return cb.run_scenario(c, key)
 
 
 def test_bed_is_anycast_over_three_nodes(healthy: cb.Cluster) -> None:

@@ -25,7 +25,7 @@ from .conftest import TEST_ZONES
 from .test_health import DE, addrs, fetch, fetch_json, metric, wait_for
 from .util import ServerThread, query, settings_for, udp
 
-DL = "dl.example.org"
+DL = "pad.example.org"  # min_answers 2: both German mirrors to a German client
 DE2 = ("distfiles", "mirror-de2", "127.5.0.1")
 ALL_DE = ["127.1.0.1", "127.5.0.1"]
 

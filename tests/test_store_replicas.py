@@ -96,7 +96,7 @@ def test_a_dns_node_reads_the_standby_and_falls_back_to_the_primary(
         s = settings_for(TEST_ZONES, tmp_path, demo_geoip, store_url=read_url, health_interval=0.1)
         with ServerThread(s) as st:
             assert st.server.health.ok and DE2 in st.server.health.down
-            got = addrs(udp(query("dl.example.org", ecs=DE), st.addr()))
+            got = addrs(udp(query("pad.example.org", ecs=DE), st.addr()))
             assert got and "127.5.0.1" not in got, got
             checker.set_state(*DE1, False, "test: refused", region="eu")
             deadline = time.monotonic() + 10
