@@ -1037,7 +1037,9 @@ def scenario_store_outage(c: Cluster, load: Load) -> Result:
 
     # a node restarted during the outage
     n1 = c.nodes["n1"]
+    t_restart = time.monotonic()
     n1.restart()
+    restart_s = time.monotonic() - t_restart
     restarted_answers = [n1.answer() for _ in range(6)]
     h = n1.healthz()
     age = n1.metric("geodns_health_snapshot_age_seconds")
@@ -1078,6 +1080,7 @@ def scenario_store_outage(c: Cluster, load: Load) -> Result:
         figures={
             "restart_failstatic": "ok" if failstatic else "FAIL",
             "restored_snapshot_age_s": age,
+            "n1_restart_s": restart_s,
             "recovered_s": recovered,
         },
     )
@@ -1142,6 +1145,7 @@ SCENARIOS: dict[str, Callable[[Cluster, Load], Result]] = {
 def run_scenario(c: Cluster, key: str) -> Result:
     """One scenario with resolver clients asking all along (Load): what they
     lost is the scenario's `lost`, unless the scenario counts its own."""
+    t0 = time.monotonic()
     load = Load(c, "resolver", every=0.05)
     try:
         r = SCENARIOS[key](c, load)
@@ -1150,6 +1154,10 @@ def run_scenario(c: Cluster, key: str) -> Result:
     if r.lost is None:
         r.lost = len(failed(samples))
     r.figures["resolver_queries"] = len(samples)
+    if failed(samples):  # when, into the scenario, and how they failed
+        r.figures["resolver_failures"] = ",".join(
+            f"{x.t - t0:.2f}s:{x.error}" for x in failed(samples)[:10]
+        )
     c.results[key] = r
     return r
 
