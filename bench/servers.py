@@ -20,7 +20,17 @@ from pathlib import Path
 from types import FrameType, TracebackType
 
 REPO = Path(__file__).resolve().parent.parent
-APT_PACKAGES = {"gdnsd": "gdnsd", "knotd": "knot", "dnsperf": "dnsperf", "kdig": "knot-dnsutils"}
+APT_PACKAGES = {
+    "gdnsd": "gdnsd",
+    "knotd": "knot",
+    "dnsperf": "dnsperf",
+    "kdig": "knot-dnsutils",
+    # bench/cluster
+    "bird": "bird2",
+    "birdc": "bird2",
+    "unbound": "unbound",
+    "pg_ctlcluster": "postgresql",
+}
 KNOT_GEOIP_SO = "knot/modules-3.2/geoip.so"
 
 
@@ -45,8 +55,9 @@ def prefix(cpu: int | None) -> list[str]:
 def ensure_packages(
     *, install: bool = True, need: tuple[str, ...] = ("gdnsd", "knotd", "dnsperf")
 ) -> None:
-    """Install the Debian packages (idempotent): gdnsd, knot + knot-module-geoip, dnsperf."""
-    missing = [APT_PACKAGES[b] for b in need if shutil.which(b) is None]
+    """Install the Debian packages (idempotent): gdnsd, knot + knot-module-geoip, dnsperf;
+    or whatever provides the programs in `need` (APT_PACKAGES)."""
+    missing = list(dict.fromkeys(APT_PACKAGES[b] for b in need if shutil.which(b) is None))
     if "knotd" in need and not _knot_geoip_present():
         missing.append("knot-module-geoip")
     if not missing:

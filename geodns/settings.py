@@ -75,6 +75,9 @@ class ServerSettings:
     service_addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = ()
     service_dev: str = "lo"
     service_drain: float = 1.0  # seconds between withdrawing and closing the sockets
+    # keep the last health snapshot in the state directory
+    # (geodns.runtime.health_snapshot); `explain` reads it but never writes
+    persist_health: bool = True
 
     def resolved_state_dir(self) -> Path:
         return self.state_dir or default_state_dir()

@@ -47,6 +47,7 @@ import ipaddress
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -115,9 +116,10 @@ def require_netns() -> None:
     pytest.skip(f"needs root and network namespaces: {reason}")
 
 
-# What the e2e tests start with `ip netns exec`; only these are ever killed in
-# a stale namespace (a test run that was SIGKILLed cannot clean up after itself).
-OUR_PROGRAMS = (b"geodns.cli", b"checker.cli")
+# What the e2e and cluster tests start with `ip netns exec`; only these are ever
+# killed in a stale namespace (a test run that was SIGKILLed cannot clean up
+# after itself). PostgreSQL's postmaster daemonizes inside the namespace.
+OUR_PROGRAMS = (b"geodns.cli", b"checker.cli", b"bird", b"unbound", b"postgres")
 
 
 def remove_stale() -> list[str]:
@@ -414,6 +416,72 @@ class NetnsBed:
             time.sleep(0.05)
         raise BedError(f"{host.ns}: addresses {list(wanted)} not ready in {timeout} s: {have}")
 
+    def add_peer(
+        self, role: str, via: Host, ipv4: str, ipv6: str, via_ipv4: str, via_ipv6: str
+    ) -> Host:
+        """A namespace off the LAN, on a point-to-point veth to `via` (a router):
+        `ipv4`/30 and `ipv6`/64 on its eth0, `via_*` on `via`'s `p-<role>`, and
+        default routes through `via`. Addresses outside 10.99.0.0/24 and
+        fd00:99::/64 are fine here: they too exist only in our namespaces."""
+        if role in self.hosts or len(f"p-{role}") > 15:
+            raise BedError(f"host role {role!r} is too long or used twice")
+        a4, a6 = ipaddress.IPv4Address(ipv4), ipaddress.IPv6Address(ipv6)
+        host = Host(role, f"{self.prefix}-{role}", a4, a6)
+        self._create_ns(
+            host.ns,
+            {
+                "net.ipv6.conf.all.accept_dad": "0",
+                "net.ipv6.conf.default.accept_dad": "0",
+                "net.ipv6.conf.default.accept_ra": "0",
+            },
+        )
+        port = f"p-{role}"
+
+        def plug(ipr: Any) -> None:
+            ipr.link(
+                "add", ifname=port, kind="veth", peer={"ifname": host.ifname, "net_ns_fd": host.ns}
+            )
+            (idx,) = ipr.link_lookup(ifname=port)
+            ipr.addr("add", index=idx, address=via_ipv4, prefixlen=30)
+            ipr.addr("add", index=idx, address=via_ipv6, prefixlen=64, flags=IFA_F_NODAD)
+            ipr.link("set", index=idx, state="up")
+
+        def configure(ipr: Any) -> None:
+            (eth,) = ipr.link_lookup(ifname=host.ifname)
+            ipr.addr("add", index=eth, address=ipv4, prefixlen=30)
+            ipr.addr("add", index=eth, address=ipv6, prefixlen=64, flags=IFA_F_NODAD)
+            ipr.link("set", index=eth, state="up")
+            ipr.route("add", dst="0.0.0.0/0", gateway=via_ipv4)
+            ipr.route("add", dst="::/0", gateway=via_ipv6, family=socket.AF_INET6)
+
+        self.rtnl(via.ns, plug)
+        self.rtnl(host.ns, configure)
+        self.hosts[role] = host
+        self.wait_addresses(host, [ipv4, ipv6])
+        return host
+
+    def sysctl(self, host: Host, values: dict[str, str]) -> None:
+        """Set sysctls inside `host`'s namespace (net.* are per namespace)."""
+
+        def write() -> None:
+            for key, value in values.items():
+                Path("/proc/sys", key.replace(".", "/")).write_text(value)
+
+        in_netns(host.ns, write)
+
+    def route(self, host: Host, op: str, dst: str, **kw: Any) -> None:
+        """`ip route add|del` in `host` (kw: gateway=..., type="unreachable", ...)."""
+        self.rtnl(host.ns, lambda ipr: ipr.route(op, dst=dst, **kw))
+
+    def set_link(self, host: Host, up: bool) -> None:
+        """Bring `host`'s eth0 up or down: the host drops off the network whole."""
+
+        def change(ipr: Any) -> None:
+            (eth,) = ipr.link_lookup(ifname=host.ifname)
+            ipr.link("set", index=eth, state="up" if up else "down")
+
+        self.rtnl(host.ns, change)
+
     # ---------------------------------------------------------------- faults
 
     def del_address(self, host: Host, family: int) -> None:
@@ -559,3 +627,47 @@ class NetnsBed:
 def bed() -> Iterator[NetnsBed]:
     with NetnsBed() as b:
         yield b
+
+
+class MirrorHost:
+    """One mirror host: a DemoMirror per address (HTTPS on 443), on an asyncio
+    loop whose thread lives in the host's namespace, so a test stops a
+    listener or swaps a certificate directly."""
+
+    def __init__(
+        self, bed: NetnsBed, host: Host, pki: Any, tree: Any, families: tuple[int, ...] = (4, 6)
+    ) -> None:
+        from demo.mirror import DemoMirror
+
+        self.host = host
+        self.name = host.role
+        self.loop = bed.loop(host, f"mirror-{host.role}")
+        addrs = {4: host.ipv4, 6: host.ipv6}
+        self.servers = {
+            fam: DemoMirror(
+                host=str(addrs[fam]),
+                port=443,
+                hostname=f"{host.role}.mirrors.test",
+                pki=pki,
+                tree=tree,
+            )
+            for fam in families
+        }
+        self.running: set[int] = set()
+
+    def start(self, families: tuple[int, ...] | None = None) -> None:
+        for fam in self.servers if families is None else families:
+            if fam not in self.running:
+                self.loop.run(self.servers[fam].start())
+                self.running.add(fam)
+
+    def stop(self, families: tuple[int, ...] | None = None) -> None:
+        for fam in tuple(self.servers) if families is None else families:
+            if fam in self.running:
+                self.loop.run(self.servers[fam].stop())
+                self.running.discard(fam)
+
+    def set_cert(self, kind: str) -> None:
+        for m in self.servers.values():
+            if m.cert != kind:
+                self.loop.call(m.set_cert, kind)

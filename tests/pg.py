@@ -10,6 +10,12 @@ Unix socket only (no TCP listener at all), with fsync off; as root it runs as
 the `postgres` system user (or `nobody`), since PostgreSQL refuses root. It is
 stopped and its directory removed at the end, even when tests fail.
 
+The cluster bed starts one inside a network namespace instead
+(`start(bindir, netns=..., listen="10.99.0.5", trust=["10.99.0.0/24"])`): it
+then also listens on TCP there, for the namespaces' nodes and checkers, while
+the test itself still reaches it through the Unix socket (a path, not a
+network address). `stop()` and `start_again()` make outages.
+
 Without the binaries the tests are skipped, unless CI is set (CI=true): then
 a missing PostgreSQL FAILS, so CI cannot go green without testing it
 (`apt-get install -y postgresql` provides it).
@@ -24,7 +30,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +79,8 @@ class PgServer:
     prefix: list[str]
     databases: list[str] = field(default_factory=list)
     _names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    opts: str = ""  # postgres options pg_ctl passes (-o), kept for start_again()
+    listen: str = ""  # TCP address inside the namespace, if any
 
     @property
     def socket_dir(self) -> Path:
@@ -84,6 +92,11 @@ class PgServer:
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://{USER}@/{database}?host={self.socket_dir}"
+
+    def tcp_url(self, database: str) -> str:
+        """The URL for clients in the namespaces (TCP to `listen`, port 5432)."""
+        assert self.listen, "started without a TCP listener"
+        return f"postgresql+psycopg://{USER}@{self.listen}:5432/{database}"
 
     def _admin(self) -> object:
         import psycopg
@@ -104,7 +117,7 @@ class PgServer:
         with self._admin() as conn:  # type: ignore[attr-defined]
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "immediate") -> None:
         subprocess.run(
             [
                 *self.prefix,
@@ -112,7 +125,7 @@ class PgServer:
                 "-D",
                 str(self.data),
                 "-m",
-                "immediate",
+                mode,
                 "-w",
                 "-t",
                 "30",
@@ -123,23 +136,39 @@ class PgServer:
             check=False,
         )
 
+    def start_again(self) -> None:
+        """Start the stopped server with the same data and options."""
+        self._pg_ctl_start()
 
-def start(bindir: Path) -> PgServer:
+    def _pg_ctl_start(self) -> None:
+        cmd = [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log")]
+        self._run(*cmd, "-w", "-t", "60", "-o", self.opts, "start")
+
+    def _run(self, *cmd: str, timeout: float = 120) -> None:
+        proc = subprocess.run(
+            [*self.prefix, *cmd], capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if proc.returncode != 0:
+            log = self.root / "log"
+            tail = log.read_text(errors="replace")[-4000:] if log.exists() else ""
+            raise RuntimeError(
+                f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}{tail}"
+            )
+
+
+def start(
+    bindir: Path, *, netns: str | None = None, listen: str = "", trust: Sequence[str] = ()
+) -> PgServer:
+    """initdb and start; `netns`: inside that namespace (via `ip netns exec`),
+    `listen`: a TCP address there, `trust`: networks allowed in without a password."""
     prefix, account = _run_as()
+    if netns is not None:
+        prefix = ["ip", "netns", "exec", netns, *prefix]
     root = Path(tempfile.mkdtemp(prefix="geodns-pg-"))  # short: socket paths max ~107 bytes
     if account:
         shutil.chown(root, user=account)
-    server = PgServer(bindir, root, prefix)
-
-    def run(*cmd: str, timeout: float = 120) -> None:
-        proc = subprocess.run(
-            [*prefix, *cmd], capture_output=True, text=True, timeout=timeout, check=False
-        )
-        if proc.returncode != 0:
-            log = (root / "log").read_text() if (root / "log").exists() else ""
-            raise RuntimeError(
-                f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}{log}"
-            )
+    server = PgServer(bindir, root, prefix, listen=listen)
+    run = server._run
 
     try:
         run(
@@ -155,23 +184,50 @@ def start(bindir: Path) -> PgServer:
             "--no-sync",
             "--locale=C",
         )
-        opts = (
-            f"-k {root} -c listen_addresses='' -c fsync=off -c synchronous_commit=off "
+        if trust:
+            with open(server.data / "pg_hba.conf", "a") as hba:
+                for net in trust:
+                    hba.write(f"host all all {net} trust\n")
+        server.opts = (
+            f"-k {root} -c listen_addresses='{listen}' -c fsync=off -c synchronous_commit=off "
             "-c full_page_writes=off -c max_connections=50"
         )
-        run(
-            str(bindir / "pg_ctl"),
+        server._pg_ctl_start()
+    except BaseException:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return server
+
+
+def start_standby(primary: PgServer) -> PgServer:
+    """A hot standby streaming from `primary` (pg_basebackup -R over its Unix
+    socket; initdb -A trust lets the replication connection in). Its own
+    directory and socket; `stop()` it and remove its root when done."""
+    root = Path(tempfile.mkdtemp(prefix="geodns-pg-"))
+    _, account = _run_as()
+    if account:
+        shutil.chown(root, user=account)
+    server = PgServer(primary.bindir, root, primary.prefix)
+    try:
+        server._run(
+            str(primary.bindir / "pg_basebackup"),
             "-D",
             str(server.data),
-            "-l",
-            str(root / "log"),
-            "-w",
-            "-t",
-            "60",
-            "-o",
-            opts,
-            "start",
+            "-h",
+            str(primary.socket_dir),
+            "-U",
+            USER,
+            "-R",  # standby.signal + primary_conninfo: a streaming standby
+            "-X",
+            "stream",
+            "--checkpoint=fast",  # not a spread checkpoint: minutes on an idle server
+            "--no-sync",
         )
+        server.opts = (
+            f"-k {root} -c listen_addresses='' -c fsync=off -c hot_standby=on -c max_connections=50"
+        )
+        server._pg_ctl_start()
     except BaseException:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -50,7 +50,7 @@ import pytest
 from geodns.store import Store
 
 from .geodata import ASHBURN, BERLIN, FRANKFURT, PARIS, make_databases
-from .netns import Host, NetnsBed, require_netns
+from .netns import Host, MirrorHost, NetnsBed, require_netns
 from .util import REPO
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
@@ -181,41 +181,6 @@ print(json.dumps(out))
 
 
 # --------------------------------------------------------------------------- the world
-
-
-class MirrorHost:
-    """One mirror host: a DemoMirror per address, on a loop inside its namespace."""
-
-    def __init__(self, bed: NetnsBed, host: Host, pki: Any, tree: Any) -> None:
-        from demo.mirror import DemoMirror
-
-        self.host = host
-        self.name = host.role
-        self.loop = bed.loop(host, f"mirror-{host.role}")
-        self.servers = {
-            fam: DemoMirror(
-                host=str(addr), port=443, hostname=f"{host.role}.mirrors.test", pki=pki, tree=tree
-            )
-            for fam, addr in ((4, host.ipv4), (6, host.ipv6))
-        }
-        self.running: set[int] = set()
-
-    def start(self, families: tuple[int, ...] = (4, 6)) -> None:
-        for fam in families:
-            if fam not in self.running:
-                self.loop.run(self.servers[fam].start())
-                self.running.add(fam)
-
-    def stop(self, families: tuple[int, ...] = (4, 6)) -> None:
-        for fam in families:
-            if fam in self.running:
-                self.loop.run(self.servers[fam].stop())
-                self.running.discard(fam)
-
-    def set_cert(self, kind: str) -> None:
-        for m in self.servers.values():
-            if m.cert != kind:
-                self.loop.call(m.set_cert, kind)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from geodns.runtime.server import Server
 
 def cmd_explain(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    settings.persist_health = False  # explain reads the state directory, never writes it
     server = Server(settings)
     try:
         server.load_initial()
@@ -80,4 +81,8 @@ def render(r: dict[str, Any]) -> str:
 def _store_text(h: dict[str, Any]) -> str:
     if not h["store"]:
         return "no health store (every enabled mirror counts as up)"
-    return "store OK" if h["store_ok"] else "store unavailable (last snapshot, or all up)"
+    if h["store_ok"]:
+        return "store OK"
+    if h.get("source") == "file":
+        return "store unavailable (the snapshot saved by the last run)"
+    return "store unavailable (no snapshot: every enabled mirror counts as up)"

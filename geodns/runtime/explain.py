@@ -50,6 +50,7 @@ def explain(server: Server, name: str, client: str, qtype: str = "A") -> dict[st
             "store_ok": server.health.ok,
             "down": len(server.health.down),
             "snapshot": server.health.have_snapshot,
+            "source": server.health.source,
         },
         "rcode": wire.RCODE_NAMES.get(res.rcode, str(res.rcode)),
         "chain": [_rr_text(o) for o, _t in res.answer],

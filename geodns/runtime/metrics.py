@@ -36,6 +36,11 @@ class Health(Protocol):
     def errors(self) -> int: ...
     @property
     def down(self) -> Collection[object]: ...
+    @property
+    def as_of(self) -> float | None: ...
+    @property
+    def source(self) -> str: ...
+    def degraded_reason(self) -> str | None: ...
 
 
 class Source(Protocol):
@@ -130,11 +135,11 @@ class ServerCollector(Collector):
             sum_value=lat.total,
         )
         h = srv.health
-        age = time.monotonic() - h.updated if h.updated else float("nan")
         yield GaugeMetricFamily(
             "geodns_health_snapshot_age_seconds",
-            "seconds since the health store was last read successfully",
-            value=age,
+            "seconds since the health snapshot in use was read from the store "
+            "(restored from disk at start: since it was saved)",
+            value=snapshot_age(h),
         )
         yield GaugeMetricFamily(
             "geodns_health_store_up", "1 if the last store poll succeeded", value=1 if h.ok else 0
@@ -213,17 +218,28 @@ class ServerCollector(Collector):
         yield c
 
 
+def snapshot_age(h: Health) -> float:
+    """Seconds since the down-set in use was known to match the store (NaN: never)."""
+    return max(0.0, time.time() - h.as_of) if h.as_of is not None else float("nan")
+
+
 def healthz(server: Source) -> tuple[int, dict[str, Any]]:
     """200 while we serve a config; 'degraded' when the store is unreachable
-    (answers then come from the last snapshot, which is still a valid answer)."""
+    (answers then come from the last snapshot, which is still a valid answer),
+    with the reason: which snapshot is served, or that none is and every
+    enabled mirror counts as up."""
     h = server.health
+    reason = h.degraded_reason()
+    age = snapshot_age(h)
     body = {
-        "status": "ok" if (h.ok or not server.store_configured()) else "degraded",
+        "status": "ok" if reason is None else "degraded",
+        "reason": reason,
         "generation": server.generation,
         "zones": len(server.config.zones) if server.config else 0,
         "store_ok": h.ok,
+        "health_source": h.source,
         "addresses_down": len(h.down),
-        "snapshot_age_seconds": round(time.monotonic() - h.updated, 3) if h.updated else None,
+        "snapshot_age_seconds": None if age != age else round(age, 3),
         "last_reload_ok": server.last_reload_ok,
     }
     return (200 if server.current is not None else 503), body

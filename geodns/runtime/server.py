@@ -30,7 +30,7 @@ from geodns.dns.stats import PUBLISH_EVERY, PeerStats, Stats, publish_stats
 from geodns.dns.zone import Tables
 from geodns.errors import ConfigError
 from geodns.model import Config
-from geodns.runtime import metrics, sdnotify, service_addr
+from geodns.runtime import health_snapshot, metrics, sdnotify, service_addr
 from geodns.runtime.forked import run_forked
 from geodns.settings import GEOIP_DIRS, ServerSettings
 from geodns.steering.geo import GeoDB
@@ -54,6 +54,31 @@ class HealthState:
         self.errors = 0
         self.have_snapshot = False
         self.read_at = 0.0  # monotonic time the down-set was last read
+        # wall-clock time the down-set was last known to match the store: the
+        # last successful poll, or the saved time of a snapshot file restored
+        self.as_of: float | None = None
+        # where `down` comes from: "store" (last poll worked), "memory" (store
+        # unreachable, the last poll's result), "file" (store unreachable since
+        # start, the snapshot file), "none" (unreachable, no snapshot: all up),
+        # "disabled" (no store configured)
+        self.source = "none"
+        self.problem = ""  # the store's last error, while it is unreachable
+        self.restored: health_snapshot.Snapshot | None = None
+
+    def degraded_reason(self) -> str | None:
+        """Why answers do not follow the store right now (None: they do)."""
+        if self.ok or self.source == "disabled":
+            return None
+        why = f"health store unreachable ({self.problem or 'not read yet'})"
+        n = len(self.down)
+        if self.source == "file" and self.restored is not None:
+            return (
+                f"{why}; serving the health snapshot saved {self.restored.saved_text()} "
+                f"before this start ({n} addresses down)"
+            )
+        if self.source == "memory":
+            return f"{why}; serving the last snapshot read from it ({n} addresses down)"
+        return f"{why} and no health snapshot: every enabled mirror counts as up"
 
 
 class Server:
@@ -74,6 +99,8 @@ class Server:
         self.stopping: asyncio.Event | None = None  # created in start(), inside the loop
         self.store: Store | None = None
         self._store_error_said = False  # the store's failure is logged once per outage
+        self._saved_down: frozenset[Key] | None = None  # what the snapshot file holds
+        self._snapshot_error_said = False
         self._reload_lock: asyncio.Lock | None = None
         self._file_cache: FileCache = {}  # parsed YAML files, reused by reloads
         self._trusted = self._make_trust()
@@ -123,8 +150,7 @@ class Server:
         )
         if self.s.cookies and self.cookies is None:
             self.cookies = cookie_mod.Cookies(self._read_cookie_secrets())
-        self._open_store()
-        self._poll_health_sync()
+        self._start_health()
         config = self._load_config()
         self._install(config, Tables(config))
         gc.freeze()
@@ -231,19 +257,71 @@ class Server:
 
     # ------------------------------------------------------------------ store
 
-    def _open_store(self) -> None:
+    def _start_health(self) -> None:
+        """Open the store and read it once; if it is unreachable, serve the
+        snapshot the last run saved (fail-static across restarts), and only
+        without one count every enabled mirror as up."""
+        h = self.health
         url = self.s.resolved_store_url()
         if not url:
+            h.source = "disabled"
             log.info("no health store configured: every enabled mirror counts as up")
             return
         try:
             self.store = self._make_store(url)
         except StoreError as e:
             self.store = None
-            self._store_error_said = True  # polling stays quiet until the store comes back
+            h.problem = str(e)
+        if self.store is not None:
+            self._poll_health_sync(quiet=True)
+        if h.ok:
+            return
+        self._store_error_said = True  # polling stays quiet until the store comes back
+        path = health_snapshot.path_in(self.s.resolved_state_dir())
+        try:
+            snap = health_snapshot.load(path)
+        except health_snapshot.SnapshotError as e:
+            log.warning("health snapshot not usable: %s", e)
+            snap = None
+        if snap is None:
+            h.source = "none"
             log.warning(
-                "health store not available (%s): every enabled mirror counts as up until it is", e
+                "health store not available (%s) and no health snapshot in %s: "
+                "every enabled mirror counts as up until the store is reachable",
+                h.problem,
+                path,
             )
+            return
+        h.down, h.as_of, h.restored, h.source = snap.down, snap.saved_unix, snap, "file"
+        h.have_snapshot = True
+        log.warning(
+            "health store not available (%s): serving the health snapshot saved %s "
+            "(%d addresses down, read from %s%s) until the store is reachable",
+            h.problem,
+            snap.saved_text(),
+            len(snap.down),
+            snap.store,
+            "" if snap.quorum == self.s.quorum else f", decided with quorum {snap.quorum}",
+        )
+
+    def _save_snapshot(self, down: frozenset[Key], version: int | None) -> None:
+        """Keep the down-set on disk when it changed (poll thread; one fsync)."""
+        if not self.s.persist_health or self.s.worker != 0 or down == self._saved_down:
+            return
+        assert self.store is not None
+        snap = health_snapshot.make(down, self.store.url_text, version, self.s.quorum)
+        path = health_snapshot.path_in(self.s.resolved_state_dir())
+        try:
+            health_snapshot.save(path, snap)
+        except OSError as e:
+            if not self._snapshot_error_said:
+                log.warning("cannot save the health snapshot to %s: %s", path, e)
+            self._snapshot_error_said = True
+            return
+        if self._snapshot_error_said:
+            log.info("health snapshot saved to %s again", path)
+        self._snapshot_error_said = False
+        self._saved_down = down
 
     def _make_store(self, url: str) -> Store:
         timeout = self.s.region_timeout
@@ -254,8 +332,9 @@ class Server:
             region_timeout=timedelta(seconds=timeout) if timeout > 0 else None,
         )
 
-    def _poll_health_sync(self) -> bool:
-        """One poll; returns True when the down-set changed."""
+    def _poll_health_sync(self, *, quiet: bool = False) -> bool:
+        """One poll; returns True when the down-set changed. `quiet`: the
+        caller reports a failure itself (start-up)."""
         url = self.s.resolved_store_url()
         if not url:
             return False
@@ -276,15 +355,19 @@ class Server:
                 changed = down != h.down
                 h.down, h.version, h.read_at = down, version, now
                 h.have_snapshot = True
-            h.updated = now
+                self._save_snapshot(down, version)
+            h.updated, h.as_of = now, time.time()
             if not h.ok:
                 log.info("health store reachable: %d addresses down", len(h.down))
-            h.ok = True
+            h.ok, h.source, h.problem, h.restored = True, "store", "", None
             self._store_error_said = False
             return changed
         except Exception as e:  # noqa: BLE001 — StoreError or anything else: fail static
             h.errors += 1
-            if not self._store_error_said:
+            h.problem = " ".join(str(e).split()) or type(e).__name__
+            if h.source == "store":
+                h.source = "memory"
+            if not self._store_error_said and not quiet:
                 log.error(
                     "health store unreachable, keeping the last snapshot (%s addresses down): %s",
                     len(h.down),
