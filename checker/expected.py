@@ -164,11 +164,12 @@ class ExpectedCache:
             if delta.head is None:
                 self.snapshot = None  # never published, or dropped
                 return None
-            if old is not None and delta.since == old.version:
-                if delta.head != old.head:  # a publish without changes: a newer head
-                    self.snapshot = Snapshot(self.name, delta.head, old.manifest, old.gone)
+            base = old if delta.since else None  # since 0: the store sent everything
+            if base is not None and delta.head.version == base.version:
+                return base  # nothing published since
+            if base is not None and not delta.rows:  # a publish without changes
+                self.snapshot = Snapshot(self.name, delta.head, base.manifest, base.gone)
                 return self.snapshot
-            base = old if delta.since else None
             if base is None:
                 self.full_loads += 1
             else:

@@ -240,7 +240,7 @@ async def probe_objects(
         "examples": (tally.missing + tally.wrong_size + tally.corrupt + tally.errors)[:_EXAMPLES],
         **kept,
     }
-    if new:
+    if carry is not None:  # the expected state: say what was new
         data["new"] = p.new_taken
         data["new_pending"] = len(new) - p.new_taken
     if gone:
