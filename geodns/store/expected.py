@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
@@ -119,9 +119,9 @@ class ExpectedHead:
     source: str
 
 
-@dataclass(frozen=True, slots=True)
-class ExpectedEntry:
-    """One object as the publisher found it on the origin."""
+class ExpectedEntry(NamedTuple):
+    """One object as the publisher found it on the origin (a tuple: a first
+    publish makes 150,000 of them)."""
 
     path: str
     type: str  # file, link, dir
