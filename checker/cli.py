@@ -7,6 +7,7 @@
     checker history MIRROR [--store URL] [--pool P] [--limit N] [--json]
     checker manifest build ROOT [--sha256] [-o FILE]
     checker manifest publish ROOT --pool POOL [--store URL] [--sha256] [--exclude GLOB]...
+                             [--paths-from FILE] [--max-removed FRACTION]
     checker manifest drop POOL [--store URL]
     checker forget (--config zones | --region NAME) [--store URL] [--dry-run]
 
@@ -195,6 +196,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="glob of names (or, with a '/', of paths below ROOT) to skip "
         "(repeatable; default: rsync temp files)",
+    )
+    pub.add_argument(
+        "--paths-from",
+        metavar="FILE",
+        help="look only at these paths (one per line, relative to ROOT; '-' = stdin), "
+        "e.g. what `rsync --out-format=%%n` printed: directories with all below them, "
+        "missing ones become removed",
     )
     pub.add_argument(
         "--max-removed",
@@ -494,11 +502,21 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
 def cmd_manifest_publish(args: argparse.Namespace) -> int:
     from checker import manifest as mf
-    from checker.publish import check_pool_name, publish
+    from checker.publish import check_pool_name, publish, sync_path
 
     check_pool_name(args.pool)
     if not 0 <= args.max_removed <= 1:
         raise CheckerError(f"--max-removed {args.max_removed}: expected a fraction from 0 to 1")
+    paths: list[str] | None = None
+    if args.paths_from is not None:
+        try:
+            if args.paths_from == "-":
+                lines = sys.stdin.read().splitlines()
+            else:
+                lines = Path(args.paths_from).read_text(errors="surrogateescape").splitlines()
+        except OSError as exc:
+            raise CheckerError(f"{args.paths_from}: cannot read: {exc.strerror}") from None
+        paths = [p for line in lines if (p := sync_path(line)) is not None]
     store = _store(args.store, create=True)
     try:
         t0 = time.perf_counter()
@@ -506,6 +524,7 @@ def cmd_manifest_publish(args: argparse.Namespace) -> int:
             store,
             args.pool,
             args.root,
+            paths=paths,
             sha256=args.sha256,
             exclude=args.exclude if args.exclude is not None else mf.DEFAULT_EXCLUDES,
             max_removed=args.max_removed,
@@ -513,8 +532,10 @@ def cmd_manifest_publish(args: argparse.Namespace) -> int:
         elapsed = time.perf_counter() - t0
     finally:
         store.close()
-    for problem in done.unreadable[:20]:
-        print(f"checker: cannot hash {problem}; published without sha256", file=sys.stderr)
+    for problem in done.problems[:20]:
+        print(f"checker: {problem}", file=sys.stderr)
+    if len(done.problems) > 20:
+        print(f"checker: … and {len(done.problems) - 20} more", file=sys.stderr)
     h = done.head
     extra = f", {done.rehashed} hashed" if done.rehashed else ""
     print(

@@ -195,6 +195,10 @@ def sampling(snap: Snapshot, check: ObjectsCheck, prev: dict[str, Any]) -> Sampl
     cursor = prev.get("new_after")
     if not (isinstance(cursor, list) and len(cursor) == 2 and isinstance(cursor[0], int)):
         cursor = snap.newest_cursor()  # a new address, or one checked from a file so far
+    elif int(prev.get("version", 0) or 0) > snap.version:
+        # the pool was dropped and published anew (or the store restored): its
+        # whole tree would look new; start from its newest object instead
+        cursor = snap.newest_cursor()
     new = snap.new_since(cursor)
     gone: list[str] = []
     gone_cursor = int(prev.get("gone_cursor", 0) or 0)

@@ -23,6 +23,13 @@ in between, the comparison is redone against its result.
 A walk that would mark more than `max_removed` of the live objects removed
 is refused (an unmounted file system or a wrong ROOT looks exactly like that);
 `--max-removed 1` allows it.
+
+`--paths-from FILE` publishes only what a sync says it changed (rsync's
+`--out-format=%n` list): the listed paths are looked at again — directories
+with everything below them, missing ones become removed with everything below
+them — and the directories above them; the rest of the published state stays
+as it is. The cost follows the change, not the size of the tree; a full
+publish now and then (nightly) catches anything a list missed.
 """
 
 from __future__ import annotations
@@ -78,8 +85,17 @@ def _matcher(patterns: Iterable[str]) -> tuple[Callable[[str], object], Callable
     return compile_(names), compile_(paths)
 
 
-def walk(root: Path, exclude: Iterable[str] = DEFAULT_EXCLUDES) -> Walked:
-    """Every file, symlink to a file inside ROOT, and directory below ROOT.
+def walk(
+    root: Path,
+    exclude: Iterable[str] = DEFAULT_EXCLUDES,
+    *,
+    below: str = "",
+    problems: list[str] | None = None,
+) -> Walked:
+    """Every file, symlink to a file inside ROOT, and directory below ROOT (or
+    below ROOT/`below`, with paths still relative to ROOT). Names that are not
+    UTF-8 cannot be stored (nor asked for in a URL reliably): they are left out
+    and named in `problems`.
 
     One lstat per entry, relative to an open directory (listdir + lstat with
     dir_fd: ~25% less CPU than scandir's DirEntry.stat at 150,000 files; the
@@ -91,18 +107,23 @@ def walk(root: Path, exclude: Iterable[str] = DEFAULT_EXCLUDES) -> Walked:
     name_excluded, path_excluded = _matcher(exclude)
     lstat, S_ISREG, S_ISDIR, S_ISLNK = os.lstat, stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK
     out: Walked = {}
-    stack: list[tuple[str, str]] = [(str(root), "")]
+    start = os.path.join(str(root), below) if below else str(root)
+    stack: list[tuple[str, str]] = [(start, below + "/" if below else "")]
     while stack:
         directory, prefix = stack.pop()
         try:
             fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             continue  # removed while we walked: it is gone, like its contents
         except OSError as exc:
             raise ManifestError(f"{directory}: cannot list: {exc.strerror}") from None
         try:
             for name in os.listdir(fd):
                 if name_excluded(name):
+                    continue
+                if not name.isascii() and not _utf8(name):
+                    if problems is not None:
+                        problems.append(f"{prefix}{name!r}: not a UTF-8 name, left out")
                     continue
                 rel = prefix + name
                 if path_excluded(rel):
@@ -124,6 +145,94 @@ def walk(root: Path, exclude: Iterable[str] = DEFAULT_EXCLUDES) -> Walked:
         finally:
             os.close(fd)
     return out
+
+
+# --------------------------------------------------------------------------- what a sync changed
+
+
+def sync_path(line: str) -> str | None:
+    """A path from a sync's list, relative to ROOT ("" is ROOT itself), or None
+    for a blank line. Understands what `rsync --out-format=%n` prints (directories
+    with a trailing '/', "deleting PATH") and `rsync -i` deletions ("*deleting PATH")."""
+    text = line.rstrip("\r\n")
+    if text.startswith("*deleting "):
+        text = text[len("*deleting ") :].lstrip(" ")
+    elif text.startswith("deleting "):
+        text = text[len("deleting ") :]
+    if not text.strip():
+        return None
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ManifestError(f"{text!r}: a path leaving ROOT")
+    return "/".join(parts)
+
+
+@dataclass
+class Scope:
+    """The part of the tree a sync changed: `listed` paths (directories with all
+    below them) and the directories above them (their mtimes changed)."""
+
+    listed: set[str]
+    above: set[str]
+
+    @classmethod
+    def of(cls, paths: Iterable[str]) -> Scope | None:
+        """None when ROOT itself is listed: that is a full publish."""
+        listed = set(paths)
+        if "" in listed:
+            return None
+        # a path below another listed one is covered by that one's walk
+        listed = {p for p in listed if not any(a in listed for a in _ancestors(p))}
+        above = {a for p in listed for a in _ancestors(p)} - listed
+        return cls(listed, above)
+
+    def walk(self, root: Path, exclude: Iterable[str], problems: list[str] | None = None) -> Walked:
+        patterns = tuple(exclude)
+        name_excluded, path_excluded = _matcher(patterns)
+        real_root = os.path.realpath(root) + os.sep
+        out: Walked = {}
+        for rel in sorted(self.listed | self.above):
+            parts = rel.split("/")
+            if any(name_excluded(n) for n in parts) or any(
+                path_excluded("/".join(parts[: i + 1])) for i in range(len(parts))
+            ):
+                continue  # the full walk would not look there either
+            if not _utf8(rel):
+                continue
+            full = os.path.join(root, rel)
+            try:
+                st = os.lstat(full)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # removed: its row (and those below it) become gone
+            if stat.S_ISREG(st.st_mode):
+                out[rel] = ("file", st.st_size, int(st.st_mtime))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", 0, int(st.st_mtime))
+                if rel in self.listed:
+                    out.update(walk(root, patterns, below=rel, problems=problems))
+            elif stat.S_ISLNK(st.st_mode):
+                d, name = os.path.split(full)
+                fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    target = _link_target(d, name, fd, real_root)
+                finally:
+                    os.close(fd)
+                if target is not None:
+                    out[rel] = ("link", target.st_size, int(target.st_mtime))
+        return out
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode()
+    except UnicodeEncodeError:  # undecodable bytes, kept as surrogates by os.listdir
+        return False
+    return True
 
 
 def _link_target(directory: str, name: str, fd: int, real_root: str) -> os.stat_result | None:
@@ -184,8 +293,41 @@ class Published:
     removed: int
     rehashed: int
     hashed: int
-    unreadable: list[str]
+    problems: list[str]  # left out or published without a hash, in words
     seconds: dict[str, float]  # walk, read, compare, hash, write
+
+
+def _totals(walked: Walked) -> ExpectedTotals:
+    return ExpectedTotals(
+        objects=sum(1 for v in walked.values() if v[0] != "dir"),
+        dirs=sum(1 for v in walked.values() if v[0] == "dir"),
+        bytes=sum(v[1] for v in walked.values() if v[0] != "dir"),
+    )
+
+
+def _moved_totals(stored: StoredIndex, walked: Walked, diff: Diff) -> ExpectedTotals:
+    """The head's totals moved by a scoped diff (a full publish recounts them)."""
+    h = stored.head
+    n = {"file": 0, "dir": 0}
+    size = 0
+    if h is not None:
+        n["file"], n["dir"], size = h.objects, h.dirs, h.bytes
+
+    def count(entry: tuple[str, int, int], sign: int) -> None:
+        nonlocal size
+        kind = "dir" if entry[0] == "dir" else "file"
+        n[kind] += sign
+        if kind != "dir":
+            size += sign * entry[1]
+
+    for p in diff.changed:
+        count(stored.live[p], -1)
+        count(walked[p], +1)
+    for p in diff.added:
+        count(walked[p], +1)
+    for p in diff.removed:
+        count(stored.live[p], -1)
+    return ExpectedTotals(objects=n["file"], dirs=n["dir"], bytes=size)
 
 
 def publish(
@@ -193,27 +335,35 @@ def publish(
     pool: str,
     root: Path,
     *,
+    paths: Iterable[str] | None = None,
     sha256: bool = False,
     exclude: Iterable[str] = DEFAULT_EXCLUDES,
     max_removed: float = 0.5,
     source: str | None = None,
     on_written: Callable[[], None] | None = None,
 ) -> Published:
-    """Walk `root` and publish it as the next version of `pool` (see module doc)."""
+    """Walk `root` and publish it as the next version of `pool` (see module doc).
+
+    `paths` (relative to ROOT, see `sync_path`): only look at these — listed
+    directories with everything below them — and keep the rest as published;
+    a sync's list of what it changed, so the cost follows the change, not the
+    tree."""
     check_pool_name(pool)
+    patterns = tuple(exclude)
     timings: dict[str, float] = {"walk": 0.0, "read": 0.0, "compare": 0.0, "hash": 0.0}
+    problems: list[str] = []
     t0 = time.perf_counter()
-    walked = walk(root, exclude)
+    scope = Scope.of(paths) if paths is not None else None
+    if scope is None:
+        walked = walk(root, patterns, problems=problems)
+    else:
+        if not Path(root).is_dir():
+            raise ManifestError(f"{root}: not a directory")
+        walked = scope.walk(root, patterns, problems)
     timings["walk"] = time.perf_counter() - t0
     base = str(root)
-    totals = ExpectedTotals(
-        objects=sum(1 for v in walked.values() if v[0] != "dir"),
-        dirs=sum(1 for v in walked.values() if v[0] == "dir"),
-        bytes=sum(v[1] for v in walked.values() if v[0] != "dir"),
-    )
     src = source if source is not None else f"{socket.gethostname()}:{Path(root).resolve()}"
     hashes: dict[tuple[str, int, int], str] = {}  # kept across retries
-    unreadable: list[str] = []
 
     def digest(path: str) -> str | None:
         kind, size, mtime = walked[path]
@@ -224,25 +374,36 @@ def publish(
             try:
                 hashes[key] = sha256_of(os.path.join(base, path))
             except OSError as exc:
-                unreadable.append(f"{path}: {exc.strerror}")
+                problems.append(f"{path}: cannot read for sha256 ({exc.strerror}), left without")
                 return None
         return hashes[key]
 
     for _attempt in range(_RETRIES):
         t = time.perf_counter()
-        stored = store.expected_index(pool)
+        if scope is None:
+            stored = store.expected_index(pool)
+        else:
+            # rows below a listed path only where it is a directory now or gone
+            # (it may have been one): a listed file needs no range scan
+            maybe_dirs = {p for p in scope.listed if walked.get(p, ("dir",))[0] == "dir"}
+            stored = store.expected_index(pool, paths=scope.listed | scope.above, under=maybe_dirs)
         version = stored.version
         timings["read"] += time.perf_counter() - t
         t = time.perf_counter()
         diff = compare(walked, stored, sha256=sha256)
+        if scope is None:
+            totals, live_before = _totals(walked), diff.live_before
+        else:
+            totals = _moved_totals(stored, walked, diff)
+            live_before = stored.head.objects + stored.head.dirs if stored.head else 0
         del stored
         timings["compare"] += time.perf_counter() - t
         n_removed = len(diff.removed)
-        if n_removed and n_removed > max_removed * diff.live_before:
+        if n_removed and n_removed > max_removed * live_before:
             if n_removed >= 100 or totals.objects + totals.dirs == 0:
-                share = n_removed / diff.live_before
+                share = n_removed / max(1, live_before)
                 raise ManifestError(
-                    f"refusing to publish {pool!r}: {n_removed:,} of {diff.live_before:,} "
+                    f"refusing to publish {pool!r}: {n_removed:,} of {live_before:,} "
                     f"published objects ({share:.0%}) are not under {root} (is it mounted? "
                     f"the right directory?); --max-removed {min(1.0, share):.2f} allows it"
                 )
@@ -280,7 +441,7 @@ def publish(
             removed=n_removed,
             rehashed=len(rehashed),
             hashed=len(hashes),
-            unreadable=unreadable,
+            problems=problems,
             seconds=timings,
         )
     raise ManifestError(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -179,6 +180,54 @@ def test_publish_change_and_removal(store: Store, origin: Path) -> None:
     back = rows(store, "dist")["distfiles/02/obj-002.tar.xz"]
     assert back.gone_at is None and back.version == 4 and fourth.head.gone == 0
     assert back.first_seen == fourth.head.published_at
+
+
+def test_publishing_what_a_sync_changed_equals_a_full_walk(
+    store: Store, store_url: str, origin: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    publish(store, "dist", origin)
+    put(origin, "distfiles/new/x.tar.xz", b"x" * 7)
+    put(origin, "distfiles/00/obj-new.tar.xz", b"y" * 9)
+    put(origin, "distfiles/01/obj-001.tar.xz", b"longer than before")
+    (origin / "distfiles/02/obj-002.tar.xz").unlink()
+    shutil.rmtree(origin / "distfiles/03")
+    settle(origin)
+    listing = tmp_path / "rsync.log"  # as `rsync -a --delete --out-format=%n` prints it
+    listing.write_text(
+        "distfiles/new/\n"
+        "distfiles/new/x.tar.xz\n"
+        "distfiles/00/obj-new.tar.xz\n"
+        "distfiles/01/obj-001.tar.xz\n"
+        "deleting distfiles/02/obj-002.tar.xz\n"
+        "*deleting   distfiles/03/\n"
+        "\n"
+    )
+    argv = ["manifest", "publish", str(origin), "--pool", "dist", "--store", store_url]
+    assert cli.main([*argv, "--paths-from", str(listing)]) == 0
+    out = capsys.readouterr().out
+    # added: new/, new/x, 00/obj-new; removed: 02/obj-002, 03/ and its five files
+    assert out.startswith("dist: version 2: 3 added, 1 changed, 7 removed; 18 objects ("), out
+    scoped = store.expected_head("dist")
+    assert scoped is not None and (scoped.objects, scoped.dirs, scoped.gone) == (18, 6, 7)
+    full = publish(store, "dist", origin)
+    assert (full.added, full.changed, full.removed) == (0, 0, 0), "the list missed nothing"
+    assert (full.head.objects, full.head.dirs, full.head.bytes) == (
+        scoped.objects,
+        scoped.dirs,
+        scoped.bytes,
+    )
+    listing.write_text("../etc/passwd\n")
+    assert cli.main([*argv, "--paths-from", str(listing)]) == 2
+    assert "a path leaving ROOT" in capsys.readouterr().err
+
+
+def test_names_that_are_not_utf8_are_left_out_and_named(store: Store, origin: Path) -> None:
+    bad = os.fsencode(origin / "distfiles") + b"/caf\xe9.tar.xz"
+    with open(bad, "wb") as f:
+        f.write(b"x")
+    done = publish(store, "dist", origin)
+    assert done.head.objects == 22
+    assert done.problems == ["distfiles/'caf\\udce9.tar.xz': not a UTF-8 name, left out"]
 
 
 def test_sha256_is_added_later_without_making_objects_new(store: Store, origin: Path) -> None:

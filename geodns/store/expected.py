@@ -27,7 +27,7 @@ on PostgreSQL, the database lock on SQLite) and the loser of a race gets
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -47,7 +47,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
@@ -148,6 +147,7 @@ class StoredIndex:
     live: dict[str, tuple[str, int, int]]  # path → (type, size, mtime)
     unhashed: set[str]  # live files and links stored without a sha256
     gone: set[str]
+    head: ExpectedHead | None = None
 
 
 # What a checker reads: (path, type, size, mtime, sha256, first_seen, version,
@@ -269,22 +269,38 @@ class ExpectedState(Database):
             row = session.get(ExpectedPoolRow, pool)
             return None if row is None else _head_of(row)
 
-    def expected_index(self, pool: str) -> StoredIndex:
-        """The pool's head version and every row, for the publisher's comparison."""
+    def expected_index(
+        self,
+        pool: str,
+        *,
+        paths: Collection[str] | None = None,
+        under: Collection[str] | None = None,
+    ) -> StoredIndex:
+        """The pool's head and its rows, for the publisher's comparison: every
+        row, or with `paths`/`under` only those paths and the rows below those
+        directories (a publish of what a sync changed)."""
         o = ExpectedObjectRow
         live: dict[str, tuple[str, int, int]] = {}
         unhashed: set[str] = set()
         gone: set[str] = set()
+        cols = (o.path, o.type, o.size, o.mtime, o.sha256.is_(None), o.gone_at.is_(None))
+        selects: list[Any] = []
+        if paths is None and under is None:
+            selects.append(select(*cols).where(o.pool == pool))
+        else:
+            listed = sorted(paths or ())
+            for i in range(0, len(listed), 500):
+                selects.append(select(*cols).where(o.pool == pool, o.path.in_(listed[i : i + 500])))
+            for d in sorted(under or ()):
+                # "d/" ≤ path < "d0" ('0' follows '/'): a range scan of the key
+                selects.append(
+                    select(*cols).where(o.pool == pool, o.path >= d + "/", o.path < d + "0")
+                )
         with self._snapshot("cannot read expected state") as conn:
-            version = conn.execute(
-                select(ExpectedPoolRow.version).where(ExpectedPoolRow.pool == pool)
-            ).scalar()
-            rows = _fetchall(
-                conn,
-                select(
-                    o.path, o.type, o.size, o.mtime, o.sha256.is_(None), o.gone_at.is_(None)
-                ).where(o.pool == pool),
-            )
+            head_row = conn.execute(
+                select(ExpectedPoolRow.__table__).where(ExpectedPoolRow.pool == pool)
+            ).first()
+            rows = [r for stmt in selects for r in _fetchall(conn, stmt)]
         for path, kind, size, mtime, no_hash, alive in rows:
             if alive:
                 live[path] = (kind, size, mtime)
@@ -292,7 +308,8 @@ class ExpectedState(Database):
                     unhashed.add(path)
             else:
                 gone.add(path)
-        return StoredIndex(int(version or 0), live, unhashed, gone)
+        head = None if head_row is None else _head_of(head_row)
+        return StoredIndex(head.version if head else 0, live, unhashed, gone, head)
 
     def expected_changes(
         self,
@@ -461,9 +478,13 @@ class ExpectedState(Database):
         if not entries:
             return
         table = ExpectedObjectRow.__table__
-        dialect_insert: Any = (
-            postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        )
+        # the dialects' own INSERT … ON CONFLICT (imported here: the PostgreSQL
+        # dialect costs ~50 ms of start-up to every command otherwise)
+        dialect_insert: Any
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
         stmt = dialect_insert(table)
         stmt = stmt.on_conflict_do_update(
             index_elements=[table.c.pool, table.c.path],
@@ -504,7 +525,9 @@ class ExpectedState(Database):
                     if conn.dialect.name == "postgresql":
                         conn = conn.execution_options(isolation_level="REPEATABLE READ")
                     elif conn.dialect.name == "sqlite":
-                        conn.exec_driver_sql("BEGIN")
+                        raw = conn.connection.dbapi_connection
+                        if not getattr(raw, "in_transaction", True):
+                            conn.exec_driver_sql("BEGIN")
                     try:
                         yield conn
                     finally:
