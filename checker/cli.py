@@ -6,6 +6,9 @@
     checker nagios [--config zones] [--store URL] [--pool P] [--crit-down N] [--warn-down N]
     checker history MIRROR [--store URL] [--pool P] [--limit N] [--json]
     checker manifest build ROOT [--sha256] [-o FILE]
+    checker manifest publish ROOT --pool POOL [--store URL] [--sha256] [--exclude GLOB]...
+                             [--paths-from FILE] [--max-removed FRACTION]
+    checker manifest drop POOL [--store URL]
     checker forget (--config zones | --region NAME) [--store URL] [--dry-run]
 
 Exit codes: 0 fine; 1 the store or a probe setup failed; 2 bad usage or
@@ -21,17 +24,18 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from checker import report
+from checker import report, text
 from checker.errors import CheckerError, ManifestError
 from checker.target import targets_of
 from geodns.config import fields
 from geodns.settings import default_store_url
-from geodns.store import Store, StoreError
+from geodns.store import ExpectedHead, Store, StoreError
 
 log = logging.getLogger("checker")
 
@@ -114,6 +118,13 @@ def _parser() -> argparse.ArgumentParser:
             default=3600,
             help="flag results older than this as stale (default 1h)",
         )
+        p.add_argument(
+            "--expected-max-age",
+            type=fields.duration_arg,
+            default=report.EXPECTED_MAX_AGE,
+            help="warn when a pool's expected state was last published longer ago "
+            "(the leader stopped; default 3h)",
+        )
 
     rep = sub.add_parser("report", help="a table of every mirror address")
     report_args(rep)
@@ -167,7 +178,44 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="glob of names to skip (repeatable; default: rsync temp files)",
     )
-    for p in (run, rep, nag, his, fgt, build):
+    pub = msub.add_parser(
+        "publish",
+        help="walk the origin tree into the store as the pool's expected state (on the origin)",
+    )
+    pub.add_argument("root", type=Path, help="the origin's copy of the tree")
+    pub.add_argument("--pool", required=True, help="the name checkers read (`manifest: store`)")
+    store_arg(pub)
+    pub.add_argument(
+        "--sha256",
+        action="store_true",
+        help="hash new and changed files (unchanged ones keep theirs)",
+    )
+    pub.add_argument(
+        "--exclude",
+        action="append",
+        default=None,
+        help="glob of names (or, with a '/', of paths below ROOT) to skip "
+        "(repeatable; default: rsync temp files)",
+    )
+    pub.add_argument(
+        "--paths-from",
+        metavar="FILE",
+        help="look only at these paths (one per line, relative to ROOT; '-' = stdin), "
+        "e.g. what `rsync --out-format=%%n` printed: directories with all below them, "
+        "missing ones become removed",
+    )
+    pub.add_argument(
+        "--max-removed",
+        type=float,
+        default=0.5,
+        metavar="FRACTION",
+        help="refuse to mark more than this share of the objects removed (an unmounted "
+        "file system looks like that; default 0.5, 1 allows anything)",
+    )
+    drop = msub.add_parser("drop", help="delete a pool's expected state from the store")
+    drop.add_argument("pool")
+    store_arg(drop)
+    for p in (run, rep, nag, his, fgt, build, pub, drop):
         # `checker run --log-level debug` reads better than `checker --log-level debug run`
         p.add_argument("--log-level", dest="sub_log_level", default=None, help=argparse.SUPPRESS)
     return ap
@@ -340,36 +388,50 @@ def _run_forever(checker: Any, args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- reports
 
 
-def _rows(args: argparse.Namespace, state: str | None = None) -> list[report.Row]:
+def _rows(
+    args: argparse.Namespace, state: str | None = None
+) -> tuple[list[report.Row], list[report.Expected]]:
     config = _load_config(args.config) if args.config else None
     store = _store(args.store, create=False)
     try:
         states = store.states(region=args.region)
+        heads: list[ExpectedHead] | None
+        error = None
+        try:
+            heads = store.expected_heads()
+        except StoreError as exc:  # e.g. a store not yet upgraded by a newer checker
+            heads, error = None, str(exc)
     finally:
         store.close()
-    return report.build_rows(
+    rows = report.build_rows(
         states, config=config, pools=args.pool, state=state, max_age=args.max_age
     )
+    expected = report.build_expected(
+        heads, config=config, pools=args.pool, max_age=args.expected_max_age, error=error
+    )
+    return rows, expected
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     if args.nagios:
         return cmd_nagios(args)
-    rows = _rows(args, args.state)
+    rows, expected = _rows(args, args.state)
     if args.json:
-        print(report.to_json(rows))
+        print(report.to_json(rows, expected=expected))
     else:
-        report.print_table(rows, sys.stdout)
+        report.print_table(rows, sys.stdout, expected=expected)
     return 0
 
 
 def cmd_nagios(args: argparse.Namespace) -> int:
     try:
-        rows = _rows(args)
+        rows, expected = _rows(args)
     except (StoreError, CheckerError) as exc:
         code, out = report.nagios_unknown(str(exc).splitlines()[0])
     else:
-        code, out = report.nagios(rows, warn_down=args.warn_down, crit_down=args.crit_down)
+        code, out = report.nagios(
+            rows, warn_down=args.warn_down, crit_down=args.crit_down, expected=expected
+        )
     print(out)
     return code
 
@@ -397,6 +459,10 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
+    if args.manifest_command == "publish":
+        return cmd_manifest_publish(args)
+    if args.manifest_command == "drop":
+        return cmd_manifest_drop(args)
     from checker import manifest as mf
 
     progress: Any = None
@@ -431,6 +497,71 @@ def cmd_manifest(args: argparse.Namespace) -> int:
         print(f"{len(doc['objects'])} objects written to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(body)
+    return 0
+
+
+def cmd_manifest_publish(args: argparse.Namespace) -> int:
+    from checker import manifest as mf
+    from checker.publish import check_pool_name, publish, sync_path
+
+    check_pool_name(args.pool)
+    if not 0 <= args.max_removed <= 1:
+        raise CheckerError(f"--max-removed {args.max_removed}: expected a fraction from 0 to 1")
+    paths: list[str] | None = None
+    if args.paths_from is not None:
+        try:
+            if args.paths_from == "-":
+                lines = sys.stdin.read().splitlines()
+            else:
+                lines = Path(args.paths_from).read_text(errors="surrogateescape").splitlines()
+        except OSError as exc:
+            raise CheckerError(f"{args.paths_from}: cannot read: {exc.strerror}") from None
+        paths = [p for line in lines if (p := sync_path(line)) is not None]
+    store = _store(args.store, create=True)
+    try:
+        t0 = time.perf_counter()
+        done = publish(
+            store,
+            args.pool,
+            args.root,
+            paths=paths,
+            sha256=args.sha256,
+            exclude=args.exclude if args.exclude is not None else mf.DEFAULT_EXCLUDES,
+            max_removed=args.max_removed,
+        )
+        elapsed = time.perf_counter() - t0
+    finally:
+        store.close()
+    for problem in done.problems[:20]:
+        print(f"checker: {problem}", file=sys.stderr)
+    if len(done.problems) > 20:
+        print(f"checker: … and {len(done.problems) - 20} more", file=sys.stderr)
+    h = done.head
+    extra = f", {done.rehashed} hashed" if done.rehashed else ""
+    print(
+        f"{h.pool}: version {h.version}: {done.added} added, {done.changed} changed, "
+        f"{done.removed} removed{extra}; {h.objects:,} objects ({text.size(h.bytes)}), "
+        f"{h.dirs:,} director{'y' if h.dirs == 1 else 'ies'}, {h.gone:,} removed kept; "
+        f"{text.duration(elapsed)}"
+    )
+    return 0
+
+
+def cmd_manifest_drop(args: argparse.Namespace) -> int:
+    store = _store(args.store, create=False)
+    try:
+        head = store.expected_head(args.pool)
+        if head is None:
+            known = ", ".join(h.pool for h in store.expected_heads()) or "none"
+            print(
+                f"checker: no expected state for {args.pool!r} (published: {known})",
+                file=sys.stderr,
+            )
+            return 1
+        rows = store.drop_expected(args.pool)
+    finally:
+        store.close()
+    print(f"dropped the expected state of {args.pool!r}: version {head.version}, {rows:,} rows")
     return 0
 
 

@@ -9,7 +9,11 @@ Format (JSON, version 1):
 `path` is relative to the mirror URL, "/"-separated, not percent-encoded;
 `mtime` is integer Unix seconds; `sha256` is optional per object.
 
-Sampling (`plan()`): every round checks the critical objects, then the newest
+Manifests also come from the store (`objects: {manifest: store}`, see
+checker/expected.py), as the expected state an origin publishes.
+
+Sampling (`plan()`): every round checks the critical objects, then (expected
+state only) every object new since the address's last round, then the newest
 quarter of the sample (highest mtime: what a lagging mirror lacks first), then
 a window of the remaining objects that moves on by its length each round, so
 every object is covered over ceil(rest / window) rounds. The window position is
@@ -23,7 +27,7 @@ import fnmatch
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +46,9 @@ class ManifestObject:
     size: int
     mtime: int
     sha256: str | None = None
+    # when the origin's publisher first saw this content (microseconds since
+    # the epoch); 0 for manifest files, which do not know
+    first_seen: int = 0
 
     @property
     def target_suffix(self) -> str:
@@ -169,9 +176,20 @@ class Plan:
     critical: list[str]  # critical paths (also present in objects when in the manifest)
     cursor: int  # window position for the next round
     newest: int  # how many of `objects` were picked as newest
+    new_taken: int = 0  # how many of `new` (a prefix of it) are in `objects`
 
 
-def plan(manifest: Manifest, sample: int, critical: Iterable[str], cursor: int = 0) -> Plan:
+def plan(
+    manifest: Manifest,
+    sample: int,
+    critical: Iterable[str],
+    cursor: int = 0,
+    new: Sequence[ManifestObject] = (),
+) -> Plan:
+    """`new`: objects that appeared since this address's last round (expected
+    state from the store, oldest first); they come right after the critical
+    ones, leaving at least one rotating slot, and what does not fit is new
+    again next round (`new_taken` says how far the caller may move on)."""
     crit = [c.lstrip("/") for c in critical]
     objs = manifest.objects
     picked: list[ManifestObject] = []
@@ -188,7 +206,13 @@ def plan(manifest: Manifest, sample: int, critical: Iterable[str], cursor: int =
     if sample <= 0 or sample >= len(objs):
         for o in objs:
             take(o)
-        return Plan(picked, crit, 0, 0)
+        return Plan(picked, crit, 0, 0, len(new))
+    new_taken = 0
+    for o in new:
+        if len(picked) >= sample - 1:
+            break
+        take(o)
+        new_taken += 1
     newest = max(1, sample // 4)
     for o in objs[:newest]:
         take(o)
@@ -197,8 +221,8 @@ def plan(manifest: Manifest, sample: int, critical: Iterable[str], cursor: int =
     # sample: every object must come round eventually
     window = max(1, sample - len(picked))
     if not rest or window == 0:
-        return Plan(picked, crit, cursor, newest)
+        return Plan(picked, crit, cursor, newest, new_taken)
     start = cursor % len(rest)
     for i in range(min(window, len(rest))):
         take(rest[(start + i) % len(rest)])
-    return Plan(picked, crit, (start + window) % len(rest), newest)
+    return Plan(picked, crit, (start + window) % len(rest), newest, new_taken)

@@ -17,8 +17,17 @@ JSON (`--json`), schema version 1:
                   "since", "checked_at", "reason", "detail", "warning", "stale",
                   "tls_expires_days", "lag_seconds", "objects_missing",
                   "objects_checked", "latency_ms"}],
-   "regions": {region: newest checked_at}}   (region "" = untagged checker)
+   "regions": {region: newest checked_at},   (region "" = untagged checker)
+   "expected": {name: {"name", "pools", "version", "published_at", "changed_at",
+                       "age_seconds", "objects", "bytes", "gone", "source",
+                       "max_age", "stale", "problem"}}}
 Times are ISO 8601 UTC or null; numbers are null when the probe is not configured.
+
+Expected state (`objects: {manifest: store}`): one entry per published name
+(and, with --config, per name a pool reads but nobody published). A head older
+than `--expected-max-age` (default 3h) means the leader's `checker manifest
+publish` stopped: `stale`, with the age in `problem`, a WARNING for Nagios.
+`pools` lists the configured pools that read it (with --config).
 
 Nagios exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 """
@@ -34,9 +43,10 @@ from typing import IO, Any
 
 from checker import text
 from geodns.model import Config
-from geodns.store import AddressState, StateChange, address_text
+from geodns.store import AddressState, ExpectedHead, StateChange, address_text
 
 STATES = ("up", "warning", "down", "disabled", "unknown")
+EXPECTED_MAX_AGE = 3 * 3600.0  # a leader publishing hourly may miss two runs
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 _NAGIOS_WORD = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
 
@@ -182,10 +192,128 @@ def summary(rows: list[Row]) -> dict[str, int]:
     return counts
 
 
+# --------------------------------------------------------------------------- expected state
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """One published expected state as the report shows it."""
+
+    name: str
+    pools: tuple[str, ...]  # configured pools reading it (known with --config)
+    version: int | None  # None: never published
+    published_at: datetime | None
+    changed_at: datetime | None
+    age_seconds: float | None
+    objects: int | None
+    bytes: int | None
+    gone: int | None
+    source: str
+    max_age: float  # older than this is stale
+    stale: bool
+    problem: str | None  # a warning in words, or None
+
+    def json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["pools"] = list(self.pools)
+        for k in ("published_at", "changed_at"):
+            d[k] = d[k].isoformat() if d[k] else None
+        if d["age_seconds"] is not None:
+            d["age_seconds"] = round(d["age_seconds"], 1)
+        return d
+
+
+def build_expected(
+    heads: Iterable[ExpectedHead] | None,
+    *,
+    config: Config | None = None,
+    pools: Iterable[str] | None = None,
+    max_age: float = EXPECTED_MAX_AGE,
+    now: datetime | None = None,
+    error: str | None = None,
+) -> list[Expected]:
+    """The expected states to show: every published one, and with a Config every
+    name a pool reads. `heads` None with `error`: the store could not say."""
+    now = now or datetime.now(UTC)
+    readers: dict[str, list[str]] = {}
+    if config is not None:
+        for p in config.pools.values():
+            if p.checks.objects is not None and p.checks.objects.expected is not None:
+                readers.setdefault(p.checks.objects.expected, []).append(p.name)
+    by_name = {h.pool: h for h in heads or ()}
+    out = []
+    for name in sorted(set(by_name) | set(readers)):
+        h = by_name.get(name)
+        used = tuple(sorted(readers.get(name, ())))
+        judged = config is None or bool(used)  # an unused one is only shown
+        if h is None:
+            missing: str
+            if heads is None:
+                missing = f"expected state '{name}' unreadable: {error or 'store error'}"
+            else:
+                missing = (
+                    f"no expected state published for '{name}' (read by pool "
+                    f"{', '.join(used)}): run `checker manifest publish ROOT --pool {name}` "
+                    "on the origin"
+                )
+            out.append(
+                Expected(
+                    name, used, None, None, None, None, None, None, None, "", max_age, True, missing
+                )
+            )
+            continue
+        age = (now - h.published_at).total_seconds()
+        stale = judged and age > max_age
+        problem: str | None = None
+        if stale:
+            problem = (
+                f"expected state '{name}' last published {text.duration(age)} ago "
+                f"(version {h.version}, max {text.duration(max_age)}): has the leader's "
+                "`checker manifest publish` stopped?"
+            )
+        out.append(
+            Expected(
+                name,
+                used,
+                h.version,
+                h.published_at,
+                h.changed_at,
+                age,
+                h.objects,
+                h.bytes,
+                h.gone,
+                h.source,
+                max_age,
+                stale,
+                problem,
+            )
+        )
+    if pools is not None:
+        wanted = set(pools)
+        out = [e for e in out if e.name in wanted or wanted & set(e.pools)]
+    return out
+
+
+def expected_line(e: Expected, now: datetime | None = None) -> str:
+    """One line for the table's footer (rich markup escaped by the caller)."""
+    if e.version is None or e.published_at is None:
+        return e.problem or f"expected state {e.name}: none"
+    changed = ""
+    if e.changed_at is not None and e.changed_at != e.published_at:
+        changed = f", last change {text.ago(e.changed_at, now)}"
+    return (
+        f"expected state {e.name}: version {e.version}, {e.objects or 0:,} objects "
+        f"({text.size(e.bytes or 0)}), {e.gone or 0:,} removed kept; published "
+        f"{text.ago(e.published_at, now)}{changed} from {e.source or '?'}"
+    )
+
+
 # --------------------------------------------------------------------------- JSON
 
 
-def to_json(rows: list[Row], *, now: datetime | None = None) -> str:
+def to_json(
+    rows: list[Row], *, now: datetime | None = None, expected: Iterable[Expected] = ()
+) -> str:
     now = now or datetime.now(UTC)
     doc = {
         "schema": 1,
@@ -193,6 +321,7 @@ def to_json(rows: list[Row], *, now: datetime | None = None) -> str:
         "summary": summary(rows),
         "addresses": [r.json() for r in rows],
         "regions": {k: v.isoformat(timespec="seconds") for k, v in region_checks(rows).items()},
+        "expected": {e.name: e.json() for e in expected},
     }
     return json.dumps(doc, indent=2)
 
@@ -237,6 +366,7 @@ def print_table(
     now: datetime | None = None,
     color: bool | None = None,
     width: int | None = None,
+    expected: Iterable[Expected] = (),
 ) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -283,6 +413,13 @@ def print_table(
             "regions: "
             + ", ".join(f"{k or '-'} last checked {text.ago(v, now)}" for k, v in checks.items())
         )
+    for e in expected:
+        line = _escape(expected_line(e, now))
+        if e.problem and e.version is not None:
+            line += " [yellow]" + _escape(f"STALE: {e.problem}") + "[/]"
+        elif e.problem:
+            line = f"[yellow]{line}[/]"
+        console.print(line)
 
 
 def _escape(value: str) -> str:
@@ -321,10 +458,21 @@ def brief(reason: str, limit: int = 40) -> str:
     return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
-def nagios(rows: list[Row], *, warn_down: int | None = None, crit_down: int = 1) -> tuple[int, str]:
-    """(exit code, plugin output): status line with perfdata, then detail lines."""
+def nagios(
+    rows: list[Row],
+    *,
+    warn_down: int | None = None,
+    crit_down: int = 1,
+    expected: Iterable[Expected] = (),
+) -> tuple[int, str]:
+    """(exit code, plugin output): status line with perfdata, then detail lines.
+
+    A stale or missing expected state is a WARNING (the mirrors are judged
+    against an old list, or none), never CRITICAL."""
     s = summary(rows)
     total = s["total"]
+    views = list(expected)
+    problems = [e for e in views if e.problem]
     if total == 0:
         return (
             UNKNOWN,
@@ -357,6 +505,13 @@ def nagios(rows: list[Row], *, warn_down: int | None = None, crit_down: int = 1)
         msg = f"{s['up']} of {total} up"
     if s["disabled"]:
         msg += f", {s['disabled']} disabled"
+    if problems:
+        code = max(code, WARNING)
+        msg += "; " + "; ".join(
+            f"expected state {e.name} "
+            + (f"{text.duration(e.age_seconds)} old" if e.age_seconds is not None else "missing")
+            for e in problems[:3]
+        )
     w = "" if warn_down is None else str(warn_down)
     lags = [r.lag_seconds for r in rows if r.lag_seconds is not None]
     perf = [
@@ -371,7 +526,12 @@ def nagios(rows: list[Row], *, warn_down: int | None = None, crit_down: int = 1)
     tls = [r.tls_expires_days for r in rows if r.tls_expires_days is not None]
     if tls:
         perf.append(f"tls_days_min={min(tls):.1f};;;;")
+    for e in views:
+        if e.age_seconds is not None:
+            perf.append(f"'expected_age_{e.name}'={e.age_seconds:.0f}s;{e.max_age:.0f};;0")
     lines = [f"GEODNS MIRRORS {_NAGIOS_WORD[code]} - {msg} | {' '.join(perf)}"]
+    for e in problems:
+        lines.append(f"WARNING: {e.problem}")
     for r in rows:
         if r.state == "up" and not r.stale:
             continue

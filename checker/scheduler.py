@@ -40,6 +40,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from checker import manifest as mf
 from checker import text
 from checker.errors import CheckerError, ManifestError
+from checker.expected import CURSOR_KEYS, ExpectedCache, Snapshot, sampling
 from checker.http import HTTPClient, HTTPError
 from checker.probes.apt import probe_apt
 from checker.probes.freshness import fetch_timestamp, probe_freshness
@@ -47,7 +48,7 @@ from checker.probes.objects import probe_objects
 from checker.probes.tls import probe_tls
 from checker.state import Evaluation, advance
 from checker.target import Target, ca_file, targets_of
-from geodns.model import Config, FreshnessCheck, Pool
+from geodns.model import Config, FreshnessCheck, ObjectsCheck, Pool
 from geodns.store import ProbeRecord, Store, StoreError
 
 log = logging.getLogger("checker")
@@ -138,6 +139,7 @@ class Checker:
         pools: Iterable[str] | None = None,
         max_parallel: int = 32,
         pipeline: int = 1,
+        expected_interval: float = 5.0,
     ) -> None:
         self.store = store
         self.region = region
@@ -149,6 +151,9 @@ class Checker:
         self._origin: dict[str, tuple[float, datetime | str | None]] = {}
         self._origin_locks: dict[str, asyncio.Lock] = {}
         self._gauge: dict[tuple[str, str, str], str] = {}
+        self._expected: dict[str, ExpectedCache] = {}
+        self._expected_locks: dict[str, asyncio.Lock] = {}
+        self.expected_interval = expected_interval
         self.update(config)
 
     # ---------------------------------------------------------------- config
@@ -170,6 +175,10 @@ class Checker:
         keys = {t.key for t in self.targets}
         self._gauge = {k: v for k, v in self._gauge.items() if k in keys}
         self._origin.clear()
+        used = {
+            p.checks.objects.expected for p in self.pools.values() if p.checks.objects is not None
+        }
+        self._expected = {k: v for k, v in self._expected.items() if k in used}
 
     async def _store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -245,6 +254,9 @@ class Checker:
             return await probe_tls(t, cafile=ca_file(self.ca_bundle, c))
         if kind == "objects":
             assert c.objects is not None
+            if c.objects.expected is not None:
+                return await self._probe_expected(t, c.objects, state)
+            assert c.objects.manifest is not None
             try:
                 # Parsing a large manifest takes a moment: keep the loop free.
                 manifest = await asyncio.to_thread(mf.load, c.objects.manifest)
@@ -267,6 +279,61 @@ class Checker:
             await client.close()
         raise AssertionError(kind)
 
+    async def _expected_snapshot(self, name: str) -> tuple[Snapshot | None, str | None]:
+        """The pool's expected state, refreshed from the store at most every
+        `expected_interval` seconds; (snapshot or None, a warning or None)."""
+        cache = self._expected.get(name)
+        if cache is None:
+            cache = self._expected[name] = ExpectedCache(self.store, name)
+        lock = self._expected_locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            if (
+                not cache.checked_at
+                or time.monotonic() - cache.checked_at >= self.expected_interval
+            ):
+                await self._store(cache.refresh)
+        snap = cache.snapshot
+        if cache.error:
+            if snap is None:
+                return None, f"expected state unavailable: {cache.error}"
+            return snap, f"expected state: {cache.error}; using version {snap.version}"
+        if snap is None:
+            return None, (
+                f"no expected state published for '{name}' "
+                f"(run `checker manifest publish ROOT --pool {name}` on the origin)"
+            )
+        return snap, None
+
+    async def _probe_expected(
+        self, t: Target, check: ObjectsCheck, state: dict[str, Any]
+    ) -> ProbeRecord:
+        assert check.expected is not None
+        prev = state.get("objects", {}).get("data", {}) or {}
+        snap, note = await self._expected_snapshot(check.expected)
+        if snap is None:
+            # The leader's problem, not the mirror's: nothing to judge by, so
+            # a warning (shown by `checker report`) instead of a failure.
+            carry = {k: prev[k] for k in CURSOR_KEYS if k in prev}
+            return ProbeRecord(
+                "objects", True, "objects not checked", None, {**carry, "warning": note}
+            )
+        pick = sampling(snap, check, prev)
+        return await probe_objects(
+            t,
+            check,
+            snap.manifest,
+            cursor=int(prev.get("cursor", 0) or 0),
+            pipeline=self.pipeline,
+            new=pick.new,
+            gone=pick.gone,
+            carry={
+                "version": snap.version,
+                "new_after": pick.new_after,
+                "gone_cursor": pick.gone_cursor,
+            },
+            note=note,
+        )
+
     async def _bounded(self, t: Target, kind: str, state: dict[str, Any]) -> ProbeRecord:
         limit = deadline_of(t, kind)
         try:
@@ -279,11 +346,12 @@ class Checker:
         except Exception as exc:  # a bug must cost one probe, not the round
             log.exception("%s probe of %s failed unexpectedly", kind, t.label)
             r = ProbeRecord(kind, False, f"{kind}: internal error: {exc!r}", None, {})
-        if kind == "objects" and "cursor" not in r.data:
+        if kind == "objects":
             # a probe cut short keeps its place in the manifest rotation
-            cursor = state.get("objects", {}).get("data", {}).get("cursor")
-            if cursor is not None:
-                r = replace(r, data={**r.data, "cursor": cursor})
+            prev = state.get("objects", {}).get("data", {}) or {}
+            keep = {k: prev[k] for k in CURSOR_KEYS if k in prev and k not in r.data}
+            if keep:
+                r = replace(r, data={**r.data, **keep})
         PROBES_TOTAL.labels(kind, "ok" if r.ok else "fail").inc()
         return r
 

@@ -40,3 +40,13 @@ def ago(when: datetime, now: datetime | None = None) -> str:
     now = now or datetime.now(UTC)
     delta = (now - when).total_seconds()
     return f"{duration(delta)} ago" if delta >= 0 else f"in {duration(-delta)}"
+
+
+def size(n: float) -> str:
+    """Bytes in binary units: 512 B, 1.5 KiB, 1.2 TiB."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")

@@ -52,13 +52,22 @@ class FreshnessCheck:
 
 @dataclass(frozen=True, slots=True)
 class ObjectsCheck:
-    manifest: Path  # JSON written by `checker manifest build`, resolved absolute
+    # JSON written by `checker manifest build`, resolved absolute; None with `expected`
+    manifest: Path | None = None
+    # `manifest: store` (the pool's own name) or `store:NAME`: the expected state
+    # an origin publishes into the store (`checker manifest publish`)
+    expected: str | None = None
     sample: int = 200  # objects HEADed per round (new ones first, the rest rotate)
     critical: tuple[str, ...] = ()  # paths whose absence takes a mirror down
     concurrency: int = 8  # simultaneous requests per mirror address
     max_missing: int = 0  # more missing/wrong objects than this → down
     verify_sha256: int = 0  # objects per round fetched whole and hashed
     interval: float = 900.0
+    # expected state only: removed objects HEADed per round (404 expected; a
+    # warning otherwise), once removed `gone_after` ago and until `gone_within`
+    gone_sample: int = 0
+    gone_after: float = 86400.0
+    gone_within: float = 30 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,8 +149,9 @@ def test_json_schema(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     code, out = run(["report", "--store", world.url, "--json"], capsys)
     assert code == 0
     doc = json.loads(out)
-    assert set(doc) == {"schema", "generated", "summary", "addresses", "regions"}
-    assert doc["schema"] == 1  # "regions" was added compatibly
+    assert set(doc) == {"schema", "generated", "summary", "addresses", "regions", "expected"}
+    assert doc["schema"] == 1  # "regions" and "expected" were added compatibly
+    assert doc["expected"] == {}  # nothing published into this store
     assert list(doc["regions"]) == [""]  # one untagged checker
     assert doc["summary"] == {
         "up": 1,

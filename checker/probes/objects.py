@@ -8,6 +8,10 @@ planned objects that have a hash (newest first, at most 32 MiB) are fetched
 whole and hashed. A missing or wrong *critical* object is unrecoverable (down
 at once); otherwise more than `max_missing` bad objects is a failure that
 counts towards `fall`, and fewer give a warning.
+
+With the expected state from the store (checker/expected.py) the round also
+checks the objects new since the address's last round first, and HEADs a few
+objects removed from the origin: one still served is a warning, never down.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,6 +135,33 @@ async def check_objects(
     return tally
 
 
+async def check_gone(
+    client: HTTPClient, base_path: str, paths: Sequence[str], *, concurrency: int
+) -> tuple[int, list[str]]:
+    """HEAD objects removed from the origin: (answered, paths still served).
+
+    Only a 200 counts as served; errors and other statuses say nothing about
+    whether the mirror deleted the file, so they are left out."""
+    prefix = quote_path(base_path)
+    queue = iter(paths)
+    answered = 0
+    served: list[str] = []
+
+    async def worker() -> None:
+        nonlocal answered
+        for path in queue:
+            try:
+                resp = await client.head(prefix + quote_path(path))
+            except HTTPError:
+                continue
+            answered += 1
+            if resp.status == 200:
+                served.append(path)
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(paths))))))
+    return answered, served
+
+
 def _summary(t: Tally, total: int, crit_bad: list[str]) -> str:
     parts = []
     n = t.checked
@@ -154,10 +186,19 @@ async def probe_objects(
     *,
     cursor: int = 0,
     pipeline: int = 1,
+    new: Sequence[mf.ManifestObject] = (),
+    gone: Sequence[str] = (),
+    carry: dict[str, Any] | None = None,
+    note: str | None = None,
 ) -> ProbeRecord:
-    p = mf.plan(manifest, check.sample, check.critical, cursor)
+    """`new`, `gone`, `carry` (data kept in the record: the expected state's
+    version and cursors) and `note` (a warning about the expected state) come
+    from checker/expected.py; a manifest file uses none of them."""
+    p = mf.plan(manifest, check.sample, check.critical, cursor, new)
+    kept = dict(carry or {})
     t0 = time.perf_counter()
     client = target.client(max_connections=check.concurrency, pipeline=pipeline)
+    gone_answered, gone_served = 0, list[str]()
     try:
         tally = await check_objects(
             client,
@@ -166,18 +207,25 @@ async def probe_objects(
             concurrency=check.concurrency,
             verify_sha256=check.verify_sha256,
         )
+        if gone:
+            gone_answered, gone_served = await check_gone(
+                client, target.base_path, gone, concurrency=check.concurrency
+            )
     except HTTPError as exc:
         return ProbeRecord(
             KIND,
             False,
             f"objects: {exc.reason}",
             None,
-            {"cursor": cursor},
+            {"cursor": cursor, **kept},
             unrecoverable=exc.refused or exc.timeout,
         )
     finally:
         await client.close()
     elapsed = time.perf_counter() - t0
+    if p.new_taken:
+        last = new[p.new_taken - 1]
+        kept["new_after"] = [last.first_seen, last.path]
     crit_bad = [f"{c} {tally.bad_paths[c]}" for c in p.critical if c in tally.bad_paths]
     data: dict[str, Any] = {
         "checked": tally.checked,
@@ -190,7 +238,14 @@ async def probe_objects(
         "cursor": p.cursor,
         "seconds": round(elapsed, 3),
         "examples": (tally.missing + tally.wrong_size + tally.corrupt + tally.errors)[:_EXAMPLES],
+        **kept,
     }
+    if carry is not None:  # the expected state: say what was new
+        data["new"] = p.new_taken
+        data["new_pending"] = len(new) - p.new_taken
+    if gone:
+        data["gone_checked"] = gone_answered
+        data["gone_served"] = len(gone_served)
     latency = tally.latency_sum / tally.checked if tally.checked else None
     if crit_bad:
         return ProbeRecord(
@@ -201,10 +256,20 @@ async def probe_objects(
     detail = f"{tally.checked} of {len(manifest)} objects checked, all present"
     if tally.bad:
         detail = f"{tally.checked} of {len(manifest)} objects checked"
-    if tally.errors:
-        data["warning"] = f"{len(tally.errors)} object requests failed (e.g. {tally.errors[0]})"
+    warnings = []
     if tally.bad:
-        data["warning"] = (
+        warnings.append(
             _summary(tally, len(manifest), []) + f" (tolerated: max_missing {check.max_missing})"
         )
+    elif tally.errors:
+        warnings.append(f"{len(tally.errors)} object requests failed (e.g. {tally.errors[0]})")
+    if gone_served:
+        warnings.append(
+            f"{len(gone_served)} of {gone_answered} objects removed from the origin "
+            f"still served (e.g. {gone_served[0]})"
+        )
+    if note:
+        warnings.append(note)
+    if warnings:
+        data["warning"] = "; ".join(warnings)
     return ProbeRecord(KIND, True, detail, latency, data)

@@ -61,7 +61,7 @@ def build_pool(s: Section, file: str, root: Path) -> Pool | None:
         s.error("pool", f"'{name}' is not a valid pool name (letters, digits, '.', '_', '-')")
     s.ctx = f"pool '{name}'"
     on_empty = s.choice("on_empty", ("failopen", "servfail"), "failopen")
-    checks = _checks(s.sub("checks", f"pool '{name}' checks"), root)
+    checks = _checks(s.sub("checks", f"pool '{name}' checks"), root, name)
     mirrors: list[Mirror] = []
     items = s.data.get("mirrors")
     if "mirrors" in s.data and not isinstance(items, list):
@@ -200,7 +200,7 @@ def _mirror(s: Section, file: str) -> Mirror | None:
     return None if nameless else mirror
 
 
-def _checks(s: Section | None, root: Path) -> Checks:
+def _checks(s: Section | None, root: Path, pool: str) -> Checks:
     if s is None or not s.ok:
         return Checks()
     s.keys(("tls", "freshness", "objects", "apt", "fall", "rise", "timeout"))
@@ -234,41 +234,7 @@ def _checks(s: Section | None, root: Path) -> Checks:
                 interval=interval,
             )
     if (o := s.sub("objects", s.ctx + " objects")) is not None and o.ok:
-        o.keys(
-            (
-                "manifest",
-                "sample",
-                "critical",
-                "concurrency",
-                "max_missing",
-                "verify_sha256",
-                "interval",
-            ),
-            required=("manifest",),
-        )
-        manifest = o.str_("manifest", required=True)
-        # every field checked, with or without a usable manifest
-        sample = o.int_("sample", 200, lo=1, hi=10_000_000) or 200
-        critical = tuple(p.lstrip("/") for p in _texts(o, "critical"))
-        concurrency = o.int_("concurrency", 8, lo=1, hi=256) or 8
-        max_missing = o.int_("max_missing", 0) or 0
-        verify = o.int_("verify_sha256", 0, hi=10_000) or 0
-        interval = o.duration("interval", 900.0) or 900.0
-        if manifest:
-            mpath = _path(manifest, root)
-            if not mpath.is_file():
-                o.error(
-                    "manifest", f"no such file: {mpath} (build it with `checker manifest build`)"
-                )
-            objects = ObjectsCheck(
-                manifest=mpath,
-                sample=sample,
-                critical=critical,
-                concurrency=concurrency,
-                max_missing=max_missing,
-                verify_sha256=verify,
-                interval=interval,
-            )
+        objects = _objects(o, root, pool)
     if (a := s.sub("apt", s.ctx + " apt")) is not None and a.ok:
         a.keys(("suites", "interval"), required=("suites",))
         suites = tuple(_texts(a, "suites", required=True))
@@ -284,6 +250,79 @@ def _checks(s: Section | None, root: Path) -> Checks:
         fall=s.int_("fall", 3, lo=1, hi=100) or 3,
         rise=s.int_("rise", 2, lo=1, hi=100) or 2,
         timeout=s.duration("timeout", 10.0) or 10.0,
+    )
+
+
+def _objects(o: Section, root: Path, pool: str) -> ObjectsCheck | None:
+    o.keys(
+        (
+            "manifest",
+            "sample",
+            "critical",
+            "concurrency",
+            "max_missing",
+            "verify_sha256",
+            "interval",
+            "gone_sample",
+            "gone_after",
+            "gone_within",
+        ),
+        required=("manifest",),
+    )
+    manifest = o.str_("manifest", required=True)
+    # every field checked, with or without a usable manifest
+    sample = o.int_("sample", 200, lo=1, hi=10_000_000) or 200
+    critical = tuple(p.lstrip("/") for p in _texts(o, "critical"))
+    concurrency = o.int_("concurrency", 8, lo=1, hi=256) or 8
+    max_missing = o.int_("max_missing", 0) or 0
+    verify = o.int_("verify_sha256", 0, hi=10_000) or 0
+    interval = o.duration("interval", 900.0) or 900.0
+    gone_sample = o.int_("gone_sample", 0, hi=100_000) or 0
+    gone_after = o.duration("gone_after", 86400.0) or 86400.0
+    gone_within = o.duration("gone_within", 30 * 86400.0) or 30 * 86400.0
+    if gone_within <= gone_after:
+        key = "gone_within" if "gone_within" in o.data else "gone_after"
+        o.error(key, "gone_within must be longer than gone_after (checks happen in between)")
+    if not manifest:
+        return None
+    expected: str | None = None
+    mpath: Path | None = None
+    # `store` names the expected state an origin publishes into the store
+    # (`checker manifest publish ROOT --pool NAME`); `./store` is a file
+    if manifest == "store" or manifest.startswith("store:"):
+        expected = manifest.partition(":")[2] or pool
+        if not _ident_ok(expected):
+            o.error(
+                "manifest",
+                f"'{manifest}': '{expected}' is not a valid pool name "
+                "(letters, digits, '.', '_', '-')",
+            )
+    else:
+        mpath = _path(manifest, root)
+        if not mpath.is_file():
+            o.error(
+                "manifest",
+                f"no such file: {mpath} (build it with `checker manifest build`, or use "
+                "`manifest: store` for the expected state an origin publishes)",
+            )
+        for key in ("gone_sample", "gone_after", "gone_within"):
+            if key in o.data:
+                o.error(
+                    key,
+                    "needs `manifest: store` (a manifest file does not list removed objects)",
+                )
+    return ObjectsCheck(
+        manifest=mpath,
+        expected=expected,
+        sample=sample,
+        critical=critical,
+        concurrency=concurrency,
+        max_missing=max_missing,
+        verify_sha256=verify,
+        interval=interval,
+        gone_sample=gone_sample,
+        gone_after=gone_after,
+        gone_within=gone_within,
     )
 
 

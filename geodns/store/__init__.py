@@ -6,6 +6,15 @@ the schema (`schema`), the plain records handed across it (`records`) and the
 """
 
 from geodns.store.api import Store
+from geodns.store.expected import (
+    ExpectedConflict,
+    ExpectedDelta,
+    ExpectedEntry,
+    ExpectedHead,
+    ExpectedRow,
+    ExpectedTotals,
+    StoredIndex,
+)
 from geodns.store.records import (
     AddressState,
     ProbeRecord,
@@ -19,10 +28,17 @@ from geodns.store.schema import SCHEMA_HEAD
 __all__ = [
     "SCHEMA_HEAD",
     "AddressState",
+    "ExpectedConflict",
+    "ExpectedDelta",
+    "ExpectedEntry",
+    "ExpectedHead",
+    "ExpectedRow",
+    "ExpectedTotals",
     "ProbeRecord",
     "ProbeResult",
     "StateChange",
     "Store",
     "StoreError",
+    "StoredIndex",
     "address_text",
 ]

@@ -6,7 +6,8 @@ SQLAlchemy URL (PostgreSQL for several nodes). The schema is owned by Alembic
 `Store(url, create=False)` — the DNS server's read path — never creates or
 migrates anything and raises `StoreError` when the schema is missing.
 
-Tables: `schema`. Connections, schema checks and migrations: `engine`.
+Tables: `schema`. Connections, schema checks and migrations: `engine`. The
+expected state a leader publishes for the checkers: `expected` (a base class).
 
 Regions and quorum: several regional checkers write states tagged with their
 region. `down_addresses()` reports an address down when at least `quorum`
@@ -43,7 +44,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from geodns.store.engine import Database
+from geodns.store.expected import ExpectedState
 from geodns.store.records import (
     AddressState,
     ProbeRecord,
@@ -76,7 +77,7 @@ def _utc(t: datetime) -> datetime:
 # --------------------------------------------------------------------------- the store
 
 
-class Store(Database):
+class Store(ExpectedState):
     """Read and write mirror health. Thread-safe; one instance per process.
 
     `create=True` (checker, demo, tests): make the SQLite directory, the file

@@ -11,6 +11,8 @@ Tables
   state_changes     every change with its reason (`checker history`)
   store_meta        a counter row `state_version`, bumped in the same transaction
                     as every state change, so the server polls with ONE cheap query
+  expected_pools, expected_objects
+                    the expected state a leader publishes (defined in `expected`)
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from sqlalchemy.types import TypeDecorator
 
 # The newest Alembic revision this code knows. A test asserts it equals the
 # migrations' head, so the fast path (no Alembic import) stays honest.
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0002_expected"
 
 
 # --------------------------------------------------------------------------- models

@@ -13,6 +13,7 @@ import os
 from alembic import context
 from sqlalchemy import create_engine
 
+from geodns.store import expected  # noqa: F401  (its tables join Base.metadata)
 from geodns.store.schema import Base
 
 config = context.config
