@@ -116,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("outdir", type=Path)
     g.add_argument("--networks", type=Path, help="YAML list of networks (default: built-in demo)")
 
-    for p in (s, v, e, g, w):
+    from geodns.dnssec.cli import add_parser as add_dnssec_parser
+
+    d = add_dnssec_parser(sub)
+    for p in (s, v, e, g, w, d):
         # `geodns serve --log-level debug` reads as well as `geodns --log-level debug serve`
         p.add_argument(
             "--log-level",
@@ -153,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"geodns withdraw: {e}", file=sys.stderr)
             return 1
         return 0
+    if args.cmd == "dnssec":
+        from geodns.dnssec.cli import run as run_dnssec
+
+        return run_dnssec(args)
     if args.cmd == "geoip-demo":
         from geodns.steering.mmdb_writer import geoip_demo_command
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import dns.name
 import dns.rdata
@@ -20,6 +21,9 @@ import dns.rdatatype
 from geodns.dns import wire
 from geodns.dns.names import to_wire
 from geodns.model import Config, Steered, Zone
+
+if TYPE_CHECKING:
+    from geodns.dnssec.signer import ZoneSigner
 
 MAX_CHAIN = 8  # CNAME hops followed inside our zones
 
@@ -52,6 +56,7 @@ class CompiledZone:
     nodes: dict[bytes, Node]
     soa: RRSet
     negative: RR  # the SOA as it goes into negative answers (RFC 2308 §3 TTL)
+    signer: ZoneSigner | None = None  # zones with `dnssec:` (geodns.dnssec)
 
 
 @dataclass(slots=True)
@@ -75,11 +80,19 @@ class Resolution:
 class Tables:
     """All zones of one config generation, keyed by lower-case wire apex."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, *, now: float | None = None, previous: Tables | None = None
+    ) -> None:
         self.zones: dict[bytes, CompiledZone] = {}
         for z in config.zones:
             cz = _compile(z)
             self.zones[cz.apex] = cz
+        # DNSSEC: RRSIGs and NSECs made now; `previous` lends signatures still good
+        self.signing = any(z.dnssec for z in config.zones)
+        if self.signing:
+            from geodns.dnssec.signer import sign_tables
+
+            sign_tables(self, config, now, previous)
 
     def find_zone(self, qname: bytes) -> CompiledZone | None:
         """Longest zone apex that is a suffix of qname (lower wire)."""
@@ -131,8 +144,12 @@ def _lookup_in(
         ns = node.rrsets.get(wire.NS)
         if ns is not None and anc != cz.apex:
             if off == 0 and qtype == wire.DS:
-                # RFC 4035 §3.1.4.1 spirit: DS belongs to the parent side; we have none.
-                res.authority.append(cz.negative)
+                # RFC 4035 §3.1.4.1: DS belongs to the parent side of the cut (here)
+                ds = node.rrsets.get(wire.DS)
+                if ds is not None:
+                    res.answer.extend(ds.rrs(owner))
+                else:
+                    res.authority.append(cz.negative)
                 return None
             _referral(cz, ns, res)
             return None
