@@ -411,6 +411,10 @@ class Responder:
             if key in self.cache:
                 continue
             new = self._entry(*key)
+            # DNSSEC: answers that were asked for with DO=1 get their signed form
+            # now, off the query path (after a re-sign every signature is new)
+            if isinstance(entry, _Body) and entry.signed is not None and isinstance(new, _Body):
+                self._signed(new)
             done += 1
             yield done
             if isinstance(entry, _Geo) and isinstance(new, _Geo):
@@ -419,7 +423,10 @@ class Responder:
                     cyc = new.profiles[prof] = self._cycle(new.qname, new.res, client)
                     # carry on where the old rotation was (a swap must not
                     # restart every rotation), encoding that variant now
-                    cyc.prime(entry.profiles[prof].i)
+                    was = entry.profiles[prof]
+                    cyc.prime(was.i)
+                    if self.signing and any(b is not None and b.signed for b in was.bodies):
+                        self._signed(cyc.bodies[cyc.i])  # type: ignore[arg-type]
                     done += 1
                     yield done
         if old.geo_generation == self.geo_generation:

@@ -62,7 +62,7 @@ def parse_dnssec(s: Section, zname: str) -> DnssecPolicy | None:
         d.error("keys", "name at least one key (make one with `geodns dnssec keygen`)")
     if not refs or bad_window:
         return None
-    return DnssecPolicy(tuple(refs), validity, refresh, Where(d.file, d.line))
+    return DnssecPolicy(tuple(refs), validity, refresh, Where(d.file, s.key_line_of("dnssec")))
 
 
 def _key_ref(d: Section, item: object, line: int) -> KeyRef | None:
