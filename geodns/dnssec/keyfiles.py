@@ -228,6 +228,9 @@ def generate(zone: str, directory: Path, *, sep: bool, now: float | None = None)
         "Algorithm: 13 (ECDSAP256SHA256)\n"
         f"PrivateKey: {base64.b64encode(scalar).decode()}\n"
         f"Created: {created}\n"
+        # as dnssec-keygen writes them: published and signing from now on
+        f"Publish: {created}\n"
+        f"Activate: {created}\n"
     )
     directory.mkdir(parents=True, exist_ok=True)
     fd = os.open(str(base) + ".private", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
