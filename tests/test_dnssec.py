@@ -406,6 +406,48 @@ def test_signatures_are_renewed_in_the_background_without_a_reload(
         assert st.server.generation >= 2
 
 
+def _set_times(priv: Path, **times: float) -> None:
+    """Rewrite BIND timing metadata (Publish, Activate, Inactive, Delete)."""
+    import datetime as dt
+
+    lines = [ln for ln in priv.read_text().splitlines() if ln.split(":")[0] not in times]
+    for field, t in times.items():
+        lines.append(f"{field}: {dt.datetime.fromtimestamp(t, dt.UTC):%Y%m%d%H%M%S}")
+    priv.write_text("\n".join(lines) + "\n")
+
+
+def test_key_timing_metadata_rolls_the_zsk_without_a_reload(
+    tmp_path: Path, demo_geoip: tuple[Path, Path]
+) -> None:
+    """BIND timing metadata drive a rollover by themselves: the old ZSK turns
+    Inactive and the pre-published new one Activates at the same second; the
+    server re-signs at that moment (no reload), both keys stay published."""
+    root = tmp_path / "zones"
+    keys = signed_test_zones(root)
+    ksk, zsk1 = keys["example.org"]
+    zsk2 = keygen(root / "keys", "example.org", sep=False)
+    switch = int(time.time()) + 3
+    _set_times(root / f"{zsk1}.private", Inactive=switch)
+    _set_times(root / f"{zsk2}.private", Activate=switch)
+    zf = root / "example.org.yaml"
+    zf.write_text(zf.read_text().split("dnssec:")[0] + dnssec_yaml([ksk, zsk1, zsk2]))
+    trusted = {EX: dnskey_rrset(root, "example.org", [ksk, zsk1, zsk2])}
+    tag1 = read_key(root / zsk1, "example.org").tag
+    tag2 = read_key(root / zsk2, "example.org").tag
+    with ServerThread(settings_for(root, tmp_path, demo_geoip)) as st:
+        tags = []
+        deadline = time.monotonic() + 12
+        while time.monotonic() < deadline and tag2 not in tags:
+            r = udp(_do_query("mail.example.org", "A"), st.addr())
+            check_signed(r, trusted)
+            tags.append(r.answer[1][0].key_tag)
+            time.sleep(0.2)
+        assert tags[0] == tag1 and tags[-1] == tag2, tags
+        assert time.time() >= switch
+        r = udp(_do_query("example.org", "DNSKEY"), st.addr())
+        assert len(r.answer[0]) == 3  # the old ZSK is still published (no Delete yet)
+
+
 # ----------------------------------------------------------------------------- errors
 
 

@@ -87,7 +87,7 @@ def sign_sections(
             else:
                 ns.extend(nsec)
             signed = True
-    elif first_type == wire.NS and not aa and not answer:
+    elif first_type == wire.NS and not aa:  # a referral (perhaps after a CNAME)
         cut = authority[0][0]
         cz = tables.find_zone(cut)
         s = cz.signer if cz is not None else None
