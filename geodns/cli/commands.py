@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("outdir", type=Path)
     g.add_argument("--networks", type=Path, help="YAML list of networks (default: built-in demo)")
 
-    from geodns.dnssec.cli import add_parser as add_dnssec_parser
+    from geodns.cli.dnssec import add_parser as add_dnssec_parser
 
     d = add_dnssec_parser(sub)
     for p in (s, v, e, g, w, d):
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if args.cmd == "dnssec":
-        from geodns.dnssec.cli import run as run_dnssec
+        from geodns.cli.dnssec import run as run_dnssec
 
         return run_dnssec(args)
     if args.cmd == "geoip-demo":

@@ -10,6 +10,7 @@ returns which records answer a question; `geodns.dns.answer` turns that into byt
 from __future__ import annotations
 
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ import dns.rdatatype
 
 from geodns.dns import wire
 from geodns.dns.names import to_wire
+from geodns.dnssec.signer import DNSKEY, dnskey_rdatas, sign_zone
 from geodns.model import Config, Steered, Zone
 
 if TYPE_CHECKING:
@@ -87,12 +89,19 @@ class Tables:
         for z in config.zones:
             cz = _compile(z)
             self.zones[cz.apex] = cz
-        # DNSSEC: RRSIGs and NSECs made now; `previous` lends signatures still good
+        # DNSSEC: the DNSKEY RRset, then RRSIGs and NSECs made now; `previous`
+        # lends the signatures that are still good (geodns.dnssec.signer)
         self.signing = any(z.dnssec for z in config.zones)
-        if self.signing:
-            from geodns.dnssec.signer import sign_tables
-
-            sign_tables(self, config, now, previous)
+        now = time.time() if now is None else now
+        for z in config.zones:
+            if z.dnssec is not None:
+                cz = self.zones[to_wire(z.name)]
+                tails = tuple(
+                    wire.rr_tail(DNSKEY, z.ttl, rd) for rd in dnskey_rdatas(z.dnssec, now)
+                )
+                cz.nodes[cz.apex].rrsets[DNSKEY] = RRSet(cz.apex, DNSKEY, z.ttl, tails)
+                old = previous.zones.get(cz.apex) if previous is not None else None
+                cz.signer = sign_zone(z, cz, config, now, old.signer if old is not None else None)
 
     def find_zone(self, qname: bytes) -> CompiledZone | None:
         """Longest zone apex that is a suffix of qname (lower wire)."""

@@ -18,6 +18,7 @@ ALGORITHM = 13  # ECDSA P-256 with SHA-256 (RFC 6605), the one algorithm we sign
 SEP = 0x0001  # DNSKEY flags: Secure Entry Point (a KSK or a CSK)
 ZONE_KEY = 0x0100
 REVOKE = 0x0080
+INCEPTION_SKEW = 3600  # signatures valid from an hour back: resolvers with slow clocks
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,11 +35,10 @@ import dns.rdatatype
 from geodns.dns import wire
 from geodns.dns.gencache import TwoGen
 from geodns.dnssec.keyfiles import signer_of
-from geodns.dnssec.model import ALGORITHM, DnssecPolicy, ZoneKey
-from geodns.dnssec.zoneconf import INCEPTION_SKEW
+from geodns.dnssec.model import ALGORITHM, INCEPTION_SKEW, DnssecPolicy, ZoneKey
 
 if TYPE_CHECKING:
-    from geodns.dns.zone import CompiledZone
+    from geodns.dns.zone import CompiledZone, Tables
     from geodns.model import Config, Zone
 
 RRSIG, NSEC, DNSKEY, NXNAME = 46, 47, 48, 128  # NXNAME: RFC 9824 §3.1
@@ -242,21 +241,14 @@ class SignError(Exception):
 def sign_zone(
     z: Zone, cz: CompiledZone, config: Config, now: float, previous: ZoneSigner | None
 ) -> ZoneSigner:
-    """Sign every static RRset of a compiled zone and the NSEC of every name.
-    Adds the DNSKEY RRset to the apex node (answered for DO=0 too)."""
-    from geodns.dns.zone import RRSet  # zone imports this module lazily; no cycle at import
-
+    """Sign every static RRset of a compiled zone (its DNSKEY RRset included:
+    `dns.zone` puts `dnskey_rdatas` at the apex first) and the NSEC of every name."""
     pol = z.dnssec
     assert pol is not None
     neg_ttl = min(z.soa.ttl, z.soa.minimum)  # RFC 9077: NSEC TTL as the negative TTL
     s = ZoneSigner(cz.apex, pol, neg_ttl, now, previous)
     if previous is not None and previous.fingerprint != s.fingerprint:
         previous = None
-    dnskeys = tuple(sorted(k.dnskey_rdata() for k in pol.loaded if k.published(now)))
-    apex_node = cz.nodes[cz.apex]
-    apex_node.rrsets[DNSKEY] = RRSet(
-        cz.apex, DNSKEY, z.ttl, tuple(wire.rr_tail(DNSKEY, z.ttl, rd) for rd in dnskeys)
-    )
     cuts = {n for n, node in cz.nodes.items() if wire.NS in node.rrsets and n != cz.apex}
     families = {
         name: (
@@ -359,23 +351,12 @@ def rrsig_rrs(owner: bytes, ttl: int, sigs: Sequence[bytes]) -> list[tuple[bytes
     return [(owner, wire.rr_tail(RRSIG, ttl, sig)) for sig in sigs]
 
 
-def sign_tables(tables: Any, config: Config, now: float | None, previous: Any | None) -> None:
-    """Give every compiled zone with `dnssec:` its signer (`geodns.zone.Tables`)."""
-    import time
-
-    now = time.time() if now is None else now
-    by_apex = {cz.apex: cz for cz in tables.zones.values()}
-    for z in config.zones:
-        if z.dnssec is None:
-            continue
-        from geodns.dns.names import to_wire
-
-        cz = by_apex[to_wire(z.name)]
-        old = previous.zones.get(cz.apex) if previous is not None else None
-        cz.signer = sign_zone(z, cz, config, now, old.signer if old is not None else None)
+def dnskey_rdatas(policy: DnssecPolicy, now: float) -> list[bytes]:
+    """The zone's DNSKEY RRset: every key published at `now`."""
+    return sorted(k.dnskey_rdata() for k in policy.loaded if k.published(now))
 
 
-def resign_due(tables: Any) -> float | None:
+def resign_due(tables: Tables) -> float | None:
     """When the tables need signing again (POSIX seconds), None when unsigned."""
     dues = [cz.signer.due for cz in tables.zones.values() if cz.signer is not None]
     return min(dues) if dues else None

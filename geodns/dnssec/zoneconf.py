@@ -28,7 +28,6 @@ from geodns.model import Where, Zone
 DEFAULT_VALIDITY = 14 * 86400.0
 DEFAULT_REFRESH = 7 * 86400.0
 MIN_REFRESH = 60.0
-INCEPTION_SKEW = 3600  # inception this far in the past: resolvers with slow clocks
 
 
 def parse_dnssec(s: Section, zname: str) -> DnssecPolicy | None:
