@@ -448,6 +448,20 @@ def test_key_timing_metadata_rolls_the_zsk_without_a_reload(
         assert len(r.answer[0]) == 3  # the old ZSK is still published (no Delete yet)
 
 
+def test_signature_expiry_is_a_metric(signed: Signed) -> None:
+    from geodns.runtime.metrics import ServerCollector
+
+    (fam,) = [
+        f
+        for f in ServerCollector(signed.st.server).collect()
+        if f.name == "geodns_dnssec_signature_expiration_timestamp_seconds"
+    ]
+    by_zone = {s.labels["zone"]: s.value for s in fam.samples}
+    r = signed.ask("example.org", "SOA")
+    sig = r.find_rrset(r.answer, EX, 1, dns.rdatatype.RRSIG, dns.rdatatype.SOA)
+    assert by_zone == {"example.org": sig[0].expiration, "other.test": sig[0].expiration}
+
+
 # ----------------------------------------------------------------------------- errors
 
 

@@ -179,8 +179,11 @@ def cmd_validate(config: Path) -> int:
         return 1
     mirrors = sum(len(p.mirrors) for p in cfg.pools.values())
     names = sum(len(z.rrsets) for z in cfg.zones)
+    signed = sum(z.dnssec is not None for z in cfg.zones)
     print(
-        f"{config}: OK — {len(cfg.zones)} zone(s), {names} record set(s), "
+        f"{config}: OK — {len(cfg.zones)} zone(s)"
+        + (f" ({signed} DNSSEC-signed)" if signed else "")
+        + f", {names} record set(s), "
         f"{len(cfg.pools)} pool(s), {mirrors} mirror(s)"
     )
     return 0

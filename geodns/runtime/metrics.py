@@ -60,6 +60,8 @@ class Source(Protocol):
     @property
     def current(self) -> Any: ...
     @property
+    def tables(self) -> Any: ...
+    @property
     def metrics_bound(self) -> tuple[str, int] | None: ...
     @metrics_bound.setter
     def metrics_bound(self, value: tuple[str, int] | None) -> None: ...
@@ -160,6 +162,18 @@ class ServerCollector(Collector):
             value=srv.reload_seconds,
         )
         yield GaugeMetricFamily("geodns_tcp_connections", "open TCP connections", value=tcp_open)
+        tables = srv.tables
+        if tables is not None and tables.signing:
+            # alert when this comes near: re-signing happens well before (`refresh`)
+            sigs = GaugeMetricFamily(
+                "geodns_dnssec_signature_expiration_timestamp_seconds",
+                "when the signatures being served for the zone expire",
+                labels=["zone"],
+            )
+            for cz in tables.zones.values():
+                if cz.signer is not None:
+                    sigs.add_metric([cz.name or "."], cz.signer.expiration)
+            yield sigs
 
 
 def healthz(server: Source) -> tuple[int, dict[str, Any]]:
