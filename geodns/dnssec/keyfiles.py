@@ -54,12 +54,57 @@ def split_path(path: str) -> str:
 # ----------------------------------------------------------------------------- reading
 
 
+# Keys already checked, by the exact bytes of both files: a reload reads the
+# files again (so a replaced key is seen) but does not parse and check them again.
+_CHECKED: dict[tuple[str, str, bool, bytes, bytes], ZoneKey] = {}
+_CHECKED_MAX = 4096
+
+
 def read_key(base: Path, zone: str, *, sign: bool = True) -> ZoneKey:
     """Read and cross-check `base`.key and `base`.private for `zone`."""
     pub_path = Path(str(base) + ".key")
     priv_path = Path(str(base) + ".private")
-    flags, public = _read_public(pub_path, zone)
-    scalar, times = _read_private(priv_path)
+    pub_raw = _read(pub_path, "no such file (make keys with `geodns dnssec keygen`)")
+    priv_raw = _read(priv_path, "no such file (the private half of the key)")
+    cache_key = (str(base), zone, sign, pub_raw, priv_raw)
+    found = _CHECKED.get(cache_key)
+    if found is None:
+        found = _check(
+            base,
+            zone,
+            sign,
+            pub_path,
+            _text(pub_path, pub_raw),
+            priv_path,
+            _text(priv_path, priv_raw),
+        )
+        if len(_CHECKED) >= _CHECKED_MAX:
+            _CHECKED.clear()
+        _CHECKED[cache_key] = found
+    return found
+
+
+def _read(path: Path, missing: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise KeyFileError(f"{path}: {missing}") from None
+    except OSError as e:
+        raise KeyFileError(f"{path}: cannot read it: {e}") from None
+
+
+def _text(path: Path, raw: bytes) -> str:
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise KeyFileError(f"{path}: not a key file (not ASCII text)") from None
+
+
+def _check(
+    base: Path, zone: str, sign: bool, pub_path: Path, pub: str, priv_path: Path, priv: str
+) -> ZoneKey:
+    flags, public = _read_public(pub_path, pub, zone)
+    scalar, times = _read_private(priv_path, priv)
     try:
         pk = PrivateECDSAP256SHA256(key=ec.derive_private_key(scalar, ec.SECP256R1()))
     except ValueError as e:
@@ -96,15 +141,7 @@ def read_key(base: Path, zone: str, *, sign: bool = True) -> ZoneKey:
     )
 
 
-def _read_public(path: Path, zone: str) -> tuple[int, bytes]:
-    try:
-        text = path.read_text(encoding="ascii")
-    except FileNotFoundError:
-        raise KeyFileError(
-            f"{path}: no such file (make keys with `geodns dnssec keygen`)"
-        ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise KeyFileError(f"{path}: cannot read it: {e}") from None
+def _read_public(path: Path, text: str, zone: str) -> tuple[int, bytes]:
     lines = [ln.split(";", 1)[0].strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln]
     if len(lines) != 1:
@@ -135,13 +172,7 @@ def _read_public(path: Path, zone: str) -> tuple[int, bytes]:
     return int(rd.flags), bytes(rd.key)
 
 
-def _read_private(path: Path) -> tuple[int, dict[str, int]]:
-    try:
-        text = path.read_text(encoding="ascii")
-    except FileNotFoundError:
-        raise KeyFileError(f"{path}: no such file (the private half of the key)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise KeyFileError(f"{path}: cannot read it: {e}") from None
+def _read_private(path: Path, text: str) -> tuple[int, dict[str, int]]:
     fields: dict[str, str] = {}
     for line in text.splitlines():
         if not line.strip() or line.lstrip().startswith(";"):
