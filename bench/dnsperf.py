@@ -24,6 +24,7 @@ class Job:
     datafile: Path
     ecs_hex: str | None = None  # RFC 7871 option body for -E 8:<hex>
     edns: bool = True  # -e when there is no ECS option (resolvers send EDNS)
+    do: bool = False  # -D: the DNSSEC OK bit (validating resolvers set it)
 
 
 @dataclass
@@ -144,6 +145,8 @@ def run(
                 argv += ["-E", f"8:{job.ecs_hex}"]
             elif job.edns:
                 argv += ["-e"]
+            if job.do:
+                argv += ["-D"]
             if per_qps:
                 argv += ["-Q", str(max(1, int(round(per_qps))))]
             if stats_interval:

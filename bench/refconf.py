@@ -459,12 +459,29 @@ def geodns_pool_doc(mirrors: tuple[MirrorSpec, ...] = MIRRORS, pool: str = POOL)
 
 
 def write_geodns(confdir: Path) -> Path:
+    """The geodns YAML, signed (DNSSEC) with the CSK in `confdir/keys`: DO=0
+    answers are the same bytes as unsigned, DO=1 answers carry RRSIGs."""
     (confdir / "pools").mkdir(parents=True, exist_ok=True)
-    (confdir / f"{ZONE}.yaml").write_text(yaml.safe_dump(geodns_zone_doc(), sort_keys=False))
+    doc = geodns_zone_doc()
+    doc["dnssec"] = {"keys": [f"keys/{make_key(confdir / 'keys').name}"]}
+    (confdir / f"{ZONE}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     (confdir / "pools" / f"{POOL}.yaml").write_text(
         yaml.safe_dump(geodns_pool_doc(), sort_keys=False)
     )
     return confdir
+
+
+def make_key(keydir: Path) -> Path:
+    """One ECDSA P-256 CSK in BIND files (geodns signs with it; Knot imports it)."""
+    from geodns.dnssec.keyfiles import generate
+
+    return generate(ZONE, keydir, sep=True)
+
+
+def signing_key(geodns_conf: Path) -> Path:
+    """The base path of the key `write_geodns` made."""
+    (key,) = sorted((geodns_conf / "keys").glob("*.key"))
+    return key.with_suffix("")
 
 
 # --------------------------------------------------------------------------- zone file (C servers)
@@ -575,7 +592,10 @@ def knot_views() -> list[tuple[str, Where]]:
     return views
 
 
-def write_knot(confdir: Path, port: int, city_db: Path) -> Path:
+def write_knot(confdir: Path, port: int, city_db: Path, key: Path | None = None) -> Path:
+    """Knot's config; with `key` (BIND files), the zone and the geo views are
+    signed with it (automatic signing with a manual-key policy: the CSK is
+    imported with `keymgr import-bind` by `import_knot_key`)."""
     confdir.mkdir(parents=True, exist_ok=True)
     for sub in ("run", "storage"):
         (confdir / sub).mkdir(exist_ok=True)
@@ -631,8 +651,40 @@ def write_knot(confdir: Path, port: int, city_db: Path) -> Path:
           - domain: {ZONE}
             module: mod-geoip/dl
         """)
+    if key is not None:
+        for old, add in (
+            (
+                "    geodb-key: [ continent/code, country/iso_code ]\n",
+                "    dnssec: on\n    policy: csk\n",
+            ),
+            ("    module: mod-geoip/dl\n", "    dnssec-signing: on\n    dnssec-policy: csk\n"),
+        ):
+            conf = conf.replace(old, old + add)
+        conf = conf.replace("journal-content: none", "journal-content: changes")
+        conf = conf.replace(
+            "database:\n",
+            "policy:\n"
+            "  - id: csk\n"
+            "    algorithm: ecdsap256sha256\n"
+            "    single-type-signing: on\n"
+            "    manual: on\n"
+            "    rrsig-lifetime: 14d\n"
+            "    rrsig-refresh: 7d\n"
+            "\n"
+            "database:\n",
+        )
     (confdir / "knot.conf").write_text(conf)
     return confdir
+
+
+def import_knot_key(confdir: Path, key: Path) -> None:
+    """Put geodns' CSK into Knot's KASP database (before knotd starts)."""
+    import subprocess
+
+    base = ["keymgr", "-c", str(confdir / "knot.conf"), f"{ZONE}."]
+    tag = key.name.rsplit("+", 1)[1].lstrip("0") or "0"
+    for argv in (["import-bind", f"{key}.private"], ["set", tag, "zsk=yes"]):  # a CSK
+        subprocess.run(base + argv, check=True, capture_output=True, timeout=60)
 
 
 # --------------------------------------------------------------------------- dnsperf input

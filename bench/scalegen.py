@@ -102,7 +102,20 @@ def pool_doc(p: int, per_pool: int, start: int, rnd: random.Random) -> dict[str,
     return {"pool": f"p{p:02d}", "mirrors": mirrors}
 
 
+# zone → its key (relative to the config directory) when the config is signed
+# (write_config(dnssec=True)); zone_doc adds the `dnssec:` key for these
+SIGNING_KEYS: dict[str, str] = {}
+
+
 def zone_doc(i: int, pools: int, serial: int | str) -> dict[str, Any]:
+    z = zone_name(i)
+    doc = _zone_doc(i, pools, serial)
+    if z in SIGNING_KEYS:
+        doc["dnssec"] = {"keys": [SIGNING_KEYS[z]]}
+    return doc
+
+
+def _zone_doc(i: int, pools: int, serial: int | str) -> dict[str, Any]:
     z = zone_name(i)
     return {
         "zone": z,
@@ -131,11 +144,19 @@ def zone_doc(i: int, pools: int, serial: int | str) -> dict[str, Any]:
 
 
 def write_config(
-    confdir: Path, zones: int, pools: int, mirrors: int, seed: int = 7
+    confdir: Path, zones: int, pools: int, mirrors: int, seed: int = 7, *, dnssec: bool = False
 ) -> dict[str, int]:
+    """The configuration; with dnssec, every zone signed by a CSK of its own."""
     if confdir.exists():
         shutil.rmtree(confdir)
     (confdir / "pools").mkdir(parents=True)
+    SIGNING_KEYS.clear()
+    if dnssec:
+        from geodns.dnssec.keyfiles import generate
+
+        for i in range(zones):
+            key = generate(zone_name(i), confdir / "keys", sep=True)
+            SIGNING_KEYS[zone_name(i)] = f"keys/{key.name}"
     rnd = random.Random(seed)
     per_pool, extra = divmod(mirrors, pools)
     k = 0

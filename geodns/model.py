@@ -12,7 +12,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from geodns.dnssec.model import DnssecPolicy
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -182,6 +185,7 @@ class Zone:
     rrsets: tuple[RRSet, ...]
     steered: tuple[Steered, ...]
     where: Where = field(default=Where("", 0), compare=False)
+    dnssec: DnssecPolicy | None = None  # signed when set (geodns.dnssec)
 
 
 @dataclass(frozen=True, slots=True)

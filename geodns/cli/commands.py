@@ -124,7 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("outdir", type=Path)
     g.add_argument("--networks", type=Path, help="YAML list of networks (default: built-in demo)")
 
-    for p in (s, v, e, g, w):
+    from geodns.cli.dnssec import add_parser as add_dnssec_parser
+
+    d = add_dnssec_parser(sub)
+    for p in (s, v, e, g, w, d):
         # `geodns serve --log-level debug` reads as well as `geodns --log-level debug serve`
         p.add_argument(
             "--log-level",
@@ -161,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"geodns withdraw: {e}", file=sys.stderr)
             return 1
         return 0
+    if args.cmd == "dnssec":
+        from geodns.cli.dnssec import run as run_dnssec
+
+        return run_dnssec(args)
     if args.cmd == "geoip-demo":
         from geodns.steering.mmdb_writer import geoip_demo_command
 
@@ -180,8 +187,11 @@ def cmd_validate(config: Path) -> int:
         return 1
     mirrors = sum(len(p.mirrors) for p in cfg.pools.values())
     names = sum(len(z.rrsets) for z in cfg.zones)
+    signed = sum(z.dnssec is not None for z in cfg.zones)
     print(
-        f"{config}: OK — {len(cfg.zones)} zone(s), {names} record set(s), "
+        f"{config}: OK — {len(cfg.zones)} zone(s)"
+        + (f" ({signed} DNSSEC-signed)" if signed else "")
+        + f", {names} record set(s), "
         f"{len(cfg.pools)} pool(s), {mirrors} mirror(s)"
     )
     return 0

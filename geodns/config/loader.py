@@ -21,6 +21,7 @@ from geodns.config.pools import build_pool
 from geodns.config.serials import assign_serials
 from geodns.config.yamlsrc import YAMLProblem, YMap, load_yaml
 from geodns.config.zones import build_zone, relative_name
+from geodns.dnssec.zoneconf import load_zone_keys
 from geodns.errors import ConfigError
 from geodns.model import (
     Config,
@@ -109,6 +110,7 @@ def load_config(
                 f"steered '{relative_name(s.name, z.name)}'",
                 f"pool: {why}",
             )
+    zones = load_zone_keys(zones, root, p)  # key files are read on every load
     if p:
         raise ConfigError(p.items)
     if cache is not None:

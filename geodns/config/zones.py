@@ -17,6 +17,7 @@ import dns.rdtypes.ANY.TXT
 from geodns.config.fields import Section, parse_ip
 from geodns.config.serials import AUTO_SERIAL
 from geodns.dns.names import absolute, in_zone, name_problem, parent
+from geodns.dnssec.zoneconf import parse_dnssec
 from geodns.model import (
     SOA,
     RRSet,
@@ -25,7 +26,7 @@ from geodns.model import (
     Zone,
 )
 
-RECORD_TYPES = ("A", "AAAA", "CNAME", "MX", "TXT", "SRV", "CAA", "NS", "PTR")
+RECORD_TYPES = ("A", "AAAA", "CNAME", "MX", "TXT", "SRV", "CAA", "NS", "PTR", "DS")
 
 
 MAX_TTL = 2**31 - 1  # RFC 2181 §8
@@ -38,7 +39,9 @@ def relative_name(name: str, zone: str) -> str:
 
 
 def build_zone(s: Section, file: str) -> Zone | None:
-    s.keys(("zone", "ttl", "soa", "ns", "records", "steered"), required=("zone", "soa", "ns"))
+    s.keys(
+        ("zone", "ttl", "soa", "ns", "records", "steered", "dnssec"), required=("zone", "soa", "ns")
+    )
     zname_raw = s.str_("zone", required=True)
     if zname_raw is None:
         return None
@@ -92,6 +95,7 @@ def build_zone(s: Section, file: str) -> Zone | None:
             item = _steered(st, file, owner_raw, zname)
             if item is not None:
                 steered.append(item)
+    dnssec = parse_dnssec(s, zname)
     if soa is None:
         return None
     zone = Zone(
@@ -102,6 +106,7 @@ def build_zone(s: Section, file: str) -> Zone | None:
         rrsets=tuple(rrsets),
         steered=tuple(steered),
         where=Where(file, s.line),
+        dnssec=dnssec,
     )
     _check_zone(zone, s)
     return zone
@@ -319,8 +324,15 @@ def _check_zone(z: Zone, s: Section) -> None:
                 f"zone '{z.name}' record '@'",
                 "NS: apex name servers go in the zone's 'ns:' list",
             )
-        if owner in cuts and len(types) > 1:
-            extra = [t for t in types if t not in ("NS",)]
+        if "DS" in types and owner not in cuts:
+            s.p.add(
+                w.file,
+                types["DS"].where.line,
+                f"zone '{z.name}' record '{label}'",
+                "DS: only at a delegation point, beside its NS records (RFC 4035 §2.4)",
+            )
+        extra = [t for t in types if t not in ("NS", "DS")]
+        if owner in cuts and extra:
             s.p.add(
                 w.file,
                 types["NS"].where.line,

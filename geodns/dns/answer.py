@@ -23,7 +23,7 @@ import random
 import socket
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from time import monotonic
 from typing import Any
 
@@ -33,6 +33,7 @@ from geodns.dns.cookies import BADCOOKIE, VALID, Cookies, well_formed
 from geodns.dns.gencache import TwoGen
 from geodns.dns.stats import Stats
 from geodns.dns.zone import RR, Resolution, Tables
+from geodns.dnssec.sections import sign_sections
 from geodns.steering.geo import GeoDB, GeoInfo
 from geodns.steering.steer import Steering, SteerResult, tier_name
 
@@ -66,6 +67,11 @@ class _Body:
     body: bytes
     rcode: int
     kind: int = rrl_mod.ERROR_KIND  # the RRL response kind (geodns.dns.rrl.kind_key)
+    # DNSSEC (signed zones only): the DO=1 form of this answer, made on first
+    # use from `sign_src`; `ar_sigs` RRSIGs end the additional section
+    signed: _Body | None = None
+    sign_src: tuple[Any, ...] | None = None
+    ar_sigs: int = 0
     # flags+counts after the ID, indexed by the query's RD | CD<<1 bits
     heads: tuple[bytes, ...] = ()
     heads_opt: tuple[bytes, ...] = ()
@@ -156,6 +162,7 @@ class Responder:
         # it (fast path, _finish, _error); None when the query carried a valid
         # server cookie (its source is proven: exempt from RRL).
         self.kind: int | None = rrl_mod.ERROR_KIND
+        self.signing = tables.signing  # some zone is signed: DO=1 gets signed bodies
 
     # ------------------------------------------------------------------ fast path
 
@@ -292,6 +299,8 @@ class Responder:
             else:
                 body = self._geo_body(entry, *self._src_client(src)) if geo else entry
                 opt = _OPT_DO if data[qend + 7] & 0x80 else _OPT_PLAIN
+            if data[qend + 7] & 0x80 and self.signing:
+                body = body.signed or self._signed(body)
             kind = body.kind
             if cookie_at:
                 # RFC 7873 §5.2.3-5: answer with the client cookie and ours
@@ -413,8 +422,8 @@ class Responder:
         if res.steer is not None:
             entry = _Geo(qname, res)
         else:
-            entry = _encode(
-                qname, res, res.answer, res.authority, res.additional, self._zone(qname)
+            entry = self._enc(
+                qname, qtype, res, res.answer, res.authority, res.additional, self._zone(qname)
             )
         self.cache.put((qname, qtype), entry)
         return entry
@@ -466,13 +475,20 @@ class Responder:
             new = self._entry(*key)
             done += 1
             yield done
+            # DNSSEC: answers that were asked for with DO=1 get their signed form
+            # now, off the query path (after a re-sign every signature is new)
+            if isinstance(entry, _Body) and entry.signed is not None and isinstance(new, _Body):
+                self._signed(new)
             if isinstance(entry, _Geo) and isinstance(new, _Geo):
                 for prof in list(entry.profiles)[-limit:]:
                     client = GeoInfo(prof[0], prof[1], prof[2], prof[3], 0)
                     cyc = new.profiles[prof] = self._cycle(new.qname, new.res, client)
                     # carry on where the old rotation was (a swap must not
                     # restart every rotation), encoding that variant now
-                    cyc.prime(entry.profiles[prof].i)
+                    was = entry.profiles[prof]
+                    cyc.prime(was.i)
+                    if self.signing and any(b is not None and b.signed for b in was.bodies):
+                        self._signed(cyc.bodies[cyc.i])  # type: ignore[arg-type]
                     done += 1
                     yield done
         if old.geo_generation == self.geo_generation:
@@ -490,7 +506,7 @@ class Responder:
             return _Cycle([body], st.pool, sr.case)
         if not sr.variants:  # NODATA: the pool has no address of this family
             assert res.steer_negative is not None
-            body = _encode(qname, res, res.answer, [res.steer_negative], [], zone)
+            body = self._enc(qname, 0, res, res.answer, [res.steer_negative], [], zone)
             return _Cycle([body], st.pool, sr.case)
         rtype = wire.AAAA if res.steer_family == 6 else wire.A
         variants = sr.variants
@@ -500,10 +516,47 @@ class Responder:
                 (res.steer_owner, wire.rr_tail(rtype, st.ttl, r.candidate.address.packed))
                 for r in variants[i]
             ]
-            return _encode(qname, res, res.answer + rrs, res.authority, res.additional, zone)
+            return self._enc(qname, 0, res, res.answer + rrs, res.authority, res.additional, zone)
 
         tier = tier_name(variants[0][0]) if sr.case == "nearest" else sr.case
         return _Cycle([None] * len(variants), st.pool, tier, make)
+
+    def _enc(
+        self,
+        qname: bytes,
+        qtype: int,
+        res: Resolution,
+        answer: list[RR],
+        authority: list[RR],
+        additional: list[RR],
+        zone: bytes,
+    ) -> _Body:
+        body = _encode(qname, res, answer, authority, additional, zone)
+        if self.signing:
+            body.sign_src = (qname, qtype, res.rcode, res.aa, answer, authority, additional)
+        return body
+
+    def _signed(self, body: _Body) -> _Body:
+        """The DO=1 form of a DO=0 body, made once (geodns.dnssec.sections):
+        RRSIGs precomputed with the tables, or signed now and cached. It keeps
+        the RRL kind of the unsigned answer (a black-lie NODATA is still an
+        NXDOMAIN to the rate limiter)."""
+        src = body.sign_src
+        if src is None:
+            return body  # already a signed body, or nothing of ours to sign
+        qname, qtype, rcode, aa, answer, authority, additional = src
+        s = sign_sections(self.tables, qname, qtype, rcode, aa, answer, authority, additional)
+        if s is None:  # no signed zone involved: the same bytes (a copy, not a cycle)
+            out = replace(body, signed=None, sign_src=None)
+        else:
+            out = _encode(
+                qname, Resolution(s.rcode, aa, [], [], []), s.answer, s.authority, s.additional
+            )
+            out.ar_sigs = s.ar_sigs
+            out.kind = body.kind
+        body.signed = out
+        body.sign_src = None
+        return out
 
     # ------------------------------------------------------------------ slow path
 
@@ -626,8 +679,10 @@ class Responder:
     ) -> bytes:
         """The response for a parsed query; `cookie` is the COOKIE option to
         send (RFC 7873: with the client cookie the query had), or b"" for none."""
-        self.kind = body.kind
         edns = q.edns
+        if edns is not None and edns.do and self.signing:
+            body = body.signed or self._signed(body)
+        self.kind = body.kind
         limit = 65535 if tcp else (min(edns.payload, wire.EDNS_PAYLOAD) if edns else 512)
         opt = b""
         if edns is not None:
@@ -649,25 +704,28 @@ class Responder:
         return resp
 
     def _fit(self, q: wire.Query, body: _Body, flags: int, opt: bytes, limit: int) -> bytes:
-        """Too big for UDP: drop the additional section if that is enough
-        (extra records for an answer are optional), else TC=1 (RFC 2181 §9).
-        A referral's additional section is its glue, which RFC 9471 requires:
-        a referral whose glue does not fit is always TC=1."""
-        an, ns, _ar = struct.unpack("!HHH", body.counts)
+        """Too big for UDP: drop the additional section's RRSIGs, then the
+        whole additional section, if that is enough (extra records for an answer
+        are optional; signatures in the answer and authority never are), else
+        TC=1 (RFC 2181 §9, RFC 4035 §3.1.1). A referral's additional section is
+        its glue, which RFC 9471 requires: a referral whose glue does not fit
+        is always TC=1."""
+        an, ns, ar = struct.unpack("!HHH", body.counts)
         referral = an == 0 and ns > 0 and not body.flags & 0x0400 and body.rcode == 0
-        # Re-walk the encoded body: skip AN+NS records, cut at the additional section.
-        off = 0
-        b = body.body
-        try:
-            for _ in range(an + ns):
-                off = wire.skip_rr(b, off)
-        except wire.WireError:
-            off = len(b) + 1
         head = struct.pack("!HH", q.id, flags) + b"\x00\x01"
         arc = 1 if opt else 0
-        short = head + struct.pack("!HHH", an, ns, arc) + q.question + b[:off] + opt
-        if off <= len(b) and len(short) <= limit and not referral:
-            return short
+        b = body.body
+        # keep AN+NS and the first `keep` additional records, cut the rest
+        for keep in (ar - body.ar_sigs, 0) if body.ar_sigs else (0,):
+            off = 0
+            try:
+                for _ in range(an + ns + keep):
+                    off = wire.skip_rr(b, off)
+            except wire.WireError:
+                break
+            short = head + struct.pack("!HHH", an, ns, keep + arc) + q.question + b[:off] + opt
+            if len(short) <= limit and not referral:
+                return short
         self.stats.truncated += 1
         return (
             struct.pack("!HH", q.id, flags | 0x0200)

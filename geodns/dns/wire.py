@@ -37,6 +37,7 @@ TYPE_CODES = {
     "AAAA": AAAA,
     "SRV": SRV,
     "CAA": CAA,
+    "DS": DS,
 }
 TYPE_NAMES = {v: k for k, v in TYPE_CODES.items()} | {
     ANY: "ANY",

@@ -10,7 +10,9 @@ returns which records answer a question; `geodns.dns.answer` turns that into byt
 from __future__ import annotations
 
 import struct
+import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import dns.name
 import dns.rdata
@@ -19,7 +21,11 @@ import dns.rdatatype
 
 from geodns.dns import wire
 from geodns.dns.names import to_wire
+from geodns.dnssec.signer import DNSKEY, dnskey_rdatas, sign_zone
 from geodns.model import Config, Steered, Zone
+
+if TYPE_CHECKING:
+    from geodns.dnssec.signer import ZoneSigner
 
 MAX_CHAIN = 8  # CNAME hops followed inside our zones
 
@@ -52,6 +58,7 @@ class CompiledZone:
     nodes: dict[bytes, Node]
     soa: RRSet
     negative: RR  # the SOA as it goes into negative answers (RFC 2308 §3 TTL)
+    signer: ZoneSigner | None = None  # zones with `dnssec:` (geodns.dnssec)
 
 
 @dataclass(slots=True)
@@ -75,11 +82,26 @@ class Resolution:
 class Tables:
     """All zones of one config generation, keyed by lower-case wire apex."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, *, now: float | None = None, previous: Tables | None = None
+    ) -> None:
         self.zones: dict[bytes, CompiledZone] = {}
         for z in config.zones:
             cz = _compile(z)
             self.zones[cz.apex] = cz
+        # DNSSEC: the DNSKEY RRset, then RRSIGs and NSECs made now; `previous`
+        # lends the signatures that are still good (geodns.dnssec.signer)
+        self.signing = any(z.dnssec for z in config.zones)
+        now = time.time() if now is None else now
+        for z in config.zones:
+            if z.dnssec is not None:
+                cz = self.zones[to_wire(z.name)]
+                tails = tuple(
+                    wire.rr_tail(DNSKEY, z.ttl, rd) for rd in dnskey_rdatas(z.dnssec, now)
+                )
+                cz.nodes[cz.apex].rrsets[DNSKEY] = RRSet(cz.apex, DNSKEY, z.ttl, tails)
+                old = previous.zones.get(cz.apex) if previous is not None else None
+                cz.signer = sign_zone(z, cz, config, now, old.signer if old is not None else None)
 
     def find_zone(self, qname: bytes) -> CompiledZone | None:
         """Longest zone apex that is a suffix of qname (lower wire)."""
@@ -131,8 +153,12 @@ def _lookup_in(
         ns = node.rrsets.get(wire.NS)
         if ns is not None and anc != cz.apex:
             if off == 0 and qtype == wire.DS:
-                # RFC 4035 §3.1.4.1 spirit: DS belongs to the parent side; we have none.
-                res.authority.append(cz.negative)
+                # RFC 4035 §3.1.4.1: DS belongs to the parent side of the cut (here)
+                ds = node.rrsets.get(wire.DS)
+                if ds is not None:
+                    res.answer.extend(ds.rrs(owner))
+                else:
+                    res.authority.append(cz.negative)
                 return None
             _referral(cz, ns, res)
             return None

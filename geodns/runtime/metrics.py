@@ -65,6 +65,8 @@ class Source(Protocol):
     @property
     def current(self) -> Any: ...
     @property
+    def tables(self) -> Any: ...
+    @property
     def metrics_bound(self) -> tuple[str, int] | None: ...
     @metrics_bound.setter
     def metrics_bound(self, value: tuple[str, int] | None) -> None: ...
@@ -191,31 +193,18 @@ class ServerCollector(Collector):
         for i, result in enumerate(("valid", "client_only", "invalid", "malformed")):
             c.add_metric([result], st.cookies[i])
         yield c
-        c = CounterMetricFamily(
-            "geodns_tcp_connections_closed",
-            "TCP connections closed to make room: over the per-source cap (source_cap) "
-            "or at the global cap (global_cap)",
-            labels=["reason"],
-        )
-        for reason in ("global_cap", "source_cap"):
-            c.add_metric([reason], evicted.get(reason, 0))
-        yield c
-        c = CounterMetricFamily(
-            "geodns_rrl_limited",
-            "UDP responses over the rate limit: dropped, or sent truncated (slip)",
-            labels=["action"],
-        )
-        c.add_metric(["drop"], st.rrl_dropped)
-        c.add_metric(["slip"], st.rrl_slipped)
-        yield c
-        c = CounterMetricFamily(
-            "geodns_dns_cookies",
-            "queries with a DNS COOKIE option (RFC 7873) by what it held",
-            labels=["result"],
-        )
-        for i, result in enumerate(("valid", "client_only", "invalid", "malformed")):
-            c.add_metric([result], st.cookies[i])
-        yield c
+        tables = srv.tables
+        if tables is not None and tables.signing:
+            # alert when this comes near: re-signing happens well before (`refresh`)
+            sigs = GaugeMetricFamily(
+                "geodns_dnssec_signature_expiration_timestamp_seconds",
+                "when the signatures being served for the zone expire",
+                labels=["zone"],
+            )
+            for cz in tables.zones.values():
+                if cz.signer is not None:
+                    sigs.add_metric([cz.name or "."], cz.signer.expiration)
+            yield sigs
 
 
 def snapshot_age(h: Health) -> float:

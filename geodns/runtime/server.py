@@ -28,6 +28,7 @@ from geodns.dns.answer import Responder
 from geodns.dns.protocol import Current, TCPLimits, TCPProtocol, UDPProtocol
 from geodns.dns.stats import PUBLISH_EVERY, PeerStats, Stats, publish_stats
 from geodns.dns.zone import Tables
+from geodns.dnssec.signer import resign_due
 from geodns.errors import ConfigError
 from geodns.model import Config
 from geodns.runtime import health_snapshot, metrics, sdnotify, service_addr
@@ -41,6 +42,7 @@ log = logging.getLogger("geodns.server")
 
 WARM_SECONDS = 2.0  # at most this long warming a new generation before it goes live
 WARM_SLICE = 0.001  # warm in slices this long, answering queries in between
+RESIGN_RETRY = 60.0  # seconds between attempts when re-signing failed
 
 
 class HealthState:
@@ -413,6 +415,7 @@ class Server:
         self.tasks.append(
             asyncio.create_task(self._every(self.s.geoip_interval, self.refresh_geoip))
         )
+        self.tasks.append(asyncio.create_task(self._resign_loop()))
         watchdog = sdnotify.watchdog_interval()
         if watchdog is not None:
             self.tasks.append(asyncio.create_task(self._every(watchdog, self.watchdog)))
@@ -567,7 +570,43 @@ class Server:
         # runs in a forked child (geodns.runtime.forked): pure, no sockets, no loop;
         # the child's updated file cache goes back with the result
         config = self._load_config()
-        return config, Tables(config), self._file_cache
+        return config, Tables(config, previous=self.tables), self._file_cache
+
+    async def _resign_loop(self) -> None:
+        """DNSSEC: sign again before the signatures' `refresh` margin is reached
+        or when a key's timing metadata says its state changes — new tables
+        built in a forked child, swapped in like a reload (no restart, no lost
+        query). Unchanged zones and keys keep their signatures."""
+        while True:
+            due = resign_due(self.tables) if self.tables is not None else None
+            wait = 300.0 if due is None else min(max(due - time.time(), 0.05), 300.0)
+            await asyncio.sleep(wait)
+            due = resign_due(self.tables) if self.tables is not None else None
+            if due is None or time.time() < due:
+                continue
+            if not await self.resign():
+                await asyncio.sleep(RESIGN_RETRY)
+
+    async def resign(self) -> bool:
+        assert self._reload_lock is not None
+        async with self._reload_lock:
+            config, old = self.config, self.tables
+            if config is None or old is None:
+                return False
+            t0 = time.perf_counter()
+            try:
+                tables = await run_forked(lambda: Tables(config, previous=old))
+            except Exception:  # noqa: BLE001 — keep serving; the old signatures are still valid
+                log.exception("DNSSEC: re-signing failed; retrying in %.0f s", RESIGN_RETRY)
+                return False
+            await self.swap_in(config, tables, reason="re-sign")
+            log.info(
+                "DNSSEC: zones signed again in %.0f ms (generation %d); next due in %.0f s",
+                (time.perf_counter() - t0) * 1000,
+                self.generation,
+                (resign_due(tables) or time.time()) - time.time(),
+            )
+            return True
 
     async def rebuild(self, reason: str) -> None:
         """New health or GeoIP data: same config, new steering, warmed caches."""
