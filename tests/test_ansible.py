@@ -56,6 +56,10 @@ import pytest
 from .geodata import make_databases
 from .util import free_port
 
+# The module's first test pays for the whole deployment (two playbook runs);
+# on a busy machine that alone can pass the suite's 300 s default.
+pytestmark = pytest.mark.timeout(900)
+
 REPO = Path(__file__).resolve().parents[1]
 ANSIBLE_DIR = REPO / "ansible"
 EXAMPLE_INVENTORY = ANSIBLE_DIR / "inventories" / "example"

@@ -751,6 +751,10 @@ class Responder:
                 _, off = wire.read_name(data, 12)
                 if off + 4 <= len(data):
                     question = data[12 : off + 4]
+                    # an UPDATE's first section is its zone, whose type must be
+                    # SOA (RFC 2136 §2.3); another is not echoed as if it were one
+                    if (flags >> 11) & 0xF == 5 and data[off : off + 2] != b"\x00\x06":
+                        question = b""
         except wire.WireError:
             question = b""
         opt = b""
