@@ -55,7 +55,6 @@ from geodns.store.engine import Database
 from geodns.store.records import StoreError
 from geodns.store.schema import Base, UTCDateTime
 
-TYPES = ("file", "link", "dir")
 _BATCH = 5000  # rows per executemany: bounds the parameter lists' memory
 
 
@@ -204,11 +203,6 @@ class _Micros:
                 when = when.replace(tzinfo=UTC)
             hit = self._seen[value] = (when - _EPOCH) // _US
         return hit
-
-
-def micros(when: datetime) -> int:
-    """A UTC-aware datetime as integer microseconds since the epoch."""
-    return (when - _EPOCH) // _US
 
 
 def _bind(conn: Connection, when: datetime) -> Any:
@@ -370,6 +364,7 @@ class ExpectedState(Database):
         base_version: int,
         *,
         added: Sequence[ExpectedEntry] = (),
+        revived: Sequence[ExpectedEntry] = (),
         changed: Sequence[ExpectedEntry] = (),
         rehashed: Sequence[tuple[str, str]] = (),
         removed: Sequence[str] = (),
@@ -380,8 +375,9 @@ class ExpectedState(Database):
     ) -> ExpectedHead:
         """Make version base_version + 1 of `pool` in one transaction.
 
-        `added` are paths absent or removed so far, `changed` live paths whose
-        content changed: both get `first_seen` now. `rehashed` (path, sha256)
+        `added` are paths the pool never had (inserted: COPY on PostgreSQL),
+        `revived` paths removed so far and back, `changed` live paths whose
+        content changed: all get `first_seen` now. `rehashed` (path, sha256)
         only learn their hash (the object itself is not new). `removed` get
         `gone_at`. Raises `ExpectedConflict` when the head is no longer
         `base_version`. `on_written` runs after the writes, before the commit
@@ -413,7 +409,8 @@ class ExpectedState(Database):
                     # steps back: the checkers' "new since" cursors rely on it.
                     now = prev[1] + timedelta(microseconds=1)
                 version = current + 1
-                self._upsert(conn, pool, version, now, [*added, *changed])
+                self._insert(conn, pool, version, now, added)
+                self._upsert(conn, pool, version, now, [*revived, *changed])
                 by_path = (o.pool == bindparam("b_pool"), o.path == bindparam("b_path"))
                 _executemany(
                     conn,
@@ -443,12 +440,12 @@ class ExpectedState(Database):
                     "dirs": totals.dirs,
                     "bytes": totals.bytes,
                     "gone": int(gone or 0),
-                    "added": len(added),
+                    "added": len(added) + len(revived),
                     "changed": len(changed),
                     "removed": len(removed),
                     "source": source,
                 }
-                if added or changed or removed or rehashed or prev is None:
+                if added or revived or changed or removed or rehashed or prev is None:
                     values["changed_at"] = now
                 if prev is None:
                     conn.execute(insert(head).values(**values))
@@ -459,12 +456,43 @@ class ExpectedState(Database):
                 result = _head_of(
                     conn.execute(select(head.__table__).where(head.pool == pool)).one()
                 )
-        except IntegrityError as exc:  # two first publishes of one pool at once
+        except IntegrityError as exc:  # two first publishes of one pool at once, or a stale view
             raise ExpectedConflict(
                 f"store {self.url_text}: pool {pool!r} was published concurrently: "
                 f"{' '.join(str(exc.orig).split())}"
             ) from None
         return result
+
+    def _insert(
+        self,
+        conn: Connection,
+        pool: str,
+        version: int,
+        now: datetime,
+        entries: Sequence[ExpectedEntry],
+    ) -> None:
+        """Rows the pool never had: COPY on PostgreSQL (~5x the rows per second of
+        INSERT … ON CONFLICT, which a first publish of 150,000 objects feels),
+        a plain INSERT elsewhere. A row that exists after all (the caller's view
+        was stale) fails the transaction, and the caller compares again."""
+        if not entries:
+            return
+        names = ("pool", "path", "type", "size", "mtime", "sha256", "first_seen", "version")
+        first_seen = _bind(conn, now)
+        rows = (
+            (pool, e.path, e.type, e.size, e.mtime, e.sha256, first_seen, version)
+            for e in sorted(entries, key=lambda e: e.path)
+        )
+        if conn.dialect.name == "postgresql":
+            raw: Any = conn.connection.dbapi_connection
+            with raw.cursor() as cursor:
+                columns = ", ".join(names)
+                with cursor.copy(f"COPY expected_objects ({columns}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            return
+        stmt = insert(ExpectedObjectRow).values({n: bindparam(n) for n in names})
+        _executemany(conn, stmt, names, rows)
 
     def _upsert(
         self,
