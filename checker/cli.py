@@ -2,7 +2,9 @@
 
     checker run --config zones [--store URL] [--once] [--region NAME] [--ca-bundle FILE]
                 [--pool NAME]... [--metrics HOST:PORT] [--log-level L]
-    checker report [--config zones] [--store URL] [--json | --nagios] [--pool P] [--state S]
+    checker report [--config zones] [--store URL] [--json | --nagios | --html FILE] [--pool P]
+                   [--state S]
+    checker web [--listen 127.0.0.1:8080] [--config zones] [--store URL] [--max-age D]
     checker nagios [--config zones] [--store URL] [--pool P] [--crit-down N] [--warn-down N]
     checker history MIRROR [--store URL] [--pool P] [--limit N] [--json]
     checker manifest build ROOT [--sha256] [-o FILE]
@@ -131,6 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     fmt = rep.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="JSON (schema in checker/report.py)")
     fmt.add_argument("--nagios", action="store_true", help="Nagios plugin output and exit code")
+    fmt.add_argument(
+        "--html", type=Path, metavar="FILE", help="the status page's overview as one HTML file"
+    )
     rep.add_argument("--state", choices=["up", "down", "warning", "disabled", "unknown"])
     rep.add_argument("--crit-down", type=int, default=1, help=argparse.SUPPRESS)
     rep.add_argument("--warn-down", type=int, default=None, help=argparse.SUPPRESS)
@@ -145,6 +150,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     nag.add_argument(
         "--warn-down", type=int, default=None, help="WARNING when this many addresses are down"
+    )
+
+    webp = sub.add_parser("web", help="the read-only status site (HTML, JSON, /healthz)")
+    report_args(webp)
+    webp.add_argument(
+        "--listen",
+        type=_addr,
+        default=("127.0.0.1", 8080),
+        metavar="HOST:PORT",
+        help="address of the site (default 127.0.0.1:8080)",
     )
 
     his = sub.add_parser("history", help="state changes of a mirror (name or address)")
@@ -215,7 +230,7 @@ def _parser() -> argparse.ArgumentParser:
     drop = msub.add_parser("drop", help="delete a pool's expected state from the store")
     drop.add_argument("pool")
     store_arg(drop)
-    for p in (run, rep, nag, his, fgt, build, pub, drop):
+    for p in (run, rep, nag, webp, his, fgt, build, pub, drop):
         # `checker run --log-level debug` reads better than `checker --log-level debug run`
         p.add_argument("--log-level", dest="sub_log_level", default=None, help=argparse.SUPPRESS)
     return ap
@@ -418,8 +433,33 @@ def cmd_report(args: argparse.Namespace) -> int:
     rows, expected = _rows(args, args.state)
     if args.json:
         print(report.to_json(rows, expected=expected))
+    elif args.html:
+        from .web.render import export_html
+
+        body = export_html(rows, expected=expected, max_age=args.max_age)
+        tmp = args.html.with_name(args.html.name + ".tmp")
+        tmp.write_text(body, encoding="utf-8")
+        tmp.replace(args.html)  # a web server never serves half a page
     else:
         report.print_table(rows, sys.stdout, expected=expected)
+    return 0
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from .web.app import serve
+    from .web.data import StatusSource
+
+    config = _load_config(args.config) if args.config else None
+    source = StatusSource(
+        args.store or default_store_url(),
+        config=config,
+        max_age=args.max_age,
+        region=args.region,
+        pools=args.pool,
+    )
+    reload = (lambda: _load_config(args.config)) if args.config else None
+    host, port = args.listen
+    _arun(serve(source, host, port, reload_config=reload))
     return 0
 
 
@@ -603,6 +643,7 @@ COMMANDS = {
     "run": cmd_run,
     "report": cmd_report,
     "nagios": cmd_nagios,
+    "web": cmd_web,
     "history": cmd_history,
     "manifest": cmd_manifest,
     "forget": cmd_forget,

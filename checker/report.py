@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -72,7 +72,9 @@ class Row:
     latency_ms: float | None
 
     def json(self) -> dict[str, Any]:
-        d = asdict(self)
+        # fields are scalars: a shallow dict (asdict deep-copied every value,
+        # the bulk of `--json` time for a thousand mirrors)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         for k in ("since", "checked_at"):
             d[k] = d[k].isoformat() if d[k] else None
         return d
@@ -314,8 +316,15 @@ def expected_line(e: Expected, now: datetime | None = None) -> str:
 def to_json(
     rows: list[Row], *, now: datetime | None = None, expected: Iterable[Expected] = ()
 ) -> str:
+    return json.dumps(document(rows, now=now, expected=expected), indent=2)
+
+
+def document(
+    rows: list[Row], *, now: datetime | None = None, expected: Iterable[Expected] = ()
+) -> dict[str, Any]:
+    """What `--json` prints, as data (the status page renders this very dict)."""
     now = now or datetime.now(UTC)
-    doc = {
+    return {
         "schema": 1,
         "generated": now.isoformat(timespec="seconds"),
         "summary": summary(rows),
@@ -323,7 +332,6 @@ def to_json(
         "regions": {k: v.isoformat(timespec="seconds") for k, v in region_checks(rows).items()},
         "expected": {e.name: e.json() for e in expected},
     }
-    return json.dumps(doc, indent=2)
 
 
 def region_checks(rows: Iterable[Row]) -> dict[str, datetime]:
@@ -359,6 +367,11 @@ def _reason(r: Row) -> str:
     return r.reason
 
 
+def reason_text(r: Row) -> str:
+    """The Reason column's words (the table, Nagios detail lines, the status page)."""
+    return _reason(r)
+
+
 def print_table(
     rows: list[Row],
     out: IO[str],
@@ -373,7 +386,11 @@ def print_table(
 
     now = now or datetime.now(UTC)
     console = Console(
-        file=out, force_terminal=color, no_color=color is False, width=width, highlight=False
+        file=out,
+        force_terminal=color,
+        no_color=color is False,
+        width=_width(out, width),
+        highlight=False,
     )
     regions = any(r.region for r in rows)
     table = Table(title=None, show_lines=False, expand=False)
@@ -420,6 +437,18 @@ def print_table(
         elif e.problem:
             line = f"[yellow]{line}[/]"
         console.print(line)
+
+
+def _width(out: IO[str], width: int | None) -> int | None:
+    """Not a terminal (`report | less`, `> file`): every row at its natural
+    width. Rich's 80-column default wrapped each cell over many lines there."""
+    if width is not None:
+        return width
+    try:
+        tty = out.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed file
+        tty = False
+    return None if tty else 100_000
 
 
 def _escape(value: str) -> str:
@@ -577,7 +606,11 @@ def print_history(
     from rich.table import Table
 
     console = Console(
-        file=out, force_terminal=color, no_color=color is False, width=width, highlight=False
+        file=out,
+        force_terminal=color,
+        no_color=color is False,
+        width=_width(out, width),
+        highlight=False,
     )
     regions = any(c.region for c in changes)
     table = Table()

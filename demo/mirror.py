@@ -24,7 +24,8 @@ Faults (`Faults`, mutable while running): certificate kind (good, expired,
 not-yet-valid, wrong-host, self-signed, untrusted, expiring), stale
 timestamps, missing / short (wrong size) / corrupt (same size, other bytes)
 objects, mid-sync apt indices (InRelease is new, the index files are old),
-a delay before every response, and `hang` (accept TCP and never answer —
+a delay before every response, 503 answers (with any reason phrase: remote
+text the reports must escape), and `hang` (accept TCP and never answer —
 fixed at start) for handshake timeouts.
 
 trustme and cryptography are test extras; only this module needs them.
@@ -170,6 +171,7 @@ class Faults:
     delay: float = 0.0  # seconds before every HTTP response
     hang: bool = False  # at start: accept TCP connections and never answer
     errors: set[str] = field(default_factory=set)  # paths answered 503 (overload, not sync)
+    error_reason: str = ""  # the 503's reason phrase ("" = Service Unavailable); remote text
     no_length: bool = False  # HEAD answers are chunked: no Content-Length (some servers)
 
 
@@ -336,7 +338,7 @@ class DemoMirror:
         rel = path[len(self.base_path) :]
         f = self.faults
         if rel in f.errors:
-            return web.Response(status=503, text="busy\n")
+            return web.Response(status=503, reason=f.error_reason or None, text="busy\n")
         tf = self.tree.files.get(rel)
         if request.method == "HEAD" and f.no_length and self._body(rel) is not None:
             sresp = web.StreamResponse(status=200)

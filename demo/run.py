@@ -8,7 +8,8 @@
 4. starts the DNS server on 127.0.0.1:5353 with that store;
 5. asks the server for two client subnets, prints the answers next to
    ready-to-paste dig/kdig lines, and confirms the stale mirror is never handed out;
-6. keeps running (a checker round every 30 s) until Ctrl-C, then stops everything.
+6. serves the status page (`checker web`) on http://127.0.0.1:8080/;
+7. keeps running (a checker round every 30 s) until Ctrl-C, then stops everything.
 
 It lives in the checker package because it drives both halves; `geodns`
 itself never imports `checker`.
@@ -32,6 +33,8 @@ import dns.query
 
 from checker import report
 from checker.scheduler import run_once
+from checker.web.app import StatusServer
+from checker.web.data import StatusSource
 from demo.mirror import DemoMirror, DemoPKI, Faults
 from demo.tree import Tree
 from geodns.config import load_config
@@ -56,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--state-dir", type=Path, default=Path(".geodns-state/demo"))
     ap.add_argument("--port", type=int, default=5353, help="DNS port on 127.0.0.1 and ::1")
     ap.add_argument("--metrics-port", type=int, default=9153)
+    ap.add_argument("--web-port", type=int, default=8080, help="status page on 127.0.0.1")
     ap.add_argument("--once", action="store_true", help="set up, check the answers, stop")
     return ap
 
@@ -123,7 +127,7 @@ async def demo(args: argparse.Namespace) -> int:
         for i in range(rounds):
             result = await run_once(config, store, ca_bundle=pki.ca_bundle)
             say(f"Checker round {i + 1}/{rounds}: {result.summary()}")
-        report.print_table(report.build_rows(store.states(), config=config), sys.stdout, width=150)
+        report.print_table(report.build_rows(store.states(), config=config), sys.stdout)
         server = Server(
             ServerSettings(
                 config_dir=args.config,
@@ -139,6 +143,17 @@ async def demo(args: argparse.Namespace) -> int:
         server.load_initial()
         await server.start()
         ok = await show_answers(args.port, args.metrics_port, config, store_url, state)
+        site = StatusServer(
+            StatusSource(store_url, config=config, cache_seconds=1.0), "127.0.0.1", args.web_port
+        )
+        try:
+            await stack.enter_async_context(site)
+        except OSError as e:
+            raise SystemExit(
+                f"cannot serve the status page on 127.0.0.1:{args.web_port}: {e.strerror} "
+                "(--web-port picks another)"
+            ) from None
+        ok = await show_status_page(site.url) and ok
         if args.once:
             store.close()
             return 0 if ok else 1
@@ -208,6 +223,25 @@ async def show_answers(
     print(f"  .venv/bin/checker report --store {store_url}")
     print()
     say(f"{STALE} never appears: {'confirmed' if ok else 'NOT confirmed'}")
+    return ok
+
+
+async def show_status_page(url: str) -> bool:
+    """Print the status page's address and check it shows the stale mirror down."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url + "api/v1/status.json") as resp:
+            doc = await resp.json() if resp.status == 200 else {}
+        async with session.get(url) as resp:
+            page_ok = resp.status == 200 and STALE in await resp.text()
+    stale = [a for a in doc.get("addresses", []) if a["mirror"] == STALE]
+    ok = page_ok and bool(stale) and all(a["state"] == "down" for a in stale)
+    n = doc.get("summary", {}).get("total", 0)
+    say(
+        f"Status  {url}  (the status page: {n} addresses; JSON at {url}api/v1/status.json)"
+        + ("" if ok else " -- NOT showing the stale mirror down")
+    )
     return ok
 
 

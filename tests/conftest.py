@@ -10,6 +10,7 @@ import pytest
 from demo.mirror import DemoPKI
 from geodns.steering.mmdb_writer import write_databases
 
+from .statusworld import status_world  # noqa: F401  (the status page tests' store)
 from .util import ServerThread, settings_for
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -372,3 +372,20 @@ def test_report_shows_when_each_region_last_checked(
     code, out = run(["report", "--store", url, "--json"], capsys)
     regions = json.loads(out)["regions"]
     assert list(regions) == ["eu", "us"] and regions["eu"] > regions["us"]
+
+
+def test_piped_table_keeps_every_row_on_one_line(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`checker report | less` or `> file`: stdout is not a terminal, so rows
+    keep their natural width instead of wrapping cells at 80 columns."""
+    monkeypatch.setenv("COLUMNS", "80")
+    _, out = run(["report", "--store", world.url], capsys)
+    lines = out.splitlines()
+    rows = [line for line in lines if line.startswith("│") and "Pool" not in line]
+    assert len(rows) == 3, out  # one line per address: no cell wrapped onto a second
+    bad = next(line for line in rows if "ftp-bad" in line)
+    assert "TLS certificate expired 3 days ago" in bad and "9h12m" in bad
+    assert max(len(line) for line in lines) > 120  # wider than the 80 columns asked
+    assert len({len(line) for line in lines if line[:1] in "┏┃┡│└"}) == 1  # one table width
+    assert "\x1b[" not in out  # no colour codes in a file

@@ -1,4 +1,5 @@
-"""The README's first command, run once: mirrors, checker rounds, server, answers."""
+"""The README's first command, run once: mirrors, checker rounds, server, answers,
+status page."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ def test_demo_once(tmp_path: Path) -> None:
             str(free_port()),
             "--metrics-port",
             str(free_port()),
+            "--web-port",
+            str(web := free_port()),
         ],
         cwd=REPO,
         capture_output=True,
@@ -41,3 +44,6 @@ def test_demo_once(tmp_path: Path) -> None:
     ), out
     assert "→ 127.2.0.1 (mirror-us)\n" in out, out  # New York: the US mirror alone
     assert "mirror-fr never appears: confirmed" in out, out
+    # the status page was served and showed the stale mirror down (the demo checks it)
+    assert f"Status  http://127.0.0.1:{web}/  (the status page: 7 addresses;" in out, out
+    assert "NOT showing" not in out, out

@@ -458,9 +458,10 @@ class Store(ExpectedState):
         mirror: str | None = None,
         address: str | None = None,
         kind: str | None = None,
+        since: datetime | None = None,
         limit: int = 100,
     ) -> list[ProbeResult]:
-        """Probe results, newest first."""
+        """Probe results, newest first (only those at or after `since`, if given)."""
         stmt = _where_address(
             select(AddressRow, ProbeResultRow).join(
                 ProbeResultRow, ProbeResultRow.address_id == AddressRow.id
@@ -471,6 +472,8 @@ class Store(ExpectedState):
         )
         if kind is not None:
             stmt = stmt.where(ProbeResultRow.kind == kind)
+        if since is not None:
+            stmt = stmt.where(ProbeResultRow.at >= since)
         stmt = stmt.order_by(ProbeResultRow.at.desc(), ProbeResultRow.id.desc()).limit(limit)
         with self._session("cannot read results") as session:
             return [
