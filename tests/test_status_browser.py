@@ -198,6 +198,8 @@ def test_hostile_name_and_reason_are_inert_text(page: Any, web: str, tmp_path: P
     assert page.locator("h1").inner_text().startswith(XSS_NAME)
     assert page.dialogs == []
     page.screenshot(path=str(tmp_path / "hostile.png"), full_page=True)
+    page.click(".crumbs a:text-is('Overview')")  # the "/" in the name is no path level
+    assert page.url == web and len(rows(page)) == 6
 
 
 def test_static_export_opens_from_a_file(

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
+import signal
+import time
+import urllib.request
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,8 +26,8 @@ from checker.web.data import StatusSource, snapshot_of
 from checker.web.views import Query, RowView, sort_rows, state_class
 from geodns.store import Store
 
-from .statusworld import XSS_NAME, XSS_REASON, StatusWorld
-from .util import free_port
+from .statusworld import XSS_NAME, XSS_REASON, StatusWorld, WebProcess
+from .util import REPO, free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -141,6 +145,7 @@ async def test_mirror_page_history_chart_and_tls(site: TestClient) -> None:
     assert "&lt;script&gt;alert(&#39;reason&#39;)&lt;/script&gt;&lt;img src=x" in text
     assert "<script" not in text.lower() and "<img" not in text.lower()
     assert XSS_REASON not in text
+    assert 'href="../.././"' in text  # the quoted "/" in the name is not a path level
 
 
 async def test_regions_page_flags_a_silent_checker(site: TestClient) -> None:
@@ -304,3 +309,33 @@ def test_lag_chart_geometry() -> None:
     assert chart.top < chart.threshold.pos < chart.bottom
     assert [t.label for t in chart.x_ticks][:2] == ["24 Nov", "25 Nov"]
     assert chart.y_ticks[0].label == "0s" and chart.y_ticks[0].pos == chart.bottom
+
+
+def test_checker_web_lists_configured_mirrors_and_reloads_on_sighup(
+    status_world: StatusWorld, tmp_path: Path
+) -> None:
+    """`--config`: addresses never checked are listed as unknown; SIGHUP re-reads it."""
+    zones = tmp_path / "zones"
+    shutil.copytree(REPO / "zones", zones)
+
+    def page(url: str) -> str:
+        with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - loopback
+            return str(r.read().decode())
+
+    with WebProcess(status_world.url, tmp_path / "web.log", "--config", str(zones)) as web:
+        body = page(web.url)
+        unknown = [m for s, m in _rows(body) if s == "state-unknown"]
+        assert "mirror-jp" in unknown and "mirror-de" in unknown, body
+        pools = zones / "pools" / "distfiles.yaml"
+        jp = "  - name: mirror-jp\n    url: https://mirror-jp.example.net:8443/distfiles/\n"
+        text = pools.read_text()
+        assert jp in text
+        pools.write_text(text.replace(jp + "    ipv4: [127.3.0.1]\n", ""))
+        assert web.proc is not None
+        os.kill(web.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while "mirror-jp" in body and time.monotonic() < deadline:
+            time.sleep(0.2)
+            body = page(web.url)
+        assert "mirror-jp" not in body and "mirror-de" in body
+        assert "configuration reloaded" in web.log()

@@ -46,7 +46,8 @@ _TITLES = {404: "Not found", 405: "Method not allowed", 500: "Internal error"}
 def _root(request: web.Request) -> str:
     """The relative way back to the site root, so the site also works below a
     reverse proxy's sub-path: "" for /regions, "../../" for /mirror/p/m."""
-    return "../" * max(0, request.path.count("/") - 1)
+    # the path as the browser sent it: an escaped "/" inside a mirror name is no level
+    return "../" * max(0, request.rel_url.raw_path.count("/") - 1)
 
 
 def _html(body: str, status: int = 200) -> web.Response:

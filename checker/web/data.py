@@ -33,6 +33,8 @@ HISTORY_LIMIT = 200  # state changes on a mirror page
 # interval is ~2,000 per address and region; a bound keeps a misconfigured
 # 1-second interval from reading millions of rows into one page.
 RESULTS_LIMIT = 50_000
+# Mirror pages remembered for a store outage: each holds up to a week of results.
+MIRRORS_KEPT = 32
 
 
 @dataclass(slots=True)
@@ -202,9 +204,10 @@ class StatusSource:
                     return None, self._outage
                 return old, self._outage
             self._recovered()
-            if len(self._mirrors) > 256:  # a bounded memory of detail pages
-                self._mirrors.clear()
+            self._mirrors.pop((pool, mirror), None)
             self._mirrors[(pool, mirror)] = detail
+            while len(self._mirrors) > MIRRORS_KEPT:  # the least recently read goes
+                del self._mirrors[next(iter(self._mirrors))]
             return detail, None
 
     def _known(self, pool: str, mirror: str) -> bool:

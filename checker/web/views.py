@@ -210,10 +210,11 @@ def _label(key: str) -> str:
 
 
 def _extras(fields: Mapping[str, Any]) -> list[tuple[str, str]]:
+    unknown = fields.keys() - KNOWN_FIELDS  # usually empty: one set operation per row
     return [
-        (_label(k), _value_text(v))
-        for k, v in fields.items()
-        if k not in KNOWN_FIELDS and v not in (None, False, "", [], {})
+        (_label(k), _value_text(fields[k]))
+        for k in sorted(unknown)
+        if fields[k] not in (None, False, "", [], {})
     ]
 
 
@@ -382,6 +383,7 @@ class Overview:
     regions: list[RegionView]
     others: list[tuple[str, str]]
     query: Query
+    headline: str  # "2 down, 1 warning" ("" when all is well)
 
 
 def _counts(states: Iterable[str]) -> list[tuple[str, int, str]]:
@@ -453,21 +455,24 @@ def overview(
     in_pool = [r for r in rows if query.pool is None or r.pool == query.pool]
     shown = [r for r in in_pool if query.state is None or r.state == query.state]
     shown = sort_rows(shown, query.sort, query.desc)
-    pools: dict[str, list[RowView]] = {}
+    shown_by_pool: dict[str, list[RowView]] = {}
     for r in shown:
-        pools.setdefault(r.pool, []).append(r)
-    all_pools = sorted({r.pool for r in rows})
+        shown_by_pool.setdefault(r.pool, []).append(r)
+    states_by_pool: dict[str, list[str]] = {}
+    for r in rows:
+        states_by_pool.setdefault(r.pool, []).append(r.state)
+    all_pools = sorted(states_by_pool)
     per_pool, others = _pool_extras(snap.doc, set(all_pools))
     pool_views = [
         PoolView(
             name=name,
-            total=sum(1 for r in rows if r.pool == name),
-            counts=_counts(r.state for r in rows if r.pool == name),
+            total=len(states_by_pool[name]),
+            counts=_counts(states_by_pool[name]),
             extras=per_pool.get(name, []),
-            rows=pools[name],
+            rows=shown_by_pool[name],
         )
         for name in all_pools
-        if name in pools
+        if name in shown_by_pool
     ]
     state_chips = [Chip("all", len(in_pool), query.href(state=None), query.state is None)]
     state_chips += [
@@ -479,9 +484,12 @@ def overview(
         state_chips.append(Chip(query.state, 0, query.href(state=query.state), True))
     pool_chips = [Chip("all pools", len(rows), query.href(pool=None), query.pool is None)]
     pool_chips += [
-        Chip(p, sum(1 for r in rows if r.pool == p), query.href(pool=p), query.pool == p)
-        for p in all_pools
+        Chip(p, len(states_by_pool[p]), query.href(pool=p), query.pool == p) for p in all_pools
     ]
+    # the browser tab's title: what needs a look, before the page is even open
+    headline = ", ".join(
+        f"{n} {s}" for s, n, _ in _counts(r.state for r in rows) if s not in ("up", "disabled")
+    )
     show_region = any(r.region for r in rows)
     headers = []
     for c in COLUMNS:
@@ -510,6 +518,7 @@ def overview(
         regions=regions_of(rows, snap.doc, now=now, max_age=max_age),
         others=others,
         query=query,
+        headline=headline,
     )
 
 
