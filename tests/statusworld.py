@@ -32,16 +32,9 @@ from pathlib import Path
 
 import pytest
 
-from checker.demomirror import (
-    DemoMirror,
-    DemoPKI,
-    Faults,
-    MirrorThread,
-    Tree,
-    demo_config,
-    mirror_entry,
-)
 from checker.scheduler import run_once
+from demo.mirror import DemoMirror, DemoPKI, Faults, MirrorThread, demo_config, mirror_entry
+from demo.tree import Tree
 from geodns.model import Checks, Config, FreshnessCheck, ObjectsCheck, Pool, TLSCheck
 from geodns.store import Store
 
