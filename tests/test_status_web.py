@@ -24,7 +24,7 @@ from checker.web import render, svg
 from checker.web.app import make_app
 from checker.web.data import StatusSource, snapshot_of
 from checker.web.views import Query, RowView, sort_rows, state_class
-from geodns.store import Store
+from geodns.store import Store, StoreError
 
 from .statusworld import XSS_NAME, XSS_REASON, StatusWorld, WebProcess
 from .util import REPO, free_port
@@ -339,3 +339,22 @@ def test_checker_web_lists_configured_mirrors_and_reloads_on_sighup(
             body = page(web.url)
         assert "mirror-jp" not in body and "mirror-de" in body
         assert "configuration reloaded" in web.log()
+
+
+def test_a_failing_store_is_retried_at_most_once_per_cache_period() -> None:
+    """A store that hangs or fails on connect costs one attempt per period,
+    not one per page view."""
+    attempts: list[str] = []
+
+    def broken(url: str) -> Store:
+        attempts.append(url)
+        raise StoreError("store sqlite:///x: cannot connect")
+
+    source = StatusSource("sqlite:///x", cache_seconds=60, store_factory=broken)
+    snap, outage = source.snapshot()
+    assert snap is None and outage is not None
+    assert source.snapshot() == (None, outage) and source.mirror("p", "m") == (None, outage)
+    assert len(attempts) == 1
+    source._last_try -= 61  # a period later
+    source.snapshot()
+    assert len(attempts) == 2

@@ -109,6 +109,7 @@ class StatusSource:
         self._last: Snapshot | None = None
         self._last_mono = 0.0
         self._outage: Outage | None = None
+        self._last_try = 0.0  # when a failed read was last tried (monotonic)
         self._mirrors: dict[tuple[str, str], MirrorDetail] = {}  # last good detail pages
 
     # ---------------------------------------------------------------- store access
@@ -118,9 +119,15 @@ class StatusSource:
             self._store = self._factory(self._url)
         return self._store
 
+    def _waiting(self) -> bool:
+        """During an outage, try the store again only every `cache_seconds`: a
+        store that hangs on connect must not hold every page view that long."""
+        return self._outage is not None and time.monotonic() - self._last_try < self.cache_seconds
+
     def _failed(self, exc: Exception) -> None:
         """Log the cause once per outage (password hidden) and drop the
         connection, so the next read starts afresh."""
+        self._last_try = time.monotonic()
         if self._outage is None:
             self._outage = Outage(datetime.now(UTC))
             log.error("status page: cannot read the store: %s", self.redact(str(exc)))
@@ -149,26 +156,38 @@ class StatusSource:
 
     def snapshot(self) -> tuple[Snapshot | None, Outage | None]:
         """(the newest good read or None, the outage or None)."""
-        with self._lock:
-            fresh = time.monotonic() - self._last_mono < self.cache_seconds
-            if self._last is not None and fresh and self._outage is None:
-                return self._last, None
-            try:
-                states = self._open().states(region=self.region)
-            except Exception as exc:  # noqa: BLE001 - StoreError, or a driver's own error
-                self._failed(exc)
+        if not self._lock.acquire(blocking=False):
+            if self._last is not None:  # another read is under way: no need to wait for it
                 return self._last, self._outage
-            self._recovered()
-            self._last = snapshot_of(
-                states, config=self.config, max_age=self.max_age, pools=self.pools
-            )
-            self._last_mono = time.monotonic()
+            self._lock.acquire()
+        try:
+            return self._read()
+        finally:
+            self._lock.release()
+
+    def _read(self) -> tuple[Snapshot | None, Outage | None]:
+        """A store read, unless the last one is fresh enough (under self._lock)."""
+        fresh = time.monotonic() - self._last_mono < self.cache_seconds
+        if self._last is not None and fresh and self._outage is None:
             return self._last, None
+        if self._waiting():
+            return self._last, self._outage
+        try:
+            states = self._open().states(region=self.region)
+        except Exception as exc:  # noqa: BLE001 - StoreError, or a driver's own error
+            self._failed(exc)
+            return self._last, self._outage
+        self._recovered()
+        self._last = snapshot_of(states, config=self.config, max_age=self.max_age, pools=self.pools)
+        self._last_mono = time.monotonic()
+        return self._last, None
 
     def mirror(self, pool: str, mirror: str) -> tuple[MirrorDetail | None, Outage | None]:
         """The mirror page's data, or (None, None) for a mirror nobody knows."""
         known = self._known(pool, mirror)
         with self._lock:
+            if self._waiting():
+                return self._mirrors.get((pool, mirror)), self._outage
             try:
                 store = self._open()
                 states = store.states(pool=pool, mirror=mirror, region=self.region)
