@@ -29,6 +29,7 @@ def environment() -> jinja2.Environment:
         loader=jinja2.PackageLoader("checker.web", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
+        auto_reload=False,  # package data: no stat() per include per page
         trim_blocks=True,
         lstrip_blocks=True,
     )
