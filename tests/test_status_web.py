@@ -3,6 +3,7 @@ and the page's building blocks. The browser tests are in test_status_browser.py.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -11,7 +12,7 @@ import shutil
 import signal
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
@@ -21,7 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from checker import cli
 from checker.web import render, svg
-from checker.web.app import make_app
+from checker.web.app import PageCache, make_app
 from checker.web.data import StatusSource, snapshot_of
 from checker.web.views import Query, RowView, sort_rows, state_class
 from geodns.store import Store, StoreError
@@ -358,3 +359,35 @@ def test_a_failing_store_is_retried_at_most_once_per_cache_period() -> None:
     source._last_try -= 61  # a period later
     source.snapshot()
     assert len(attempts) == 2
+
+
+def test_gc_pause_nests_and_restores() -> None:
+    assert gc.isenabled()
+    with render.gc_paused():
+        with render.gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer page is still being built
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with render.gc_paused():
+            pass
+        assert not gc.isenabled()  # someone else's pause is left alone
+    finally:
+        gc.enable()
+
+
+def test_page_cache_shares_a_render_per_read_and_query() -> None:
+    cache = PageCache(seconds=3600)
+    made: list[str] = []
+
+    def make(text: str) -> Callable[[], str]:
+        return lambda: made.append(text) or text
+
+    snap, other = object(), object()
+    assert cache.get(snap, None, Query(), make("a")) == "a"
+    assert cache.get(snap, None, Query(), make("b")) == "a"  # the same read: shared
+    assert cache.get(snap, None, Query(state="down"), make("c")) == "c"
+    assert cache.get(other, None, Query(), make("d")) == "d"  # a new read: made again
+    assert cache.get(other, object(), Query(), make("e")) == "e"  # an outage began
+    assert made == ["a", "c", "d", "e"]

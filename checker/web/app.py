@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,7 +41,43 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
+
+
+class PageCache:
+    """Overview pages made from the current store read, one per query: viewers
+    refreshing every 30 s share a render instead of each paying for one. A
+    page is kept at most `seconds`, so its "5m ago" words stay true enough
+    when the read itself lasts (an outage keeps the last read for hours)."""
+
+    def __init__(self, seconds: float = 5.0, most: int = 64) -> None:
+        self.seconds = seconds
+        self.most = most
+        self._lock = threading.Lock()
+        self._of: tuple[object, object, int] | None = None  # (snapshot, outage, time slot)
+        self._pages: dict[Query, str] = {}
+
+    def _same(self, of: tuple[object, object, int]) -> bool:
+        o = self._of
+        return o is not None and o[0] is of[0] and o[1] is of[1] and o[2] == of[2]
+
+    def get(self, snap: object, outage: object, query: Query, make: Callable[[], str]) -> str:
+        of = (snap, outage, int(time.monotonic() // self.seconds))
+        with self._lock:
+            if not self._same(of):
+                self._of, self._pages = of, {}
+            page = self._pages.get(query)
+        if page is None:
+            page = make()
+            with self._lock:
+                if self._same(of):
+                    if len(self._pages) >= self.most:
+                        self._pages.clear()
+                    self._pages[query] = page
+        return page
+
+
 SOURCE: web.AppKey[StatusSource] = web.AppKey("source", StatusSource)
+PAGES: web.AppKey[PageCache] = web.AppKey("pages", PageCache)
 _TITLES = {404: "Not found", 405: "Method not allowed", 500: "Internal error"}
 
 
@@ -93,8 +131,13 @@ async def overview(request: web.Request) -> web.Response:
 
     def page() -> str:
         snap, outage = source.snapshot()
-        return render.overview_html(
-            snap, query, outage=outage, config=source.config, max_age=source.max_age
+        return request.app[PAGES].get(
+            snap,
+            outage,
+            query,
+            lambda: render.overview_html(
+                snap, query, outage=outage, config=source.config, max_age=source.max_age
+            ),
         )
 
     return _html(await asyncio.to_thread(page))
@@ -171,6 +214,7 @@ def _iso(outage: Any) -> str | None:
 def make_app(source: StatusSource) -> web.Application:
     app = web.Application(middlewares=[_errors])
     app[SOURCE] = source
+    app[PAGES] = PageCache()
     app.router.add_get("/", overview)
     app.router.add_get("/regions", regions)
     app.router.add_get("/mirror/{pool}/{mirror}", mirror)
