@@ -24,7 +24,7 @@ from checker import cli
 from checker.web import render, svg
 from checker.web.app import PageCache, make_app
 from checker.web.data import StatusSource, snapshot_of
-from checker.web.views import Query, RowView, sort_rows, state_class
+from checker.web.views import Query, RowView, row_view, sort_rows, state_class
 from geodns.store import Store, StoreError
 
 from .statusworld import XSS_NAME, XSS_REASON, StatusWorld, WebProcess
@@ -274,10 +274,8 @@ def test_new_states_and_fields_render_without_template_changes(
 
 def test_sorting_puts_blanks_last_both_ways() -> None:
     def row(mirror: str, lag: float | None) -> RowView:
-        return RowView(
-            "p", mirror, "192.0.2.1", "", "up", "state-up", False, "", [], "", "", "", "",
-            "", "", "", "", "", "", "", "", None, None, lag, None, None, None,
-        )  # fmt: skip
+        fields = {"pool": "p", "mirror": mirror, "address": "192.0.2.1", "lag_seconds": lag}
+        return row_view(fields, None, now=datetime.now(UTC), warn_days=14)
 
     rows = [row("a", 5.0), row("b", None), row("c", 50.0), row("d", 0.0)]
     assert [r.mirror for r in sort_rows(rows, "lag", False)] == ["d", "a", "c", "b"]

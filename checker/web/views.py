@@ -121,6 +121,7 @@ class RowView:
     region: str
     state: str
     state_class: str
+    row_cls: str  # "row-state-down", plus " stale" when not checked lately
     stale: bool
     reason: str
     extras: list[tuple[str, str]]
@@ -218,10 +219,34 @@ def _extras(fields: Mapping[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+class Clock:
+    """Times in words as of one moment, each second worded once: a checker
+    round stamps many addresses within the same few seconds."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self._cells: dict[int, Cell] = {}
+
+    def when(self, t: datetime | None) -> Cell:
+        if t is None:
+            return _when(None, self.now)
+        second = int(t.timestamp())
+        cell = self._cells.get(second)
+        if cell is None:
+            cell = self._cells[second] = _when(t, self.now)
+        return cell
+
+
 def row_view(
-    fields: Mapping[str, Any], row: report.Row | None, *, now: datetime, warn_days: float
+    fields: Mapping[str, Any],
+    row: report.Row | None,
+    *,
+    now: datetime,
+    warn_days: float,
+    clock: Clock | None = None,
 ) -> RowView:
     """One table row from the JSON fields of an address (and its Row, when known)."""
+    clock = clock or Clock(now)
     state = str(fields.get("state", "unknown"))
     since = row.since if row else None
     checked = row.checked_at if row else None
@@ -231,8 +256,8 @@ def row_view(
     checked_n = fields.get("objects_checked")
     latency = fields.get("latency_ms")
     stale = bool(fields.get("stale"))
-    since_cell = _when(since, now)
-    checked_cell = _when(checked, now)
+    since_cell = clock.when(since)
+    checked_cell = clock.when(checked)
     pool, mirror = str(fields.get("pool", "")), str(fields.get("mirror", ""))
     return RowView(
         pool=pool,
@@ -241,6 +266,7 @@ def row_view(
         region=str(fields.get("region") or ""),
         state=state,
         state_class=state_class(state),
+        row_cls=f"row-{state_class(state)} stale" if stale else f"row-{state_class(state)}",
         stale=stale,
         reason=report.reason_text(row) if row is not None else str(fields.get("reason", "")),
         extras=_extras(fields),
@@ -268,13 +294,15 @@ def row_view(
 def row_views(snap: Snapshot, *, config: Config | None, now: datetime) -> list[RowView]:
     by_key = {(r.pool, r.mirror, r.address, r.region): r for r in snap.rows}
     warn_days: dict[str, float] = {}
+    clock = Clock(now)
     out = []
     for fields in snap.doc.get("addresses", []):
         pool = str(fields.get("pool", ""))
         if pool not in warn_days:
             warn_days[pool] = _warn_days(config, pool)
         key = (pool, fields.get("mirror"), fields.get("address"), fields.get("region"))
-        out.append(row_view(fields, by_key.get(key), now=now, warn_days=warn_days[pool]))
+        row = by_key.get(key)
+        out.append(row_view(fields, row, now=now, warn_days=warn_days[pool], clock=clock))
     return out
 
 
