@@ -345,3 +345,29 @@ def test_hypothesis_parser_never_raises(tmp_path: Path, demo_geoip: tuple[Path, 
             assert decode_both(slipped) is None, (pkt.hex(), slipped.hex())
 
     check()
+
+
+@pytest.mark.parametrize(
+    "zone_entry,echoed",
+    [
+        (b"\x00\x00\x06\x00\x01", True),  # root SOA IN: a well-formed zone section
+        (b"\x00\x00\x00\x00\x00", False),  # type 0 class 0 (found by the fuzz)
+        (b"\x00\x00\x01\x00\x01", False),  # type A: not a zone
+        (b"\x00\x00\x06\x00\xff", False),  # class ANY: a meta class
+    ],
+)
+def test_notimp_update_echoes_only_a_valid_zone_section(
+    server: ServerThread, zone_entry: bytes, echoed: bool
+) -> None:
+    """RFC 2136 §3.1.1: an UPDATE (opcode 5) names its zone as SOA in a real
+    class. NOTIMP echoes that section only when it is one; echoing anything
+    else made an answer that dnspython refused as a malformed UPDATE."""
+    pkt = b"\x12\x34\x28\x00\x00\x01\x00\x00\x00\x00\x00\x00" + zone_entry
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        s.sendto(pkt, server.addr())
+        out = s.recv(600)
+    assert decode_both(out) is None, out.hex()
+    msg = dns.message.from_wire(out)
+    assert msg.rcode() == dns.rcode.NOTIMP and msg.opcode() == 5
+    assert struct.unpack("!H", out[4:6])[0] == (1 if echoed else 0)

@@ -751,9 +751,11 @@ class Responder:
                 _, off = wire.read_name(data, 12)
                 if off + 4 <= len(data):
                     question = data[12 : off + 4]
-                    # an UPDATE's first section is its zone, whose type must be
-                    # SOA (RFC 2136 §2.3); another is not echoed as if it were one
-                    if (flags >> 11) & 0xF == 5 and data[off : off + 2] != b"\x00\x06":
+                    ztype, zclass = struct.unpack_from("!HH", data, off)
+                    if (flags >> 11) & 0xF == 5 and (ztype != wire.SOA or zclass in (254, 255)):
+                        # RFC 2136 §3.1.1: an UPDATE's one "question" is its zone, of
+                        # type SOA and a real class; echoing anything else makes
+                        # the answer a malformed UPDATE message (dnspython refuses it)
                         question = b""
         except wire.WireError:
             question = b""
