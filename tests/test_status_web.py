@@ -389,3 +389,31 @@ def test_page_cache_shares_a_render_per_read_and_query() -> None:
     assert cache.get(other, None, Query(), make("d")) == "d"  # a new read: made again
     assert cache.get(other, object(), Query(), make("e")) == "e"  # an outage began
     assert made == ["a", "c", "d", "e"]
+
+
+async def test_expected_state_version_and_age_are_on_the_page_and_in_the_json(
+    tmp_path: Path,
+) -> None:
+    """Issue 17 on the status page: the leader's published version and its age
+    per pool, as in `checker report --json`."""
+    from checker.publish import publish
+
+    origin = tmp_path / "origin"
+    (origin / "releases").mkdir(parents=True)
+    (origin / "releases" / "latest.iso").write_bytes(b"x" * 100)
+    url = f"sqlite:///{tmp_path}/health.sqlite"
+    with Store(url) as store:
+        store.set_state("dist", "m1", "192.0.2.10", True, "first check: passed")
+        publish(store, "dist", origin)
+    source = StatusSource(url, cache_seconds=0)
+    client = await _client(source)
+    try:
+        doc = json.loads(await (await client.get("/api/v1/status.json")).text())
+        assert doc["expected"]["dist"]["version"] == 1
+        assert doc["expected"]["dist"]["stale"] is False
+        page = await (await client.get("/")).text()
+        assert re.search(r"<dt>Expected state</dt><dd>dist: version 1, 1 objects, published", page)
+        assert "Warning" not in page
+    finally:
+        await client.close()
+        source.close()

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from geodns.model import Config
-from geodns.store import AddressState, ProbeResult, StateChange, Store
+from geodns.store import AddressState, ProbeResult, StateChange, Store, StoreError
 
 from .. import report
 
@@ -173,12 +173,17 @@ class StatusSource:
         if self._waiting():
             return self._last, self._outage
         try:
-            states = self._open().states(region=self.region)
+            store = self._open()
+            states = store.states(region=self.region)
+            heads, error = _expected_heads(store)
         except Exception as exc:  # noqa: BLE001 - StoreError, or a driver's own error
             self._failed(exc)
             return self._last, self._outage
         self._recovered()
-        self._last = snapshot_of(states, config=self.config, max_age=self.max_age, pools=self.pools)
+        expected = report.build_expected(heads, config=self.config, pools=self.pools, error=error)
+        self._last = snapshot_of(
+            states, config=self.config, max_age=self.max_age, pools=self.pools, expected=expected
+        )
         self._last_mono = time.monotonic()
         return self._last, None
 
@@ -258,6 +263,15 @@ class StatusSource:
                 self._store = None
 
 
+def _expected_heads(store: Any) -> tuple[list[Any] | None, str | None]:
+    """The published expected states, or None and why (a store not yet
+    upgraded to hold them is a warning on the page, not an outage)."""
+    try:
+        return list(store.expected_heads()), None
+    except StoreError as exc:
+        return None, str(exc)
+
+
 def snapshot_of(
     states: list[AddressState],
     *,
@@ -265,11 +279,13 @@ def snapshot_of(
     max_age: float | None,
     pools: list[str] | None = None,
     now: datetime | None = None,
+    expected: list[report.Expected] | None = None,
 ) -> Snapshot:
     """The report's rows and JSON for these states (what `checker report` does)."""
     now = now or datetime.now(UTC)
     rows = report.build_rows(states, config=config, pools=pools, max_age=max_age, now=now)
-    return Snapshot(rows=rows, doc=report.document(rows, now=now), read_at=now)
+    doc = report.document(rows, now=now, expected=expected or ())
+    return Snapshot(rows=rows, doc=doc, read_at=now)
 
 
 def _secrets_of(url: str) -> list[str]:

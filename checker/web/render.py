@@ -125,10 +125,12 @@ def export_html(
     config: Config | None = None,
     max_age: float | None = 3600.0,
     now: datetime | None = None,
+    expected: list[report.Expected] | None = None,
 ) -> str:
     """`checker report --html`: the overview of these rows as one file."""
     now = now or datetime.now(UTC)
-    snap = Snapshot(rows=rows, doc=report.document(rows, now=now), read_at=now)
+    doc = report.document(rows, now=now, expected=expected or ())
+    snap = Snapshot(rows=rows, doc=doc, read_at=now)
     return overview_html(snap, Query(), config=config, max_age=max_age, static=True, now=now)
 
 

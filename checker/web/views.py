@@ -55,7 +55,7 @@ KNOWN_FIELDS = frozenset(
         "latency_ms",
     )
 )
-KNOWN_DOC = frozenset(("schema", "generated", "summary", "addresses", "regions"))
+KNOWN_DOC = frozenset(("schema", "generated", "summary", "addresses", "regions", "expected"))
 
 # Most urgent first: the order of the state chips and of a sort by state.
 # A state not listed sorts between warning and up.
@@ -426,6 +426,16 @@ def _pool_extras(doc: Mapping[str, Any], pools: set[str]) -> tuple[dict[str, Fac
     """Top-level fields the page does not know: per pool when keyed by pool name."""
     per_pool: dict[str, Facts] = {p: [] for p in pools}
     others: Facts = []
+    for name, e in (doc.get("expected") or {}).items():
+        # the leader's published object list: its version and age, or why not
+        facts = [("Expected state", _expected_text(name, e))]
+        if e.get("problem"):
+            facts.append(("Warning", str(e["problem"])))
+        readers = [p for p in (e.get("pools") or [name]) if p in per_pool]
+        for pool in readers:
+            per_pool[pool] += facts
+        if not readers:
+            others += facts
     for key, value in doc.items():
         if key in KNOWN_DOC:
             continue
@@ -440,6 +450,14 @@ def _pool_extras(doc: Mapping[str, Any], pools: set[str]) -> tuple[dict[str, Fac
         else:
             others.append((_label(key), _value_text(value)))
     return per_pool, others
+
+
+def _expected_text(name: str, e: Mapping[str, Any]) -> str:
+    if e.get("version") is None:
+        return f"{name}: none published"
+    age = e.get("age_seconds")
+    when = f", published {text.duration(float(age))} ago" if age is not None else ""
+    return f"{name}: version {e['version']}, {e.get('objects') or 0:,} objects{when}"
 
 
 def regions_of(
