@@ -5,6 +5,7 @@ sharing one expected state, removed objects still served, nothing published."""
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -12,9 +13,10 @@ from typing import Any
 
 import pytest
 
+from checker import cli
 from checker.publish import publish
 from checker.scheduler import Checker
-from demo.mirror import DemoMirror, DemoPKI, Faults, demo_config, mirror_entry
+from demo.mirror import DemoMirror, DemoPKI, Faults, MirrorThread, demo_config, mirror_entry
 from demo.tree import Tree
 from geodns.model import Checks, Mirror, ObjectsCheck, Pool
 from geodns.store import Store
@@ -263,3 +265,39 @@ async def test_nothing_published_yet_is_a_warning_not_down(
         assert objects_data(store, "a", "127.0.0.1")["version"] == 1
     finally:
         c.close()
+
+
+def test_checker_run_once_reads_the_expected_state_named_in_the_pool_yaml(
+    pki: DemoPKI, origin: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The operator's path: publish on the origin, `manifest: store:NAME` in the
+    YAML, `checker run --once` (cron) on a checker."""
+    url = f"sqlite:///{tmp_path}/health.sqlite"
+    assert (
+        cli.main(["manifest", "publish", str(origin), "--pool", "distfiles", "--store", url]) == 0
+    )
+    tree = Tree.from_dir(origin)
+    missing = "d/7/f007"
+    mirror = DemoMirror(hostname="m1.test", pki=pki, tree=tree, faults=Faults(missing={missing}))
+    with MirrorThread(mirror) as m:
+        zones = tmp_path / "zones"
+        zones.mkdir()
+        (zones / "p.yaml").write_text(
+            textwrap.dedent(
+                f"""\
+                pool: p
+                checks:
+                  objects: {{manifest: "store:distfiles", sample: 400, critical: [{missing}]}}
+                  timeout: 2s
+                mirrors:
+                  - {{name: m1, url: "https://m1.test:{m.port}/", ipv4: [127.0.0.1]}}
+                """
+            )
+        )
+        argv = ["run", "--config", str(zones), "--once", "--store", url]
+        assert cli.main([*argv, "--ca-bundle", str(pki.ca_bundle)]) == 0
+    out = capsys.readouterr().out
+    assert f"p/m1 127.0.0.1: DOWN: 1 of 300 objects missing, critical {missing} missing" in out
+    with Store(url) as store:
+        d = objects_data(store, "m1", "127.0.0.1")
+        assert (d["version"], d["checked"], d["total"]) == (1, 300, 300)
