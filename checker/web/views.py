@@ -33,6 +33,8 @@ from .. import report, text
 from . import svg
 from .data import CHART_DAYS, MirrorDetail, Snapshot, snapshot_of
 
+Facts = list[tuple[str, str, str]]  # (label, value, css class: "" or "warn")
+
 # Fields of an address the table shows in its own columns (report.Row's).
 KNOWN_FIELDS = frozenset(
     (
@@ -55,7 +57,7 @@ KNOWN_FIELDS = frozenset(
         "latency_ms",
     )
 )
-KNOWN_DOC = frozenset(("schema", "generated", "summary", "addresses", "regions"))
+KNOWN_DOC = frozenset(("schema", "generated", "summary", "addresses", "regions", "expected"))
 
 # Most urgent first: the order of the state chips and of a sort by state.
 # A state not listed sorts between warning and up.
@@ -384,7 +386,7 @@ class PoolView:
     name: str
     total: int
     counts: list[tuple[str, int, str]]  # (state, count, css class), most urgent first
-    extras: list[tuple[str, str]]
+    extras: Facts
     rows: list[RowView]
 
 
@@ -409,7 +411,7 @@ class Overview:
     show_region: bool
     pools: list[PoolView]
     regions: list[RegionView]
-    others: list[tuple[str, str]]
+    others: Facts
     query: Query
     headline: str  # "2 down, 1 warning" ("" when all is well)
 
@@ -419,14 +421,23 @@ def _counts(states: Iterable[str]) -> list[tuple[str, int, str]]:
     return [(s, n, state_class(s)) for s, n in sorted(c.items(), key=lambda kv: _severity(kv[0]))]
 
 
-Facts = list[tuple[str, str]]
-
-
-def _pool_extras(doc: Mapping[str, Any], pools: set[str]) -> tuple[dict[str, Facts], Facts]:
-    """Top-level fields the page does not know: per pool when keyed by pool name."""
+def _pool_extras(snap: Snapshot, pools: set[str], now: datetime) -> tuple[dict[str, Facts], Facts]:
+    """Pool-level facts: the expected state each pool reads (as `checker
+    report` words it), and top-level fields the page does not know, per pool
+    when keyed by pool name."""
     per_pool: dict[str, Facts] = {p: [] for p in pools}
     others: Facts = []
-    for key, value in doc.items():
+    for e in snap.expected:
+        words = report.expected_line(e, now)
+        if e.problem and e.version is not None:
+            words += f" — {e.problem}"
+        fact = ("expected state", words, "warn" if e.problem else "")
+        readers = [p for p in (e.pools or (e.name,)) if p in per_pool]
+        for pool in readers:
+            per_pool[pool].append(fact)
+        if not readers:
+            others.append(fact)
+    for key, value in snap.doc.items():
         if key in KNOWN_DOC:
             continue
         if isinstance(value, dict) and value and set(value) & pools:
@@ -434,11 +445,11 @@ def _pool_extras(doc: Mapping[str, Any], pools: set[str]) -> tuple[dict[str, Fac
                 if pool not in per_pool:
                     continue
                 if isinstance(v, dict):
-                    per_pool[pool] += [(_label(k), _value_text(x)) for k, x in v.items()]
+                    per_pool[pool] += [(_label(k), _value_text(x), "") for k, x in v.items()]
                 else:
-                    per_pool[pool].append((_label(key), _value_text(v)))
+                    per_pool[pool].append((_label(key), _value_text(v), ""))
         else:
-            others.append((_label(key), _value_text(value)))
+            others.append((_label(key), _value_text(value), ""))
     return per_pool, others
 
 
@@ -490,7 +501,7 @@ def overview(
     for r in rows:
         states_by_pool.setdefault(r.pool, []).append(r.state)
     all_pools = sorted(states_by_pool)
-    per_pool, others = _pool_extras(snap.doc, set(all_pools))
+    per_pool, others = _pool_extras(snap, set(all_pools), now)
     pool_views = [
         PoolView(
             name=name,
