@@ -457,6 +457,7 @@ def cmd_web(args: argparse.Namespace) -> int:
         max_age=args.max_age,
         region=args.region,
         pools=args.pool,
+        expected_max_age=args.expected_max_age,
     )
     reload = (lambda: _load_config(args.config)) if args.config else None
     host, port = args.listen

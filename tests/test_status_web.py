@@ -391,29 +391,40 @@ def test_page_cache_shares_a_render_per_read_and_query() -> None:
     assert made == ["a", "c", "d", "e"]
 
 
-async def test_expected_state_version_and_age_are_on_the_page_and_in_the_json(
-    tmp_path: Path,
+async def test_expected_state_shows_in_its_pool_header(
+    status_world: StatusWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Issue 17 on the status page: the leader's published version and its age
-    per pool, as in `checker report --json`."""
-    from checker.publish import publish
-
+    """A pool's published object list (`checker manifest publish`) is worded as
+    `checker report` words it, in the header of the pool that reads it."""
+    db = tmp_path / "copy.sqlite"
+    shutil.copy(status_world.path, db)
+    url = f"sqlite:///{db}"
     origin = tmp_path / "origin"
     (origin / "releases").mkdir(parents=True)
-    (origin / "releases" / "latest.iso").write_bytes(b"x" * 100)
-    url = f"sqlite:///{tmp_path}/health.sqlite"
-    with Store(url) as store:
-        store.set_state("dist", "m1", "192.0.2.10", True, "first check: passed")
-        publish(store, "dist", origin)
+    (origin / "releases" / "latest.iso").write_bytes(b"x" * 4096)
+    (origin / "timestamp.txt").write_text("1\n")
+    assert (
+        cli.main(["manifest", "publish", str(origin), "--pool", "distfiles", "--store", url]) == 0
+    )
+    capsys.readouterr()
     source = StatusSource(url, cache_seconds=0)
     client = await _client(source)
     try:
-        doc = json.loads(await (await client.get("/api/v1/status.json")).text())
-        assert doc["expected"]["dist"]["version"] == 1
-        assert doc["expected"]["dist"]["stale"] is False
-        page = await (await client.get("/")).text()
-        assert re.search(r"<dt>Expected state</dt><dd>dist: version 1, 1 objects, published", page)
-        assert "Warning" not in page
+        body = await (await client.get("/?pool=distfiles")).text()
+        served = json.loads(await (await client.get("/api/v1/status.json")).text())
     finally:
         await client.close()
         source.close()
+    header = body[body.index('data-pool="distfiles"') :].split("<table")[0]
+    assert re.search(
+        r"<dt>expected state</dt><dd>expected state distfiles: version 1, 2 objects "
+        r"\([^)]*\), 0 removed kept; published [^<]* ago from [^<]+</dd>",
+        header,
+    ), header
+    assert served["expected"]["distfiles"]["version"] == 1
+    assert cli.main(["report", "--store", url, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert served.pop("generated") and printed.pop("generated")
+    for doc in (served, printed):  # the age grows between the two reads
+        doc["expected"]["distfiles"].pop("age_seconds")
+    assert served == printed

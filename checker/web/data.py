@@ -16,12 +16,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from geodns.model import Config
-from geodns.store import AddressState, ProbeResult, StateChange, Store, StoreError
+from geodns.store import AddressState, ExpectedHead, ProbeResult, StateChange, Store, StoreError
 
 from .. import report
 
@@ -44,6 +44,7 @@ class Snapshot:
     rows: list[report.Row]
     doc: dict[str, Any]  # report.document(): the page renders what the API serves
     read_at: datetime
+    expected: list[report.Expected] = field(default_factory=list)  # published object lists
     _json: str | None = None
 
     @property
@@ -93,6 +94,7 @@ class StatusSource:
         max_age: float | None = 3600.0,
         region: str | None = None,
         pools: list[str] | None = None,
+        expected_max_age: float = report.EXPECTED_MAX_AGE,
         cache_seconds: float = 5.0,
         store_factory: Callable[[str], Store] | None = None,
     ) -> None:
@@ -102,6 +104,7 @@ class StatusSource:
         self.max_age = max_age
         self.region = region
         self.pools = pools or None
+        self.expected_max_age = expected_max_age
         self.cache_seconds = cache_seconds
         self._factory = store_factory or (lambda u: Store(u, create=False))
         self._store: Store | None = None
@@ -110,6 +113,7 @@ class StatusSource:
         self._last_mono = 0.0
         self._outage: Outage | None = None
         self._last_try = 0.0  # when a failed read was last tried (monotonic)
+        self._expected_warned = False
         self._mirrors: dict[tuple[str, str], MirrorDetail] = {}  # last good detail pages
 
     # ---------------------------------------------------------------- store access
@@ -175,14 +179,32 @@ class StatusSource:
         try:
             store = self._open()
             states = store.states(region=self.region)
-            heads, error = _expected_heads(store)
+            heads: list[ExpectedHead] | None
+            error = None
+            try:
+                heads = store.expected_heads()
+            except StoreError as exc:  # a store not yet upgraded by a newer checker
+                # the report's words for it, without the store's URL (that is for the log)
+                if not self._expected_warned:
+                    log.warning("status page: %s", self.redact(str(exc)))
+                    self._expected_warned = True
+                heads, error = None, "the store could not say (the status page's log has why)"
         except Exception as exc:  # noqa: BLE001 - StoreError, or a driver's own error
             self._failed(exc)
             return self._last, self._outage
         self._recovered()
-        expected = report.build_expected(heads, config=self.config, pools=self.pools, error=error)
         self._last = snapshot_of(
-            states, config=self.config, max_age=self.max_age, pools=self.pools, expected=expected
+            states,
+            config=self.config,
+            max_age=self.max_age,
+            pools=self.pools,
+            expected=report.build_expected(
+                heads,
+                config=self.config,
+                pools=self.pools,
+                max_age=self.expected_max_age,
+                error=error,
+            ),
         )
         self._last_mono = time.monotonic()
         return self._last, None
@@ -263,29 +285,21 @@ class StatusSource:
                 self._store = None
 
 
-def _expected_heads(store: Any) -> tuple[list[Any] | None, str | None]:
-    """The published expected states, or None and why (a store not yet
-    upgraded to hold them is a warning on the page, not an outage)."""
-    try:
-        return list(store.expected_heads()), None
-    except StoreError as exc:
-        return None, str(exc)
-
-
 def snapshot_of(
     states: list[AddressState],
     *,
     config: Config | None,
     max_age: float | None,
     pools: list[str] | None = None,
-    now: datetime | None = None,
     expected: list[report.Expected] | None = None,
+    now: datetime | None = None,
 ) -> Snapshot:
     """The report's rows and JSON for these states (what `checker report` does)."""
     now = now or datetime.now(UTC)
     rows = report.build_rows(states, config=config, pools=pools, max_age=max_age, now=now)
-    doc = report.document(rows, now=now, expected=expected or ())
-    return Snapshot(rows=rows, doc=doc, read_at=now)
+    expected = expected or []
+    doc = report.document(rows, now=now, expected=expected)
+    return Snapshot(rows=rows, doc=doc, read_at=now, expected=expected)
 
 
 def _secrets_of(url: str) -> list[str]:

@@ -122,15 +122,16 @@ def overview_html(
 def export_html(
     rows: list[report.Row],
     *,
+    expected: list[report.Expected] | None = None,
     config: Config | None = None,
     max_age: float | None = 3600.0,
     now: datetime | None = None,
-    expected: list[report.Expected] | None = None,
 ) -> str:
     """`checker report --html`: the overview of these rows as one file."""
     now = now or datetime.now(UTC)
-    doc = report.document(rows, now=now, expected=expected or ())
-    snap = Snapshot(rows=rows, doc=doc, read_at=now)
+    expected = expected or []
+    doc = report.document(rows, now=now, expected=expected)
+    snap = Snapshot(rows=rows, doc=doc, read_at=now, expected=expected)
     return overview_html(snap, Query(), config=config, max_age=max_age, static=True, now=now)
 
 

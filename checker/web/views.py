@@ -33,6 +33,8 @@ from .. import report, text
 from . import svg
 from .data import CHART_DAYS, MirrorDetail, Snapshot, snapshot_of
 
+Facts = list[tuple[str, str, str]]  # (label, value, css class: "" or "warn")
+
 # Fields of an address the table shows in its own columns (report.Row's).
 KNOWN_FIELDS = frozenset(
     (
@@ -384,7 +386,7 @@ class PoolView:
     name: str
     total: int
     counts: list[tuple[str, int, str]]  # (state, count, css class), most urgent first
-    extras: list[tuple[str, str]]
+    extras: Facts
     rows: list[RowView]
 
 
@@ -409,7 +411,7 @@ class Overview:
     show_region: bool
     pools: list[PoolView]
     regions: list[RegionView]
-    others: list[tuple[str, str]]
+    others: Facts
     query: Query
     headline: str  # "2 down, 1 warning" ("" when all is well)
 
@@ -419,24 +421,23 @@ def _counts(states: Iterable[str]) -> list[tuple[str, int, str]]:
     return [(s, n, state_class(s)) for s, n in sorted(c.items(), key=lambda kv: _severity(kv[0]))]
 
 
-Facts = list[tuple[str, str]]
-
-
-def _pool_extras(doc: Mapping[str, Any], pools: set[str]) -> tuple[dict[str, Facts], Facts]:
-    """Top-level fields the page does not know: per pool when keyed by pool name."""
+def _pool_extras(snap: Snapshot, pools: set[str], now: datetime) -> tuple[dict[str, Facts], Facts]:
+    """Pool-level facts: the expected state each pool reads (as `checker
+    report` words it), and top-level fields the page does not know, per pool
+    when keyed by pool name."""
     per_pool: dict[str, Facts] = {p: [] for p in pools}
     others: Facts = []
-    for name, e in (doc.get("expected") or {}).items():
-        # the leader's published object list: its version and age, or why not
-        facts = [("Expected state", _expected_text(name, e))]
-        if e.get("problem"):
-            facts.append(("Warning", str(e["problem"])))
-        readers = [p for p in (e.get("pools") or [name]) if p in per_pool]
+    for e in snap.expected:
+        words = report.expected_line(e, now)
+        if e.problem and e.version is not None:
+            words += f" — {e.problem}"
+        fact = ("expected state", words, "warn" if e.problem else "")
+        readers = [p for p in (e.pools or (e.name,)) if p in per_pool]
         for pool in readers:
-            per_pool[pool] += facts
+            per_pool[pool].append(fact)
         if not readers:
-            others += facts
-    for key, value in doc.items():
+            others.append(fact)
+    for key, value in snap.doc.items():
         if key in KNOWN_DOC:
             continue
         if isinstance(value, dict) and value and set(value) & pools:
@@ -444,20 +445,12 @@ def _pool_extras(doc: Mapping[str, Any], pools: set[str]) -> tuple[dict[str, Fac
                 if pool not in per_pool:
                     continue
                 if isinstance(v, dict):
-                    per_pool[pool] += [(_label(k), _value_text(x)) for k, x in v.items()]
+                    per_pool[pool] += [(_label(k), _value_text(x), "") for k, x in v.items()]
                 else:
-                    per_pool[pool].append((_label(key), _value_text(v)))
+                    per_pool[pool].append((_label(key), _value_text(v), ""))
         else:
-            others.append((_label(key), _value_text(value)))
+            others.append((_label(key), _value_text(value), ""))
     return per_pool, others
-
-
-def _expected_text(name: str, e: Mapping[str, Any]) -> str:
-    if e.get("version") is None:
-        return f"{name}: none published"
-    age = e.get("age_seconds")
-    when = f", published {text.duration(float(age))} ago" if age is not None else ""
-    return f"{name}: version {e['version']}, {e.get('objects') or 0:,} objects{when}"
 
 
 def regions_of(
@@ -508,7 +501,7 @@ def overview(
     for r in rows:
         states_by_pool.setdefault(r.pool, []).append(r.state)
     all_pools = sorted(states_by_pool)
-    per_pool, others = _pool_extras(snap.doc, set(all_pools))
+    per_pool, others = _pool_extras(snap, set(all_pools), now)
     pool_views = [
         PoolView(
             name=name,
