@@ -1,8 +1,8 @@
 """The server on the batched UDP paths: fuzzing the native path, counters,
 the path in /healthz and metrics, reload, and IPv4 + IPv6 sockets.
 
-tests/run runs this file (with test_dns_semantics, test_ecs_steering and
-test_robustness) a second time with GEODNS_UDP_BATCH=python, so the protocol
+tests/run runs this file (with the DNS semantics, ECS, robustness, RRL and
+cookie tests) a second time with GEODNS_UDP_BATCH=python, so the protocol
 tests pass on both engines."""
 
 from __future__ import annotations
