@@ -40,10 +40,15 @@ class Result:
     rcodes: dict[str, int] = field(default_factory=dict)
     target_qps: float | None = None
     server_cpu: float | None = None  # server CPU seconds / wall seconds during the run
+    server_cpu_s: float | None = None  # server CPU seconds during the run
     errors: list[str] = field(default_factory=list)
     # with stats_interval: answered QPS per second of wall clock, summed over all clients
     timeline: list[tuple[int, float]] = field(default_factory=list)
     cpu_busy: dict[int, float] = field(default_factory=dict)  # per CPU, 0..1, all processes
+    # with latencies=True (dnsperf -v): percentiles over every answered query
+    p50_latency_s: float | None = None
+    p99_latency_s: float | None = None
+    p999_latency_s: float | None = None
 
     @property
     def loss_pct(self) -> float:
@@ -109,10 +114,13 @@ def run(
     workdir: Path,
     cpu_probe=None,
     stats_interval: int | None = None,
+    latencies: bool = False,
 ) -> Result:  # type: ignore[no-untyped-def]
     """Run len(jobs) dnsperf processes concurrently against 127.0.0.1:port.
 
     cpu_probe: optional callable returning the server's CPU seconds (sampled before/after).
+    latencies: dnsperf -v (one line per answer with its latency) for percentiles; costs
+    dnsperf some CPU, so it is meant for rate-limited runs.
     """
     procs: list[tuple[subprocess.Popen[bytes], Path]] = []
     per_qps = (total_qps / len(jobs)) if total_qps else None
@@ -122,7 +130,7 @@ def run(
     t0 = time.monotonic()
     try:
         for i, job in enumerate(jobs):
-            argv = servers.prefix(cpu) + [
+            argv = servers.prefix(cpu, server=False) + [
                 "dnsperf",
                 "-s",
                 "127.0.0.1",
@@ -151,6 +159,8 @@ def run(
                 argv += ["-Q", str(max(1, int(round(per_qps))))]
             if stats_interval:
                 argv += ["-S", str(stats_interval)]
+            if latencies:
+                argv += ["-v"]
             out = workdir / f"dnsperf-{port}-{i}.out"
             fh = open(out, "wb")  # noqa: SIM115
             try:
@@ -185,12 +195,16 @@ def run(
         if t1 > t0_:
             res.cpu_busy[c] = round((b1 - b0) / (t1 - t0_), 3)
     if cpu_probe:
-        res.server_cpu = (cpu_probe() - cpu0) / max(1e-6, min(wall, seconds + 0.5))
+        res.server_cpu_s = cpu_probe() - cpu0
+        res.server_cpu = res.server_cpu_s / max(1e-6, min(wall, seconds + 0.5))
     lat_weighted = 0.0
     timeline: dict[int, float] = {}
+    each: list[float] = []
     for p, out in procs:
         text = out.read_text(errors="replace")
         d = parse(text)
+        if latencies:  # "> NOERROR dl.example.org A 0.000154" ("> T ..." = timed out)
+            each.extend(float(x) for x in re.findall(r"^> [A-Z]+ .* ([0-9]+\.[0-9]+)$", text, re.M))
         for ts, q in re.findall(r"^([0-9]{9,}\.[0-9]+): ([0-9.]+)$", text, re.M):
             k = int(float(ts))
             timeline[k] = timeline.get(k, 0.0) + float(q)
@@ -209,4 +223,12 @@ def run(
         out.unlink(missing_ok=True)
     res.avg_latency_s = lat_weighted / res.completed if res.completed else 0.0
     res.timeline = sorted(timeline.items())
+    if each:
+        each.sort()
+        pick = lambda q: each[min(len(each) - 1, int(q * len(each)))]  # noqa: E731
+        res.p50_latency_s, res.p99_latency_s, res.p999_latency_s = (
+            pick(0.5),
+            pick(0.99),
+            pick(0.999),
+        )
     return res

@@ -518,8 +518,9 @@ def gdnsd_dc_sets() -> dict[str, list[MirrorSpec]]:
     }
 
 
-def write_gdnsd(confdir: Path, port: int, city_db: Path) -> Path:
-    """gdnsd config dir: city-auto-mode (nearest datacenter by coordinates), one UDP thread."""
+def write_gdnsd(confdir: Path, port: int, city_db: Path, threads: int = 1) -> Path:
+    """gdnsd config dir: city-auto-mode (nearest datacenter by coordinates), `threads` UDP
+    threads (one socket each, SO_REUSEPORT)."""
     (confdir / "zones").mkdir(parents=True, exist_ok=True)
     dcs = gdnsd_dc_sets()
     coords = "\n".join(
@@ -534,7 +535,7 @@ def write_gdnsd(confdir: Path, port: int, city_db: Path) -> Path:
         )
     conf = f"""\
 options => {{
-  listen => {{ "127.0.0.1:{port}" => {{ udp_threads => 1, tcp_threads => 1 }} }}
+  listen => {{ "127.0.0.1:{port}" => {{ udp_threads => {threads}, tcp_threads => 1 }} }}
   run_dir => {_quote(str(confdir / "run"))}
   state_dir => {_quote(str(confdir / "state"))}
   edns_client_subnet => true
@@ -592,10 +593,13 @@ def knot_views() -> list[tuple[str, Where]]:
     return views
 
 
-def write_knot(confdir: Path, port: int, city_db: Path, key: Path | None = None) -> Path:
+def write_knot(
+    confdir: Path, port: int, city_db: Path, key: Path | None = None, workers: int = 1
+) -> Path:
     """Knot's config; with `key` (BIND files), the zone and the geo views are
     signed with it (automatic signing with a manual-key policy: the CSK is
-    imported with `keymgr import-bind` by `import_knot_key`)."""
+    imported with `keymgr import-bind` by `import_knot_key`); `workers` UDP
+    workers."""
     confdir.mkdir(parents=True, exist_ok=True)
     for sub in ("run", "storage"):
         (confdir / sub).mkdir(exist_ok=True)
@@ -617,7 +621,7 @@ def write_knot(confdir: Path, port: int, city_db: Path, key: Path | None = None)
             rundir: "{confdir / "run"}"
             pidfile: "{confdir / "run" / "knot.pid"}"
             listen: 127.0.0.1@{port}
-            udp-workers: 1
+            udp-workers: {workers}
             tcp-workers: 1
             background-workers: 1
             edns-client-subnet: on

@@ -2,7 +2,9 @@
 
 Only this module reads the environment, and only for these defaults: systemd's
 StateDirectory= exports STATE_DIRECTORY; GEODNS_STORE overrides the store URL
-so that several nodes can point at one PostgreSQL without editing units.
+so that several nodes can point at one PostgreSQL without editing units;
+GEODNS_UDP_BATCH picks the UDP path (auto, native, python, off: see
+geodns.dns.udpbatch), so a test run or a unit can force one.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ def default_store_url(state_dir: Path | None = None) -> str:
         return env
     state = state_dir or default_state_dir()
     return f"sqlite:///{state.resolve() / 'health.sqlite'}"
+
+
+def default_udp_batch() -> str:
+    return os.environ.get("GEODNS_UDP_BATCH", "").strip().lower() or "auto"
 
 
 @dataclass
@@ -67,6 +73,7 @@ class ServerSettings:
     cookies: bool = True
     cookie_secret_file: Path | None = None
     reuse_port: bool = False
+    udp_batch: str = field(default_factory=default_udp_batch)  # geodns.dns.udpbatch.MODES
     # --workers N: this process's index, and where workers share their counters
     worker: int = 0
     workers: int = 1

@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="seconds to keep answering after withdrawing, before closing (1)",
     )
+    s.add_argument(
+        "--udp-batch",
+        choices=["auto", "native", "python", "off"],
+        default=None,
+        help="UDP path: native (recvmmsg/sendmmsg bursts, C), python (the same in Python), "
+        "off (asyncio endpoint); auto = native when built (default: $GEODNS_UDP_BATCH or auto)",
+    )
     s.add_argument("--tcp-idle-timeout", type=float, default=10.0)
     s.add_argument(
         "--tcp-max-connections",

@@ -180,6 +180,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         service_dev=getattr(args, "service_dev", "lo"),
         service_drain=getattr(args, "service_drain", 1.0),
     )
+    if getattr(args, "udp_batch", None):  # else the settings' default ($GEODNS_UDP_BATCH)
+        settings.udp_batch = args.udp_batch
     if getattr(args, "rrl_rate", None) is None:
         # `explain` answers no query: no limiter, and no cookie secret made on disk
         settings.rrl_rate = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from collections.abc import Callable
 from time import perf_counter
 from typing import Any, Protocol
 
@@ -17,11 +18,15 @@ from geodns.dns.tcpslots import TCPLimits
 
 log = logging.getLogger("geodns.protocol")
 
-__all__ = ["Current", "Handler", "TCPLimits", "TCPProtocol", "UDPProtocol"]
+__all__ = ["Current", "Handler", "TCPLimits", "TCPProtocol", "UDPHandler", "UDPProtocol"]
 
 
 class Handler(Protocol):
     def handle(self, data: bytes, src: str, tcp: bool = False) -> bytes | None: ...
+
+
+# One UDP datagram in, the reply bytes out (None: no reply).
+UDPHandler = Callable[[bytes, str], "bytes | None"]
 
 
 class Current:
@@ -31,6 +36,15 @@ class Current:
 
     def __init__(self, responder: Handler) -> None:
         self.responder = responder
+
+    def udp_handler(self) -> UDPHandler:
+        """The one function every UDP datagram goes through, on every UDP path
+        (UDPProtocol here, the batched drains in geodns.dns.udpbatch), called
+        as handler(data, source address): the responder's `handle` with
+        tcp=False, which also applies response rate limiting. Read per
+        datagram (asyncio) or per burst (batched): a reload's swap is seen by
+        the next one."""
+        return self.responder.handle
 
 
 class UDPProtocol(asyncio.DatagramProtocol):
@@ -45,11 +59,12 @@ class UDPProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.n += 1
+        handler = self.current.udp_handler()
         if self.n & 15 or self.latency is None:
-            resp = self.current.responder.handle(data, addr[0], False)
+            resp = handler(data, addr[0])
         else:  # 1 in 16 queries is timed for the latency histogram
             t0 = perf_counter()
-            resp = self.current.responder.handle(data, addr[0], False)
+            resp = handler(data, addr[0])
             self.latency.observe(perf_counter() - t0)
         if resp is not None and self.transport is not None:
             self.transport.sendto(resp, addr)

@@ -52,6 +52,8 @@ class Stats:
         "rrl_dropped",
         "rrl_slipped",
         "cookies",
+        "udp_recv_calls",
+        "udp_send_errors",
     )
 
     def __init__(self) -> None:
@@ -68,6 +70,10 @@ class Stats:
         self.rrl_slipped = 0
         # COOKIE options seen: [valid, client cookie only, invalid server cookie, malformed]
         self.cookies = [0, 0, 0, 0]
+        # the batched UDP paths (geodns.dns.udpbatch): receive system calls that
+        # returned datagrams, and replies the kernel would not take (dropped)
+        self.udp_recv_calls = 0
+        self.udp_send_errors = 0
 
 
 # --------------------------------------------------------------------------- --workers N
@@ -93,6 +99,7 @@ def stats_snapshot(
         "dropped": st.dropped,
         "rrl": [st.rrl_dropped, st.rrl_slipped],
         "cookies": list(st.cookies),
+        "udp": [st.udp_recv_calls, st.udp_send_errors],
         "tcp_evicted": dict(tcp_evicted or {}),
         "latency": {"counts": lat.counts, "total": lat.total, "n": lat.n},
         "tcp_open": tcp_open,
@@ -169,6 +176,9 @@ def _add(snaps: list[dict[str, Any]]) -> Stats:
         total.rrl_slipped += rrl_counts[1]
         for i, n in enumerate(snap.get("cookies", [])[:4]):
             total.cookies[i] += n
+        udp_counts = snap.get("udp", [0, 0])
+        total.udp_recv_calls += udp_counts[0]
+        total.udp_send_errors += udp_counts[1]
         lat = snap["latency"]
         total.latency.counts = [
             a + b for a, b in zip(total.latency.counts, lat["counts"], strict=True)

@@ -70,6 +70,11 @@ class Source(Protocol):
     def metrics_bound(self) -> tuple[str, int] | None: ...
     @metrics_bound.setter
     def metrics_bound(self, value: tuple[str, int] | None) -> None: ...
+    @property
+    def udp_path(self) -> str: ...
+    @property
+    def udp_rcvbuf(self) -> int: ...
+    def sync_udp_counters(self) -> None: ...
     def store_configured(self) -> bool: ...
     def tcp_open(self) -> int: ...
     def tcp_evicted(self) -> dict[str, int]: ...
@@ -82,6 +87,7 @@ class ServerCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         srv = self.server
+        srv.sync_udp_counters()
         st, tcp_open, workers, evicted = srv.peer_stats.merged(
             srv.stats, srv.tcp_open(), srv.peer_stats_paths(), srv.tcp_evicted()
         )
@@ -114,6 +120,30 @@ class ServerCollector(Collector):
             "geodns_dns_dropped",
             "packets dropped unanswered (not a query, too short, internal error)",
             value=st.dropped,
+        )
+        yield CounterMetricFamily(
+            "geodns_udp_receive_calls",
+            "receive system calls that returned datagrams (batched UDP paths; "
+            "UDP requests / this = datagrams per call)",
+            value=st.udp_recv_calls,
+        )
+        yield CounterMetricFamily(
+            "geodns_udp_send_errors",
+            "UDP replies the kernel would not take (send queue full, too large): dropped",
+            value=st.udp_send_errors,
+        )
+        info = GaugeMetricFamily(
+            "geodns_udp_path_info",
+            "the UDP path serving queries (native: recvmmsg/sendmmsg in C; python; "
+            "off: asyncio endpoint)",
+            labels=["path"],
+        )
+        info.add_metric([srv.udp_path or "none"], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "geodns_udp_receive_buffer_bytes",
+            "effective SO_RCVBUF of the UDP sockets (the kernel's doubled value)",
+            value=srv.udp_rcvbuf,
         )
         c = CounterMetricFamily(
             "geodns_steered_answers",
@@ -230,6 +260,8 @@ def healthz(server: Source) -> tuple[int, dict[str, Any]]:
         "addresses_down": len(h.down),
         "snapshot_age_seconds": None if age != age else round(age, 3),
         "last_reload_ok": server.last_reload_ok,
+        "udp_path": server.udp_path,
+        "udp_receive_buffer_bytes": server.udp_rcvbuf,
     }
     return (200 if server.current is not None else 503), body
 

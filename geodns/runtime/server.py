@@ -23,7 +23,7 @@ from typing import Any
 
 from geodns.config import FileCache, load_config
 from geodns.dns import cookies as cookie_mod
-from geodns.dns import rrl
+from geodns.dns import rrl, udpbatch
 from geodns.dns.answer import Responder
 from geodns.dns.protocol import Current, TCPLimits, TCPProtocol, UDPProtocol
 from geodns.dns.stats import PUBLISH_EVERY, PeerStats, Stats, publish_stats
@@ -96,6 +96,9 @@ class Server:
         self.last_reload_ok = True
         self.reload_seconds = 0.0
         self.transports: list[asyncio.BaseTransport] = []
+        self.udp_endpoints: list[udpbatch.BatchedUDP] = []
+        self.udp_path = ""  # native / python / off, chosen in start()
+        self.udp_rcvbuf = 0  # effective receive buffer of the UDP sockets (bytes)
         self.servers: list[asyncio.base_events.Server] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.stopping: asyncio.Event | None = None  # created in start(), inside the loop
@@ -389,6 +392,7 @@ class Server:
             self.load_initial()
         current = self.current
         assert current is not None
+        self.udp_path = udpbatch.choose(self.s.udp_batch)
         if self.s.service_addresses:
             # before binding: the listen addresses may be the service addresses
             # (in a thread: pyroute2's sync API runs an event loop of its own)
@@ -397,16 +401,36 @@ class Server:
             fam = socket.AF_INET6 if ":" in host else socket.AF_INET
             udp_sock, tcp_sock = _bind_pair(host, port, fam, self.s.reuse_port)
             port = udp_sock.getsockname()[1]
-            tr, _ = await loop.create_datagram_endpoint(
-                lambda: UDPProtocol(current, self.stats.latency), sock=udp_sock
-            )
-            self.transports.append(tr)
+            self.udp_rcvbuf = udp_sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            if self.udp_path == "off":
+                tr, _ = await loop.create_datagram_endpoint(
+                    lambda: UDPProtocol(current, self.stats.latency), sock=udp_sock
+                )
+                self.transports.append(tr)
+            else:  # bursts from the loop's reader callback (geodns.dns.udpbatch)
+                engine = udpbatch.make_engine(self.udp_path)
+                self.udp_endpoints.append(
+                    udpbatch.BatchedUDP(loop, udp_sock, current, self.stats, engine)
+                )
             srv = await loop.create_server(
                 lambda: TCPProtocol(current, self.tcp_limits), sock=tcp_sock, backlog=1024
             )
             self.servers.append(srv)
             self.bound.append((host, port))
-            log.info("listening on %s port %d (UDP and TCP)", host, port)
+            log.info(
+                "listening on %s port %d (UDP and TCP; UDP path %s, receive buffer %d KiB)",
+                host,
+                port,
+                udpbatch.describe(self.udp_path),
+                self.udp_rcvbuf // 1024,
+            )
+        if 0 < self.udp_rcvbuf < 2 * udpbatch.RCVBUF:
+            log.warning(
+                "UDP receive buffer is %d KiB, not the %d KiB asked for (net.core.rmem_max "
+                "caps it without CAP_NET_ADMIN): bursts may be dropped",
+                self.udp_rcvbuf // 1024,
+                2 * udpbatch.RCVBUF // 1024,
+            )
         if self.s.metrics:
             self.metrics_server = await metrics.start_metrics(self, *self.s.metrics)
         self.tasks.append(
@@ -463,7 +487,7 @@ class Server:
                 )
             except Exception:  # noqa: BLE001 — still stop; ExecStopPost=geodns withdraw retries
                 log.exception("could not withdraw the service addresses")
-            if self.transports:
+            if self.transports or self.udp_endpoints:
                 await asyncio.sleep(self.s.service_drain)
         for t in self.tasks:
             t.cancel()
@@ -475,6 +499,9 @@ class Server:
         self.tasks.clear()
         for tr in self.transports:
             tr.close()
+        for ep in self.udp_endpoints:
+            ep.close()
+        self.udp_endpoints.clear()
         for srv in self.servers:
             srv.close()
         for srv in self.servers:
@@ -490,8 +517,14 @@ class Server:
             self.store = None
         log.info("stopped")
 
+    def sync_udp_counters(self) -> None:
+        """The batched UDP engines' counters into self.stats (before they are read)."""
+        for ep in self.udp_endpoints:
+            ep.sync_counters()
+
     def publish_stats(self) -> None:
         assert self.s.stats_dir is not None
+        self.sync_udp_counters()
         path = self.s.stats_dir / f"worker-{self.s.worker}.json"
         publish_stats(path, self.stats, self.tcp_limits.open, self.tcp_limits.evicted)
 
@@ -641,11 +674,8 @@ def _bind_pair(
     for _ in range(1 if port else 20):
         udp = _socket(fam, socket.SOCK_DGRAM, reuse_port)
         tcp = _socket(fam, socket.SOCK_STREAM, reuse_port)
-        try:
-            # big buffers absorb bursts while a reload swaps generations
-            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        except OSError:
-            pass
+        # big buffers absorb bursts (a reload's swap, a GC pass, a busy CPU)
+        udpbatch.size_receive_buffer(udp)
         try:
             udp.bind((host, port))
             tcp.bind((host, udp.getsockname()[1]))
