@@ -17,7 +17,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,8 @@ from geodns.runtime.forked import run_forked
 from geodns.settings import GEOIP_DIRS, ServerSettings
 from geodns.steering.geo import GeoDB
 from geodns.steering.steer import Key, Steering
-from geodns.store import Store, StoreError
+from geodns.steering.eligibility import next_end
+from geodns.store import Drain, Store, StoreError
 
 log = logging.getLogger("geodns.server")
 
@@ -50,6 +51,8 @@ class HealthState:
 
     def __init__(self) -> None:
         self.down: frozenset[Key] = frozenset()
+        self.drains: tuple[Drain, ...] = ()  # operator drains in force at the last read
+        self.drains_end: datetime | None = None  # when the soonest of them runs out
         self.version: int | None = None
         self.updated = 0.0  # monotonic time of the last successful poll
         self.ok = False
@@ -352,10 +355,14 @@ class Server:
             refresh = self.s.region_timeout > 0 and now - h.read_at >= min(
                 60.0, self.s.region_timeout / 4
             )
-            if version != h.version or refresh:
+            # likewise a timed drain runs out with nobody writing to the store
+            ended = h.drains_end is not None and datetime.now(UTC) >= h.drains_end
+            if version != h.version or refresh or ended:
                 down = self.store.down_addresses()
-                changed = down != h.down
+                drains = tuple(self.store.drains())
+                changed = down != h.down or drains != h.drains
                 h.down, h.version, h.read_at = down, version, now
+                h.drains, h.drains_end = drains, next_end(drains)
                 h.have_snapshot = True
                 self._save_snapshot(down, version)
             h.updated, h.as_of = now, time.time()
@@ -620,9 +627,10 @@ class Server:
         changed = await asyncio.to_thread(self._poll_health_sync)
         if changed:
             log.info(
-                "health snapshot version %s: %d addresses down",
+                "health snapshot version %s: %d addresses down, %d drains",
                 self.health.version,
                 len(self.health.down),
+                len(self.health.drains),
             )
             await self.rebuild("health change")
 

@@ -15,7 +15,6 @@ them all the same.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from geodns.store.engine import Database
 from geodns.store.records import Drain, DrainEvent, address_text
-from geodns.store.schema import DrainEventRow, DrainRow
+from geodns.store.schema import AddressRow, DrainEventRow, DrainRow
 
 # The revision that created the drain tables (migrations/versions/0003_drains.py);
 # revisions are numbered: "0003_drains" and anything after it has them.
@@ -88,26 +87,27 @@ class DrainStore(Database):
         return [Drain(*row) for row in rows]
 
     def drain_events(
-        self,
-        mirror: str | None = None,
-        *,
-        mirrors: Sequence[str] | None = None,
-        address: str | None = None,
-        limit: int = 100,
+        self, mirror: str | None = None, *, address: str | None = None, limit: int = 100
     ) -> list[DrainEvent]:
-        """Drain history, newest first: `mirror`, or any of `mirrors`; with
-        `address`, the events naming it or naming its whole mirror."""
+        """Drain history, newest first, of `mirror`; with `address`, the events
+        naming that address or the whole of a mirror it belongs to."""
         now = _now()
-        names = [mirror] if mirror is not None else (list(mirrors) if mirrors is not None else None)
         stmt = select(DrainEventRow)
         ended = select(DrainRow).where(DrainRow.until.is_not(None), DrainRow.until <= now)
-        if names is not None:
-            stmt = stmt.where(DrainEventRow.mirror.in_(names))
-            ended = ended.where(DrainRow.mirror.in_(names))
+        if mirror is not None:
+            stmt = stmt.where(DrainEventRow.mirror == mirror)
+            ended = ended.where(DrainRow.mirror == mirror)
         if address is not None:
             addr = address_text(address)
-            stmt = stmt.where(DrainEventRow.address.in_(("", addr)))
-            ended = ended.where(DrainRow.address.in_(("", addr)))
+            owners = select(AddressRow.mirror).where(AddressRow.address == addr)
+            stmt = stmt.where(
+                (DrainEventRow.address == addr)
+                | ((DrainEventRow.address == "") & DrainEventRow.mirror.in_(owners))
+            )
+            ended = ended.where(
+                (DrainRow.address == addr)
+                | ((DrainRow.address == "") & DrainRow.mirror.in_(owners))
+            )
         stmt = stmt.order_by(DrainEventRow.at.desc(), DrainEventRow.id.desc()).limit(limit)
         with self._session("cannot read drain history") as session:
             events = [
