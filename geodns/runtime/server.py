@@ -34,9 +34,9 @@ from geodns.model import Config
 from geodns.runtime import health_snapshot, metrics, sdnotify, service_addr
 from geodns.runtime.forked import run_forked
 from geodns.settings import GEOIP_DIRS, ServerSettings
+from geodns.steering.eligibility import drained_keys, next_end
 from geodns.steering.geo import GeoDB
 from geodns.steering.steer import Key, Steering
-from geodns.steering.eligibility import next_end
 from geodns.store import Drain, Store, StoreError
 
 log = logging.getLogger("geodns.server")
@@ -201,7 +201,8 @@ class Server:
         )
 
     def _build(self, config: Config, tables: Tables) -> Responder:
-        steering = Steering(config, self.geodb, self.health.down)
+        drained = drained_keys(config, self.health.drains)
+        steering = Steering(config, self.geodb, self.health.down, drained=drained)
         return Responder(
             tables,
             steering,
