@@ -104,7 +104,8 @@ class Server:
         self.stopping: asyncio.Event | None = None  # created in start(), inside the loop
         self.store: Store | None = None
         self._store_error_said = False  # the store's failure is logged once per outage
-        self._saved_down: frozenset[Key] | None = None  # what the snapshot file holds
+        # what the snapshot file holds: the down-set and the drains
+        self._saved: tuple[frozenset[Key], tuple[Drain, ...]] | None = None
         self._snapshot_error_said = False
         self._reload_lock: asyncio.Lock | None = None
         self._file_cache: FileCache = {}  # parsed YAML files, reused by reloads
@@ -299,6 +300,7 @@ class Server:
             )
             return
         h.down, h.as_of, h.restored, h.source = snap.down, snap.saved_unix, snap, "file"
+        h.drains, h.drains_end = snap.drains, next_end(snap.drains)
         h.have_snapshot = True
         log.warning(
             "health store not available (%s): serving the health snapshot saved %s "
@@ -310,12 +312,16 @@ class Server:
             "" if snap.quorum == self.s.quorum else f", decided with quorum {snap.quorum}",
         )
 
-    def _save_snapshot(self, down: frozenset[Key], version: int | None) -> None:
-        """Keep the down-set on disk when it changed (poll thread; one fsync)."""
-        if not self.s.persist_health or self.s.worker != 0 or down == self._saved_down:
+    def _save_snapshot(
+        self, down: frozenset[Key], version: int | None, drains: tuple[Drain, ...] = ()
+    ) -> None:
+        """Keep the down-set and drains on disk when they changed (poll thread; one fsync)."""
+        if not self.s.persist_health or self.s.worker != 0 or (down, drains) == self._saved:
             return
         assert self.store is not None
-        snap = health_snapshot.make(down, self.store.url_text, version, self.s.quorum)
+        snap = health_snapshot.make(
+            down, self.store.url_text, version, self.s.quorum, drains=drains
+        )
         path = health_snapshot.path_in(self.s.resolved_state_dir())
         try:
             health_snapshot.save(path, snap)
@@ -327,7 +333,7 @@ class Server:
         if self._snapshot_error_said:
             log.info("health snapshot saved to %s again", path)
         self._snapshot_error_said = False
-        self._saved_down = down
+        self._saved = (down, drains)
 
     def _make_store(self, url: str) -> Store:
         timeout = self.s.region_timeout
@@ -365,7 +371,7 @@ class Server:
                 h.down, h.version, h.read_at = down, version, now
                 h.drains, h.drains_end = drains, next_end(drains)
                 h.have_snapshot = True
-                self._save_snapshot(down, version)
+                self._save_snapshot(down, version, drains)
             h.updated, h.as_of = now, time.time()
             if not h.ok:
                 log.info("health store reachable: %d addresses down", len(h.down))
@@ -385,6 +391,12 @@ class Server:
                 )
             h.ok = False
             self._store_error_said = True
+            # a timed drain still ends on time while the store is away
+            if h.drains_end is not None and datetime.now(UTC) >= h.drains_end:
+                now_utc = datetime.now(UTC)
+                h.drains = tuple(d for d in h.drains if d.active(now_utc))
+                h.drains_end = next_end(h.drains)
+                return True
             return False
 
     # ------------------------------------------------------------------ lifecycle
