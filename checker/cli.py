@@ -13,6 +13,9 @@
                              [--paths-from FILE] [--max-removed FRACTION]
     checker manifest drop POOL [--store URL]
     checker forget (--config zones | --region NAME) [--store URL] [--dry-run]
+    checker drain MIRROR --config zones --reason TEXT [--address A] [--pool P] [--for 2h]
+    checker undrain MIRROR --config zones [--address A] [--pool P]
+    checker drains [--store URL] [--json]
 
 Exit codes: 0 fine; 1 the store or a probe setup failed; 2 bad usage or
 configuration; `nagios` uses the plugin codes 0/1/2/3.
@@ -33,7 +36,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from checker import report, text
+from checker import drain, report, text
 from checker.errors import CheckerError, ManifestError
 from checker.target import targets_of
 from geodns.config import fields
@@ -137,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     fmt.add_argument(
         "--html", type=Path, metavar="FILE", help="the status page's overview as one HTML file"
     )
-    rep.add_argument("--state", choices=["up", "down", "warning", "disabled", "unknown"])
+    rep.add_argument("--state", choices=["up", "down", "warning", "disabled", "drained", "unknown"])
     rep.add_argument("--crit-down", type=int, default=1, help=argparse.SUPPRESS)
     rep.add_argument("--warn-down", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -231,7 +234,8 @@ def _parser() -> argparse.ArgumentParser:
     drop = msub.add_parser("drop", help="delete a pool's expected state from the store")
     drop.add_argument("pool")
     store_arg(drop)
-    for p in (run, rep, nag, webp, his, fgt, build, pub, drop):
+    drain_parsers = drain.add_parsers(sub, store_arg)
+    for p in (run, rep, nag, webp, his, fgt, build, pub, drop, *drain_parsers):
         # `checker run --log-level debug` reads better than `checker --log-level debug run`
         p.add_argument("--log-level", dest="sub_log_level", default=None, help=argparse.SUPPRESS)
     return ap
@@ -411,6 +415,7 @@ def _rows(
     store = _store(args.store, create=False)
     try:
         states = store.states(region=args.region)
+        drains = store.drains()
         heads: list[ExpectedHead] | None
         error = None
         try:
@@ -420,7 +425,7 @@ def _rows(
     finally:
         store.close()
     rows = report.build_rows(
-        states, config=config, pools=args.pool, state=state, max_age=args.max_age
+        states, config=config, pools=args.pool, state=state, max_age=args.max_age, drains=drains
     )
     expected = report.build_expected(
         heads, config=config, pools=args.pool, max_age=args.expected_max_age, error=error
@@ -484,19 +489,27 @@ def cmd_history(args: argparse.Namespace) -> int:
     store = _store(args.store, create=False)
     try:
         try:
-            addr = str(ipaddress.ip_address(args.mirror))
-            changes = store.history(address=addr, pool=args.pool, limit=args.limit)
+            addr: str | None = str(ipaddress.ip_address(args.mirror))
         except ValueError:
+            addr = None
+        if addr is not None:
+            changes = store.history(address=addr, pool=args.pool, limit=args.limit)
+            events = store.drain_events(address=addr, limit=args.limit)
+        else:
             changes = store.history(args.mirror, pool=args.pool, limit=args.limit)
+            events = store.drain_events(args.mirror, limit=args.limit)
     finally:
         store.close()
+    if args.pool is not None:
+        events = [e for e in events if e.pool in ("", args.pool)]
+    lines = report.history_lines(changes, events, limit=args.limit)
     if args.json:
-        print(report.history_json(changes))
+        print(report.history_json(lines))
         return 0
-    if not changes:
-        print(f"no state changes recorded for {args.mirror!r}", file=sys.stderr)
+    if not lines:
+        print(f"no state changes or drains recorded for {args.mirror!r}", file=sys.stderr)
         return 1
-    report.print_history(changes, sys.stdout)
+    report.print_history(lines, sys.stdout)
     return 0
 
 
@@ -641,6 +654,18 @@ def cmd_forget(args: argparse.Namespace) -> int:
         store.close()
 
 
+def cmd_drain(args: argparse.Namespace) -> int:
+    return drain.cmd_drain(args, _load_config(args.config), args.store)
+
+
+def cmd_undrain(args: argparse.Namespace) -> int:
+    return drain.cmd_undrain(args, _load_config(args.config), args.store)
+
+
+def cmd_drains(args: argparse.Namespace) -> int:
+    return drain.cmd_drains(args, args.store)
+
+
 COMMANDS = {
     "run": cmd_run,
     "report": cmd_report,
@@ -649,6 +674,9 @@ COMMANDS = {
     "history": cmd_history,
     "manifest": cmd_manifest,
     "forget": cmd_forget,
+    "drain": cmd_drain,
+    "undrain": cmd_undrain,
+    "drains": cmd_drains,
 }
 
 

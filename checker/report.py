@@ -6,22 +6,29 @@ One row per mirror address and region. States:
             `max_missing`, origin timestamp unreadable)
   down      taken out of DNS answers by the checker
   disabled  `enabled: false` in the configuration
+  drained   taken out of DNS answers by an operator (`checker drain`); still
+            probed, and `health` says what the checker finds
   unknown   in the configuration but never checked (only with --config)
 A row is also flagged `stale` when its last check is older than `max_age`
 (the checker may have stopped); Nagios reports that as a WARNING.
 
-JSON (`--json`), schema version 1:
+JSON (`--json`), schema version 1 ("regions", "drained", "health" and "drain"
+were added compatibly):
   {"schema": 1, "generated": ISO-8601,
-   "summary": {"total", "up", "warning", "down", "disabled", "unknown", "stale"},
+   "summary": {"total", "up", "warning", "down", "disabled", "drained", "unknown",
+               "stale"},
    "addresses": [{"pool", "mirror", "address", "family", "region", "state",
                   "since", "checked_at", "reason", "detail", "warning", "stale",
                   "tls_expires_days", "lag_seconds", "objects_missing",
-                  "objects_checked", "latency_ms"}],
+                  "objects_checked", "latency_ms",
+                  "health",     # the state without the drain: up, warning, down, unknown
+                  "drain"}],    # null, or {"reason", "who", "at", "until", "scope"}
    "regions": {region: newest checked_at},   (region "" = untagged checker)
    "expected": {name: {"name", "pools", "version", "published_at", "changed_at",
                        "age_seconds", "objects", "bytes", "gone", "source",
                        "max_age", "stale", "problem"}}}
-Times are ISO 8601 UTC or null; numbers are null when the probe is not configured.
+Times are ISO 8601 UTC or null ("until" null: until undrained); numbers are null
+when the probe is not configured.
 
 Expected state (`objects: {manifest: store}`): one entry per published name
 (and, with --config, per name a pool reads but nobody published). A head older
@@ -36,16 +43,23 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import IO, Any
 
 from checker import text
 from geodns.model import Config
-from geodns.store import AddressState, ExpectedHead, StateChange, address_text
+from geodns.store import (
+    AddressState,
+    Drain,
+    DrainEvent,
+    ExpectedHead,
+    StateChange,
+    address_text,
+)
 
-STATES = ("up", "warning", "down", "disabled", "unknown")
+STATES = ("up", "warning", "down", "disabled", "drained", "unknown")
 EXPECTED_MAX_AGE = 3 * 3600.0  # a leader publishing hourly may miss two runs
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 _NAGIOS_WORD = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -70,6 +84,8 @@ class Row:
     objects_missing: int | None
     objects_checked: int | None
     latency_ms: float | None
+    health: str = ""  # the state the checker's verdict alone gives (differs when drained)
+    drain: Drain | None = None
 
     def json(self) -> dict[str, Any]:
         # fields are scalars: a shallow dict (asdict deep-copied every value,
@@ -77,6 +93,17 @@ class Row:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         for k in ("since", "checked_at"):
             d[k] = d[k].isoformat() if d[k] else None
+        d["health"] = self.health or self.state
+        d["drain"] = None
+        if self.drain is not None:
+            dr = self.drain
+            d["drain"] = {
+                "reason": dr.reason,
+                "who": dr.who,
+                "at": dr.at.isoformat(),
+                "until": dr.until.isoformat() if dr.until else None,
+                "scope": dr.target,
+            }
         return d
 
 
@@ -130,6 +157,22 @@ def row_of(s: AddressState, *, now: datetime, max_age: float | None) -> Row:
     )
 
 
+def covering(drains: Iterable[Drain], pool: str, mirror: str, address: str) -> Drain | None:
+    """The drain that holds this address: the most specific one (an address
+    before the whole mirror, one pool before every pool)."""
+    hits = [d for d in drains if d.covers(pool, mirror, address)]
+    return max(hits, key=lambda d: (bool(d.address), bool(d.pool)), default=None)
+
+
+def _drained(row: Row, drains: Sequence[Drain]) -> Row:
+    d = covering(drains, row.pool, row.mirror, row.address) if drains else None
+    if d is None:
+        return replace(row, health=row.state)
+    if row.state == "disabled":  # the configuration says more than the drain
+        return replace(row, health=row.state, drain=d)
+    return replace(row, state="drained", health=row.state, drain=d)
+
+
 def build_rows(
     states: Iterable[AddressState],
     *,
@@ -138,11 +181,13 @@ def build_rows(
     state: str | None = None,
     max_age: float | None = 3600.0,
     now: datetime | None = None,
+    drains: Sequence[Drain] = (),
 ) -> list[Row]:
-    """Rows from the store, plus never-checked addresses when a Config is given.
+    """Rows from the store, plus never-checked addresses when a Config is given;
+    addresses held by one of `drains` (those in force) are in state "drained".
 
-    `state` filters: "up" (serving: up and warning), "warning", "down" (down and
-    disabled), "disabled", "unknown".
+    `state` filters: "up" (serving: up and warning), "warning", "down" (not
+    answered: down, disabled and drained), "disabled", "drained", "unknown".
     """
     now = now or datetime.now(UTC)
     wanted = set(pools) if pools else None
@@ -173,12 +218,13 @@ def build_rows(
                                 None,
                             )
                         )
+    rows = [_drained(r, drains) for r in rows]
     if wanted is not None:
         rows = [r for r in rows if r.pool in wanted]
     if state is not None:
         match = {
             "up": ("up", "warning"),
-            "down": ("down", "disabled"),
+            "down": ("down", "disabled", "drained"),
         }.get(state, (state,))
         rows = [r for r in rows if r.state in match]
     rows.sort(key=lambda r: (r.pool, r.mirror, r.family, r.address, r.region))
@@ -351,11 +397,29 @@ _STYLE = {
     "warning": "yellow",
     "down": "bold red",
     "disabled": "magenta",
+    "drained": "cyan",
     "unknown": "dim",
 }
 
 
+def drain_text(d: Drain, now: datetime | None = None) -> str:
+    """`by alice until 2026-12-01 14:00:00Z (in 1h59m): kernel upgrade`"""
+    now = now or datetime.now(UTC)
+    if d.until is None:
+        until = "until undrained"
+    else:
+        until = f"until {text.stamp(d.until)} ({text.ago(d.until, now)})"
+    return f"by {d.who} {until}: {d.reason}"
+
+
 def _reason(r: Row) -> str:
+    if r.state == "drained" and r.drain is not None:
+        health = r.health
+        if r.health == "down":
+            health += f" ({r.detail or r.reason})"
+        elif r.health == "warning":
+            health += f" ({r.warning or r.detail})"
+        return f"{drain_text(r.drain)}; health: {health}"
     if r.state in ("down", "disabled"):
         if r.detail and r.detail != r.reason:
             return f"{r.reason} (now: {r.detail})"
@@ -534,6 +598,8 @@ def nagios(
         msg = f"{s['up']} of {total} up"
     if s["disabled"]:
         msg += f", {s['disabled']} disabled"
+    if s["drained"]:  # an operator's decision: counted, never an alert by itself
+        msg += f", {s['drained']} drained"
     if problems:
         code = max(code, WARNING)
         msg += "; " + "; ".join(
@@ -549,6 +615,7 @@ def nagios(
         f"warning={s['warning']};;;0;{total}",
         f"disabled={s['disabled']};;;0;{total}",
         f"unknown={s['unknown']};;;0;{total}",
+        f"drained={s['drained']};;;0;{total}",
     ]
     if lags:
         perf.append(f"lag_max={max(lags):.0f}s;;;0")
@@ -580,27 +647,89 @@ def nagios_unknown(reason: str) -> tuple[int, str]:
 
 # --------------------------------------------------------------------------- history
 
+_EVENT_STATE = {"drain": "drained", "undrain": "undrained", "expired": "drain ended"}
 
-def history_json(changes: list[StateChange]) -> str:
-    return json.dumps(
-        [
-            {
-                "at": c.at.isoformat(),
-                "pool": c.pool,
-                "mirror": c.mirror,
-                "address": c.address,
-                "region": c.region,
-                "state": "disabled" if c.disabled else ("up" if c.up else "down"),
-                "reason": c.reason,
-            }
-            for c in changes
-        ],
-        indent=2,
-    )
+
+@dataclass(frozen=True, slots=True)
+class HistoryLine:
+    """A state change or a drain event, as `checker history` lists them."""
+
+    at: datetime
+    pool: str  # "" on a drain of every pool
+    mirror: str
+    address: str  # "" on a drain of the whole mirror
+    region: str
+    state: str  # up, down, disabled, drained, undrained, drain ended
+    reason: str
+    who: str | None = None
+    until: datetime | None = None
+
+
+def history_lines(
+    changes: Iterable[StateChange], events: Iterable[DrainEvent] = (), limit: int | None = None
+) -> list[HistoryLine]:
+    """Both kinds merged, newest first."""
+    lines = [
+        HistoryLine(
+            c.at,
+            c.pool,
+            c.mirror,
+            c.address,
+            c.region,
+            "disabled" if c.disabled else ("up" if c.up else "down"),
+            c.reason,
+        )
+        for c in changes
+    ]
+    for e in events:
+        if e.action == "drain":
+            until = f"until {text.stamp(e.until)}" if e.until else "until undrained"
+            why = f"by {e.who} {until}: {e.reason}"
+        elif e.action == "undrain":
+            why = f"by {e.who} (drained for: {e.reason})"
+        else:
+            why = f"drain by {e.who} ran out (drained for: {e.reason})"
+        lines.append(
+            HistoryLine(
+                e.at,
+                e.pool,
+                e.mirror,
+                e.address,
+                "",
+                _EVENT_STATE.get(e.action, e.action),
+                why,
+                e.who,
+                e.until,
+            )
+        )
+    lines.sort(key=lambda h: h.at, reverse=True)
+    return lines if limit is None else lines[:limit]
+
+
+def history_json(lines: list[HistoryLine]) -> str:
+    """[{"at", "pool", "mirror", "address", "region", "state", "reason"}], newest
+    first; drain events also carry "who" and "until", and "" in pool/address
+    when the drain covered every pool/address."""
+    out = []
+    for h in lines:
+        item: dict[str, Any] = {
+            "at": h.at.isoformat(),
+            "pool": h.pool,
+            "mirror": h.mirror,
+            "address": h.address,
+            "region": h.region,
+            "state": h.state,
+            "reason": h.reason,
+        }
+        if h.who is not None:
+            item["who"] = h.who
+            item["until"] = h.until.isoformat() if h.until else None
+        out.append(item)
+    return json.dumps(out, indent=2)
 
 
 def print_history(
-    changes: list[StateChange], out: IO[str], *, color: bool | None = None, width: int | None = None
+    lines: list[HistoryLine], out: IO[str], *, color: bool | None = None, width: int | None = None
 ) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -612,7 +741,7 @@ def print_history(
         width=_width(out, width),
         highlight=False,
     )
-    regions = any(c.region for c in changes)
+    regions = any(h.region for h in lines)
     table = Table()
     table.add_column("Time (UTC)")
     table.add_column("Pool")
@@ -622,11 +751,11 @@ def print_history(
         table.add_column("Region")
     table.add_column("State")
     table.add_column("Reason", overflow="fold")
-    for c in changes:
-        state = "disabled" if c.disabled else ("up" if c.up else "down")
-        cells = [text.stamp(c.at), c.pool, c.mirror, c.address]
+    for h in lines:
+        cells = [text.stamp(h.at), h.pool or "(all)", h.mirror, h.address or "(all)"]
         if regions:
-            cells.append(c.region or "-")
-        cells += [f"[{_STYLE[state]}]{state}[/]", _escape(c.reason)]
+            cells.append(h.region or "-")
+        style = _STYLE.get(h.state, "cyan")
+        cells += [f"[{style}]{h.state}[/]", _escape(h.reason)]
         table.add_row(*cells)
     console.print(table)

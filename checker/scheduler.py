@@ -15,7 +15,9 @@ runs the DNS server (the demo) exports them beside the server's own:
   geodns_checker_probes_total{kind,result}     result = ok | fail
   geodns_checker_round_duration_seconds        histogram: per `run_once` round
                                                and per address batch in `run`
-  geodns_checker_mirrors{pool,state}           addresses by state: up, down, disabled
+  geodns_checker_mirrors{pool,state}           addresses by state: up, down, disabled,
+                                               drained (an operator's drain; it is
+                                               still probed, but counted here)
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from checker.probes.tls import probe_tls
 from checker.state import Evaluation, advance
 from checker.target import Target, ca_file, targets_of
 from geodns.model import Config, FreshnessCheck, ObjectsCheck, Pool
-from geodns.store import ProbeRecord, Store, StoreError
+from geodns.store import Drain, ProbeRecord, Store, StoreError
 
 log = logging.getLogger("checker")
 T = TypeVar("T")
@@ -65,6 +67,7 @@ ROUND_SECONDS = Histogram(
 MIRRORS = Gauge("geodns_checker_mirrors", "Mirror addresses by state", ["pool", "state"])
 
 ADMIN = "admin"  # pseudo-kind: re-evaluate disabled mirrors
+DRAINS_EVERY = 10.0  # seconds between re-reads of the drains (for the gauge only)
 
 
 def kinds_of(t: Target) -> list[str]:
@@ -150,7 +153,9 @@ class Checker:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checker-store")
         self._origin: dict[str, tuple[float, datetime | str | None]] = {}
         self._origin_locks: dict[str, asyncio.Lock] = {}
-        self._gauge: dict[tuple[str, str, str], str] = {}
+        self._gauge: dict[tuple[str, str, str], str] = {}  # the checker's verdicts
+        self._drains: list[Drain] = []
+        self._drains_next = 0.0  # monotonic time of the next re-read
         self._expected: dict[str, ExpectedCache] = {}
         self._expected_locks: dict[str, asyncio.Lock] = {}
         self.expected_interval = expected_interval
@@ -409,12 +414,28 @@ class Checker:
         self._export_gauge()
         return ev, changed, results
 
+    async def _refresh_drains(self, *, force: bool = False) -> None:
+        """Re-read the drains now and then: they change the gauge, not the probing."""
+        now = time.monotonic()
+        if not force and now < self._drains_next:
+            return
+        self._drains_next = now + DRAINS_EVERY
+        try:
+            self._drains = await self._store(self.store.drains)
+        except StoreError as exc:
+            log.debug("reading drains: %s", exc)  # the next write says it louder
+            return
+        self._export_gauge()
+
     def _export_gauge(self) -> None:
         counts: dict[tuple[str, str], int] = {}
-        for (pool, _, _), st in self._gauge.items():
+        drains = self._drains
+        for (pool, mirror, address), st in self._gauge.items():
+            if st != "disabled" and any(d.covers(pool, mirror, address) for d in drains):
+                st = "drained"
             counts[(pool, st)] = counts.get((pool, st), 0) + 1
         for pool in self.pools:
-            for st in ("up", "down", "disabled"):
+            for st in ("up", "down", "disabled", "drained"):
                 MIRRORS.labels(pool, st).set(counts.get((pool, st), 0))
 
     # ---------------------------------------------------------------- rounds
@@ -426,6 +447,7 @@ class Checker:
         t0 = time.perf_counter()
         result = RoundResult(targets=len(self.targets))
         sem = asyncio.Semaphore(self.max_parallel)
+        await self._refresh_drains(force=True)
 
         async def one(t: Target) -> None:
             async with sem:
@@ -500,6 +522,7 @@ class Checker:
                     task = asyncio.create_task(batch(t, ready), name=f"check {t.label}")
                     inflight[t.key] = task
                     task.add_done_callback(partial(_forget, inflight, t.key))
+            await self._refresh_drains()
             if now >= next_prune:
                 next_prune = now + prune_every
                 try:

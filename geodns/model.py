@@ -108,7 +108,19 @@ class Mirror:
     country: str | None = None  # ISO 3166-1 alpha-2, upper case
     continent: str | None = None  # AF AN AS EU NA OC SA
     location: tuple[float, float] | None = None  # (lat, lon)
+    # Scope (the mirror operator's conditions; geodns.steering.eligibility):
+    # answered only to clients of the mirror's own ASN, country or continent
+    only: Literal["asn", "country", "continent"] | None = None
+    # clients in these countries rank the mirror in the country tier, as if it stood there
+    also_countries: tuple[str, ...] = ()
+    # never answered to clients in these countries
+    exclude_countries: tuple[str, ...] = ()
     where: Where = field(default=Where("", 0), compare=False)
+
+    @property
+    def scoped(self) -> bool:
+        """True when any scope key narrows or widens who gets this mirror."""
+        return bool(self.only or self.also_countries or self.exclude_countries)
 
     def addresses(self) -> tuple[IPAddress, ...]:
         return (*self.ipv4, *self.ipv6)

@@ -158,6 +158,7 @@ def test_json_schema(world: World, capsys: pytest.CaptureFixture[str]) -> None:
         "warning": 1,
         "down": 1,
         "disabled": 0,
+        "drained": 0,
         "unknown": 0,
         "total": 3,
         "stale": 0,
@@ -180,6 +181,8 @@ def test_json_schema(world: World, capsys: pytest.CaptureFixture[str]) -> None:
         "objects_missing": int,
         "objects_checked": int,
         "latency_ms": (float, int),
+        "health": str,  # added compatibly with drains: the state a drain hides
+        "drain": type(None),  # or {"reason", "who", "at", "until", "scope"}
     }
     for a in doc["addresses"]:
         assert set(a) == set(types)
@@ -314,6 +317,7 @@ def test_nagios_groups_addresses_of_one_mirror(
     assert out.splitlines()[0] == (
         "GEODNS MIRRORS CRITICAL - 3 of 4 down (ftp-x x2: stale 9h12m; ftp-y: connection refused)"
         " | up=1;;;0;4 down=3;;1;0;4 warning=0;;;0;4 disabled=0;;;0;4 unknown=0;;;0;4"
+        " drained=0;;;0;4"
     )
     assert len(out.splitlines()) == 4
 

@@ -48,7 +48,8 @@ def render(r: dict[str, Any]) -> str:
         f"{r['name']} {r['type']} for client {r['client']}",
         f"  client: AS{g['asn'] or '?'}  country {g['country'] or '?'}  continent "
         f"{g['continent'] or '?'}  location {loc}  (GeoIP network /{g['network_prefix']})",
-        f"  health: {_store_text(r['health'])}, {r['health']['down']} address(es) down",
+        f"  health: {_store_text(r['health'])}, {r['health']['down']} address(es) down, "
+        f"{r['health']['drains']} drain(s)",
     ]
     if r["chain"]:
         lines.append(f"  CNAME chain through: {' → '.join(r['chain'])}")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from geodns.config.countries import country_code
 from geodns.config.fields import Section, kind_of, parse_ip
 from geodns.model import (
     AptCheck,
@@ -125,6 +126,9 @@ def _mirror(s: Section, file: str) -> Mirror | None:
             "country",
             "continent",
             "location",
+            "only",
+            "also_countries",
+            "exclude_countries",
         ),
         required=("name", "url"),
     )
@@ -157,13 +161,11 @@ def _mirror(s: Section, file: str) -> Mirror | None:
                 ips[fam].append(ip)
     if not ips[4] and not ips[6] and len(s.p.items) == before:  # bad ones were reported above
         s.error(None, "a mirror needs at least one address in 'ipv4' or 'ipv6'")
-    country = s.str_("country")
-    if country is not None:
-        if len(country) != 2 or not country.isalpha() or not country.isascii():
-            s.error("country", f"'{country}' is not a two-letter ISO 3166 country code")
-            country = None
-        else:
-            country = country.upper()
+    country = None
+    if s.data.get("country") is not None:
+        country, why = country_code(s.data["country"])
+        if why:
+            s.error("country", why)
     continent = s.str_("continent")
     if continent is not None:
         continent = continent.upper()
@@ -184,6 +186,7 @@ def _mirror(s: Section, file: str) -> Mirror | None:
             location = (float(loc[0]), float(loc[1]))
         else:
             s.error("location", f"expected [latitude, longitude] in degrees, got {loc!r}")
+    only, also, exclude = _scope(s)
     mirror = Mirror(
         name=name,
         url=url,
@@ -195,9 +198,46 @@ def _mirror(s: Section, file: str) -> Mirror | None:
         country=country,
         continent=continent,
         location=location,
+        only=only,  # type: ignore[arg-type]
+        also_countries=also,
+        exclude_countries=exclude,
         where=Where(file, s.line),
     )
     return None if nameless else mirror
+
+
+def _countries(s: Section, key: str) -> tuple[str, ...]:
+    out: list[str] = []
+    for v, line in s.list_(key):
+        code, why = country_code(v)
+        if why:
+            s.error(key, why, line)
+        elif code in out:
+            s.error(key, f"{code} is listed twice", line)
+        else:
+            out.append(code)  # type: ignore[arg-type]
+    return tuple(out)
+
+
+def _scope(s: Section) -> tuple[str | None, tuple[str, ...], tuple[str, ...]]:
+    """`only`, `also_countries`, `exclude_countries` (docs: README "Scope")."""
+    only = None
+    if s.data.get("only") is not None:
+        only = s.choice("only", ("asn", "country", "continent"), "")
+        only = only or None
+    also = _countries(s, "also_countries")
+    exclude = _countries(s, "exclude_countries")
+    for code in sorted(set(also) & set(exclude)):
+        s.error(
+            "exclude_countries",
+            f"{code} is also in also_countries: a country cannot be both added and excluded",
+        )
+    if only == "asn" and also:
+        s.error(
+            "also_countries",
+            "has no effect with 'only: asn' (only clients of the mirror's own ASN get it)",
+        )
+    return only, also, exclude
 
 
 def _checks(s: Section | None, root: Path, pool: str) -> Checks:

@@ -49,6 +49,7 @@ def explain(server: Server, name: str, client: str, qtype: str = "A") -> dict[st
             "store": bool(server.s.resolved_store_url()),
             "store_ok": server.health.ok,
             "down": len(server.health.down),
+            "drains": len(server.health.drains),
             "snapshot": server.health.have_snapshot,
             "source": server.health.source,
         },
@@ -71,11 +72,13 @@ def explain(server: Server, name: str, client: str, qtype: str = "A") -> dict[st
     ranked = {(r.mirror, str(r.address)): r for r in rows}
     mirrors = []
     for cand, why in sr.skipped:
+        # an operator's drain and a scope rule are named as such (the rest: skipped)
+        state = why.split(" ", 1)[0] if why.startswith(("drained ", "excluded:")) else "skipped"
         mirrors.append(
             {
                 "mirror": cand.mirror,
                 "address": str(cand.address),
-                "state": "skipped",
+                "state": state.rstrip(":"),
                 "why": why,
                 "weight": cand.weight,
                 "geo": _geo(cand.geo),
@@ -110,7 +113,15 @@ def explain(server: Server, name: str, client: str, qtype: str = "A") -> dict[st
                 }
             )
     # best first: ranked rows in rank order, then fallback and skipped ones
-    order = {"answered": 0, "ranked": 0, "standby": 1, "fallback": 1, "skipped": 2}
+    order = {
+        "answered": 0,
+        "ranked": 0,
+        "standby": 1,
+        "fallback": 1,
+        "excluded": 2,
+        "drained": 2,
+        "skipped": 2,
+    }
     mirrors.sort(key=lambda m: (order[m["state"]], m.get("group", 0), m.get("distance_km") or 0))
     out.update(
         {

@@ -11,7 +11,13 @@ Format (JSON, `<state dir>/health-snapshot.json`):
      "saved_at": "2026-12-01T10:00:00Z", "saved_unix": 1796119200.0,
      "store": "postgresql+psycopg://geodns@db/geodns",   # password hidden
      "state_version": 42, "quorum": 2,
-     "down": [["pool", "mirror", "address"], ...]}
+     "down": [["pool", "mirror", "address"], ...],
+     "drains": [{"pool", "mirror", "address", "reason", "who", "at", "until"}, ...]}
+
+`drains` (added compatibly; absent = none) are the operator drains in force,
+`pool`/`address` "" for all, times ISO 8601 and `until` null for no end: a
+node restarted during an outage must not answer a drained mirror either, and a
+timed drain still ends at its `until`.
 
 `down` is the result of the regional vote (quorum and region timeout already
 applied by the store), i.e. exactly what the server was answering with; the
@@ -36,6 +42,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+from geodns.store import Drain
 
 FILENAME = "health-snapshot.json"
 FORMAT = "geodns-health-snapshot"
@@ -56,6 +65,7 @@ class Snapshot:
     store: str  # the store URL it was read from (password hidden)
     state_version: int | None = None
     quorum: int = 1
+    drains: tuple[Drain, ...] = ()
 
     def age(self, now: float | None = None) -> float:
         return max(0.0, (time.time() if now is None else now) - self.saved_unix)
@@ -78,8 +88,36 @@ def dumps(snap: Snapshot) -> str:
         "state_version": snap.state_version,
         "quorum": snap.quorum,
         "down": [list(k) for k in sorted(snap.down)],
+        "drains": [
+            {
+                "pool": d.pool,
+                "mirror": d.mirror,
+                "address": d.address,
+                "reason": d.reason,
+                "who": d.who,
+                "at": d.at.isoformat(),
+                "until": d.until.isoformat() if d.until else None,
+            }
+            for d in snap.drains
+        ],
     }
     return json.dumps(body, indent=1) + "\n"
+
+
+def _drain(item: Any, where: str) -> Drain:
+    texts = ("pool", "mirror", "address", "reason", "who")
+    if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in texts):
+        raise SnapshotError(f"{where}: expected {{{', '.join(texts)}: text, at, until}}")
+    try:
+        at = datetime.fromisoformat(item["at"])
+        until = None if item.get("until") is None else datetime.fromisoformat(item["until"])
+    except (TypeError, ValueError):
+        raise SnapshotError(f"{where}: at/until: expected ISO 8601 times") from None
+    if at.tzinfo is None or (until is not None and until.tzinfo is None):
+        raise SnapshotError(f"{where}: at/until: expected times with a UTC offset")
+    return Drain(
+        item["pool"], item["mirror"], item["address"], item["reason"], item["who"], at, until
+    )
 
 
 def loads(text: str, where: str = "snapshot") -> Snapshot:
@@ -115,7 +153,11 @@ def loads(text: str, where: str = "snapshot") -> Snapshot:
         ):
             raise SnapshotError(f"{where}: down[{i}]: expected [pool, mirror, address]")
         down.add((item[0], item[1], item[2]))
-    return Snapshot(frozenset(down), float(saved), store, sv, quorum)
+    raw_drains = body.get("drains", [])
+    if not isinstance(raw_drains, list):
+        raise SnapshotError(f"{where}: drains: expected a list")
+    drains = tuple(_drain(d, f"{where}: drains[{i}]") for i, d in enumerate(raw_drains))
+    return Snapshot(frozenset(down), float(saved), store, sv, quorum, drains)
 
 
 def load(path: Path) -> Snapshot | None:
@@ -171,7 +213,13 @@ def make(
     state_version: int | None,
     quorum: int,
     now: float | None = None,
+    drains: Iterable[Drain] = (),
 ) -> Snapshot:
     return Snapshot(
-        frozenset(down), time.time() if now is None else now, store, state_version, quorum
+        frozenset(down),
+        time.time() if now is None else now,
+        store,
+        state_version,
+        quorum,
+        tuple(drains),
     )

@@ -41,6 +41,8 @@ class Health(Protocol):
     @property
     def source(self) -> str: ...
     def degraded_reason(self) -> str | None: ...
+    @property
+    def drains(self) -> Collection[object]: ...
 
 
 class Source(Protocol):
@@ -185,6 +187,11 @@ class ServerCollector(Collector):
             value=len(h.down),
         )
         yield GaugeMetricFamily(
+            "geodns_health_drains",
+            "operator drains (checker drain) in force in the current snapshot",
+            value=len(h.drains),
+        )
+        yield GaugeMetricFamily(
             "geodns_config_generation", "config generation being served", value=srv.generation
         )
         yield GaugeMetricFamily(
@@ -258,6 +265,7 @@ def healthz(server: Source) -> tuple[int, dict[str, Any]]:
         "store_ok": h.ok,
         "health_source": h.source,
         "addresses_down": len(h.down),
+        "drains": len(h.drains),
         "snapshot_age_seconds": None if age != age else round(age, 3),
         "last_reload_ok": server.last_reload_ok,
         "udp_path": server.udp_path,

@@ -17,7 +17,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,10 @@ from geodns.model import Config
 from geodns.runtime import health_snapshot, metrics, sdnotify, service_addr
 from geodns.runtime.forked import run_forked
 from geodns.settings import GEOIP_DIRS, ServerSettings
+from geodns.steering.eligibility import drained_keys, next_end
 from geodns.steering.geo import GeoDB
 from geodns.steering.steer import Key, Steering
-from geodns.store import Store, StoreError
+from geodns.store import Drain, Store, StoreError
 
 log = logging.getLogger("geodns.server")
 
@@ -50,6 +51,8 @@ class HealthState:
 
     def __init__(self) -> None:
         self.down: frozenset[Key] = frozenset()
+        self.drains: tuple[Drain, ...] = ()  # operator drains in force at the last read
+        self.drains_end: datetime | None = None  # when the soonest of them runs out
         self.version: int | None = None
         self.updated = 0.0  # monotonic time of the last successful poll
         self.ok = False
@@ -104,7 +107,8 @@ class Server:
         self.stopping: asyncio.Event | None = None  # created in start(), inside the loop
         self.store: Store | None = None
         self._store_error_said = False  # the store's failure is logged once per outage
-        self._saved_down: frozenset[Key] | None = None  # what the snapshot file holds
+        # what the snapshot file holds: the down-set and the drains
+        self._saved: tuple[frozenset[Key], tuple[Drain, ...]] | None = None
         self._snapshot_error_said = False
         self._reload_lock: asyncio.Lock | None = None
         self._file_cache: FileCache = {}  # parsed YAML files, reused by reloads
@@ -201,7 +205,8 @@ class Server:
         )
 
     def _build(self, config: Config, tables: Tables) -> Responder:
-        steering = Steering(config, self.geodb, self.health.down)
+        drained = drained_keys(config, self.health.drains)
+        steering = Steering(config, self.geodb, self.health.down, drained=drained)
         return Responder(
             tables,
             steering,
@@ -298,6 +303,7 @@ class Server:
             )
             return
         h.down, h.as_of, h.restored, h.source = snap.down, snap.saved_unix, snap, "file"
+        h.drains, h.drains_end = snap.drains, next_end(snap.drains)
         h.have_snapshot = True
         log.warning(
             "health store not available (%s): serving the health snapshot saved %s "
@@ -309,12 +315,16 @@ class Server:
             "" if snap.quorum == self.s.quorum else f", decided with quorum {snap.quorum}",
         )
 
-    def _save_snapshot(self, down: frozenset[Key], version: int | None) -> None:
-        """Keep the down-set on disk when it changed (poll thread; one fsync)."""
-        if not self.s.persist_health or self.s.worker != 0 or down == self._saved_down:
+    def _save_snapshot(
+        self, down: frozenset[Key], version: int | None, drains: tuple[Drain, ...] = ()
+    ) -> None:
+        """Keep the down-set and drains on disk when they changed (poll thread; one fsync)."""
+        if not self.s.persist_health or self.s.worker != 0 or (down, drains) == self._saved:
             return
         assert self.store is not None
-        snap = health_snapshot.make(down, self.store.url_text, version, self.s.quorum)
+        snap = health_snapshot.make(
+            down, self.store.url_text, version, self.s.quorum, drains=drains
+        )
         path = health_snapshot.path_in(self.s.resolved_state_dir())
         try:
             health_snapshot.save(path, snap)
@@ -326,7 +336,7 @@ class Server:
         if self._snapshot_error_said:
             log.info("health snapshot saved to %s again", path)
         self._snapshot_error_said = False
-        self._saved_down = down
+        self._saved = (down, drains)
 
     def _make_store(self, url: str) -> Store:
         timeout = self.s.region_timeout
@@ -355,12 +365,16 @@ class Server:
             refresh = self.s.region_timeout > 0 and now - h.read_at >= min(
                 60.0, self.s.region_timeout / 4
             )
-            if version != h.version or refresh:
+            # likewise a timed drain runs out with nobody writing to the store
+            ended = h.drains_end is not None and datetime.now(UTC) >= h.drains_end
+            if version != h.version or refresh or ended:
                 down = self.store.down_addresses()
-                changed = down != h.down
+                drains = tuple(self.store.drains())
+                changed = down != h.down or drains != h.drains
                 h.down, h.version, h.read_at = down, version, now
+                h.drains, h.drains_end = drains, next_end(drains)
                 h.have_snapshot = True
-                self._save_snapshot(down, version)
+                self._save_snapshot(down, version, drains)
             h.updated, h.as_of = now, time.time()
             if not h.ok:
                 log.info("health store reachable: %d addresses down", len(h.down))
@@ -380,6 +394,12 @@ class Server:
                 )
             h.ok = False
             self._store_error_said = True
+            # a timed drain still ends on time while the store is away
+            if h.drains_end is not None and datetime.now(UTC) >= h.drains_end:
+                now_utc = datetime.now(UTC)
+                h.drains = tuple(d for d in h.drains if d.active(now_utc))
+                h.drains_end = next_end(h.drains)
+                return True
             return False
 
     # ------------------------------------------------------------------ lifecycle
@@ -653,9 +673,10 @@ class Server:
         changed = await asyncio.to_thread(self._poll_health_sync)
         if changed:
             log.info(
-                "health snapshot version %s: %d addresses down",
+                "health snapshot version %s: %d addresses down, %d drains",
                 self.health.version,
                 len(self.health.down),
+                len(self.health.drains),
             )
             await self.rebuild("health change")
 

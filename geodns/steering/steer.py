@@ -5,15 +5,20 @@ mirror address becomes a `rank.Candidate` with its location resolved, split
 by family and by role (ranked mirrors vs. the pool's fallback). `steer()` is
 then a ranking over a handful of precomputed candidates, called only when the
 responder has no cached answer for the client's GeoIP profile.
+
+Drained addresses (operator drains from the health snapshot) are left out
+here, for every client and every stage, fail-open included; mirrors with
+scope keys are narrowed per client in `steer()` (`eligibility`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from geodns.dns import wire
-from geodns.model import Config, Pool, Steered
+from geodns.model import Config, Mirror, Pool, Steered
+from geodns.steering.eligibility import for_client
 from geodns.steering.geo import GeoDB, GeoInfo
 from geodns.steering.rank import (
     TIER_NAMES,
@@ -62,16 +67,29 @@ class Steering:
         geodb: GeoDB | None,
         down: Iterable[Key] = (),
         *,
+        drained: Mapping[Key, str] | None = None,
         max_variants: int = 256,
     ) -> None:
+        """`drained`: address → the words explain shows (eligibility.drained_keys)."""
         self.max_variants = max_variants
         down_set = frozenset(down)
-        # per pool: the down addresses that concern it (to tell what a change touched)
-        self.down_by_pool: dict[str, frozenset[Key]] = {
-            name: frozenset(k for k in down_set if k[0] == name) for name in config.pools
+        drained = drained or {}
+        # per pool: the down and drained addresses that concern it (to tell what a
+        # change touched)
+        self.down_by_pool: dict[str, tuple[frozenset[Key], frozenset[tuple[Key, str]]]] = {
+            name: (
+                frozenset(k for k in down_set if k[0] == name),
+                frozenset(kv for kv in drained.items() if kv[0][0] == name),
+            )
+            for name in config.pools
         }
         self.pools: dict[str, dict[int, _Family]] = {
-            name: {fam: _family(pool, fam, geodb, down_set) for fam in (4, 6)}
+            name: {fam: _family(pool, fam, geodb, down_set, drained) for fam in (4, 6)}
+            for name, pool in config.pools.items()
+        }
+        # per pool: its mirrors with scope keys, by name (most pools have none)
+        self.scoped: dict[str, dict[str, Mirror]] = {
+            name: {m.name: m for m in pool.mirrors if m.scoped}
             for name, pool in config.pools.items()
         }
         self.config = config
@@ -89,6 +107,8 @@ class Steering:
     def steer(self, st: Steered, family: int, client: GeoInfo) -> SteerResult:
         fam = self.pools[st.pool][family]
         pool = self.config.pools[st.pool]
+        if self.scoped[st.pool]:
+            fam = _for_client(fam, self.scoped[st.pool], client)
         if not fam.everyone:
             return SteerResult(wire.NOERROR, [], "nodata", [], fam.skipped)
         min_answers = st.min_answers if st.min_answers is not None else pool.min_answers
@@ -116,7 +136,28 @@ class Steering:
         return answer("failopen", fam.everyone)
 
 
-def _family(pool: Pool, family: int, geodb: GeoDB | None, down: frozenset[Key]) -> _Family:
+def _for_client(fam: _Family, scoped: Mapping[str, Mirror], client: GeoInfo) -> _Family:
+    """The family as `client` sees it: scope exclusions join the skipped ones."""
+    everyone, excluded = for_client(fam.everyone, scoped, client)
+    out = _Family(
+        for_client(fam.ranked, scoped, client)[0],
+        for_client(fam.standby, scoped, client)[0],
+        for_client(fam.fallback, scoped, client)[0],
+        everyone,
+        list(fam.skipped),
+    )
+    said = {c for c, _ in fam.skipped}  # a down address needs one reason, not two
+    out.skipped += [(c, why) for c, why in excluded if c not in said]
+    return out
+
+
+def _family(
+    pool: Pool,
+    family: int,
+    geodb: GeoDB | None,
+    down: frozenset[Key],
+    drained: Mapping[Key, str],
+) -> _Family:
     out = _Family([], [], [], [], [])
     fallback = set(pool.fallback)
     shares = address_shares(pool, family)
@@ -127,6 +168,10 @@ def _family(pool: Pool, family: int, geodb: GeoDB | None, down: frozenset[Key]) 
             cand = Candidate(pool.name, m.name, a, m.weight, geo, shares[m.name])
             if not m.enabled:
                 out.skipped.append((cand, "disabled in configuration"))
+                continue
+            drain = drained.get((pool.name, m.name, str(a)))
+            if drain is not None:  # never answered, not even when failing open
+                out.skipped.append((cand, drain))
                 continue
             out.everyone.append(cand)
             if (pool.name, m.name, str(a)) in down:

@@ -17,6 +17,8 @@ from geodns.store.expected import (
 )
 from geodns.store.records import (
     AddressState,
+    Drain,
+    DrainEvent,
     ProbeRecord,
     ProbeResult,
     StateChange,
@@ -28,6 +30,8 @@ from geodns.store.schema import SCHEMA_HEAD
 __all__ = [
     "SCHEMA_HEAD",
     "AddressState",
+    "Drain",
+    "DrainEvent",
     "ExpectedConflict",
     "ExpectedDelta",
     "ExpectedEntry",

@@ -8,6 +8,7 @@ migrates anything and raises `StoreError` when the schema is missing.
 
 Tables: `schema`. Connections, schema checks and migrations: `engine`. The
 expected state a leader publishes for the checkers: `expected` (a base class).
+Operator drains: `drains` (`DrainStore`, another base class).
 
 Regions and quorum: several regional checkers write states tagged with their
 region. `down_addresses()` reports an address down when at least `quorum`
@@ -38,12 +39,12 @@ from sqlalchemy import (
     delete,
     func,
     select,
-    update,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from geodns.store.drains import DrainStore
 from geodns.store.expected import ExpectedState
 from geodns.store.records import (
     AddressState,
@@ -77,7 +78,7 @@ def _utc(t: datetime) -> datetime:
 # --------------------------------------------------------------------------- the store
 
 
-class Store(ExpectedState):
+class Store(ExpectedState, DrainStore):
     """Read and write mirror health. Thread-safe; one instance per process.
 
     `create=True` (checker, demo, tests): make the SQLite directory, the file
@@ -227,16 +228,6 @@ class Store(ExpectedState):
             self._bump_version(session)
         return changed
 
-    @staticmethod
-    def _bump_version(session: Session) -> None:
-        # Atomic increment: the row lock (PostgreSQL) or the file lock (SQLite)
-        # serialises concurrent writers, so the version never goes backwards.
-        bumped = session.execute(
-            update(MetaRow).where(MetaRow.key == "state_version").values(value=MetaRow.value + 1)
-        )
-        if bumped.rowcount == 0:  # type: ignore[attr-defined]
-            session.add(MetaRow(key="state_version", value=1))
-
     def set_state(
         self, pool: str, mirror: str, address: str, up: bool, reason: str, *, region: str = ""
     ) -> None:
@@ -317,10 +308,14 @@ class Store(ExpectedState):
                 delete(ProbeResultRow).where(ProbeResultRow.at < now - keep_results)
             ).rowcount  # type: ignore[attr-defined]
             changes = 0
+            if self._drains_exist(session.connection()):
+                self._expire(session, now)
             if keep_history is not None:
                 changes = session.execute(
                     delete(StateChangeRow).where(StateChangeRow.at < now - keep_history)
                 ).rowcount  # type: ignore[attr-defined]
+                if self._drains_exist(session.connection()):
+                    self._prune_drain_events(session, now - keep_history)
         return int(results or 0), int(changes or 0)
 
     def addresses(self) -> list[tuple[str, str, str]]:

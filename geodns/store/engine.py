@@ -16,6 +16,7 @@ from sqlalchemy import (
     event,
     select,
     text,
+    update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -192,6 +193,17 @@ class Database:
         if self._create:
             self._migrate()  # recreate the schema in a new file
         self._file_id = self._identity()
+
+    @staticmethod
+    def _bump_version(session: Session) -> None:
+        """Tell every server to re-read: in the transaction of each change."""
+        # Atomic increment: the row lock (PostgreSQL) or the file lock (SQLite)
+        # serialises concurrent writers, so the version never goes backwards.
+        bumped = session.execute(
+            update(MetaRow).where(MetaRow.key == "state_version").values(value=MetaRow.value + 1)
+        )
+        if bumped.rowcount == 0:  # type: ignore[attr-defined]
+            session.add(MetaRow(key="state_version", value=1))
 
     @contextmanager
     def _session(self, what: str) -> Iterator[Session]:

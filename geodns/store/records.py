@@ -79,3 +79,50 @@ class ProbeResult:
 def address_text(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     """Canonical address text: `str(ipaddress.ip_address(x))`."""
     return str(ipaddress.ip_address(address))
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """An operator's drain: the mirror (or one address of it) is not answered.
+
+    `pool` "" covers every pool the mirror is in; `address` "" every address
+    of the mirror. `until` None lasts until `checker undrain`.
+    """
+
+    pool: str
+    mirror: str
+    address: str
+    reason: str
+    who: str
+    at: datetime
+    until: datetime | None
+
+    def active(self, now: datetime) -> bool:
+        return self.until is None or now < self.until
+
+    def covers(self, pool: str, mirror: str, address: str) -> bool:
+        return (
+            mirror == self.mirror
+            and self.pool in ("", pool)
+            and self.address in ("", address_text(address))
+        )
+
+    @property
+    def target(self) -> str:
+        """`ftp-x`, `ftp-x 192.0.2.1`, `distfiles/ftp-x`: what the drain names."""
+        name = f"{self.pool}/{self.mirror}" if self.pool else self.mirror
+        return f"{name} {self.address}" if self.address else name
+
+
+@dataclass(frozen=True, slots=True)
+class DrainEvent:
+    """A drain, undrain or expiry, for `checker history`."""
+
+    at: datetime
+    action: str  # drain | undrain | expired
+    pool: str
+    mirror: str
+    address: str
+    reason: str
+    who: str
+    until: datetime | None

@@ -10,7 +10,11 @@ Tables
                     checker's per-probe hysteresis counters (JSON `kinds`)
   state_changes     every change with its reason (`checker history`)
   store_meta        a counter row `state_version`, bumped in the same transaction
-                    as every state change, so the server polls with ONE cheap query
+                    as every state change (and drain), so the server polls with ONE
+                    cheap query
+  drains            operator drains (`checker drain`): a mirror, or one address of
+                    it, taken out of DNS answers with who/when/why and an optional end
+  drain_events      every drain, undrain and expiry (`checker history`)
   expected_pools, expected_objects
                     the expected state a leader publishes (defined in `expected`)
 """
@@ -39,7 +43,7 @@ from sqlalchemy.types import TypeDecorator
 
 # The newest Alembic revision this code knows. A test asserts it equals the
 # migrations' head, so the fast path (no Alembic import) stays honest.
-SCHEMA_HEAD = "0002_expected"
+SCHEMA_HEAD = "0003_drains"
 
 
 # --------------------------------------------------------------------------- models
@@ -142,3 +146,40 @@ class MetaRow(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class DrainRow(Base):
+    """One drain. `pool` "" = every pool the mirror is in; `address` "" = every
+    address of the mirror (also ones added to the YAML later)."""
+
+    __tablename__ = "drains"
+    __table_args__ = (UniqueConstraint("pool", "mirror", "address", name="uq_drain"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pool: Mapped[str] = mapped_column(String(200), default="")
+    mirror: Mapped[str] = mapped_column(String(200))
+    address: Mapped[str] = mapped_column(String(64), default="")
+    reason: Mapped[str] = mapped_column(Text)
+    who: Mapped[str] = mapped_column(String(200))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # None: until `checker undrain`
+    until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class DrainEventRow(Base):
+    __tablename__ = "drain_events"
+    __table_args__ = (
+        Index("ix_drain_events_mirror_at", "mirror", "at"),
+        Index("ix_drain_events_at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    action: Mapped[str] = mapped_column(String(16))  # drain | undrain | expired
+    pool: Mapped[str] = mapped_column(String(200), default="")
+    mirror: Mapped[str] = mapped_column(String(200))
+    address: Mapped[str] = mapped_column(String(64), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    who: Mapped[str] = mapped_column(String(200), default="")
+    # None: until `checker undrain`
+    until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
