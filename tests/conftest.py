@@ -11,6 +11,7 @@ from demo.mirror import DemoPKI
 from geodns.steering.mmdb_writer import write_databases
 
 from .statusworld import status_world  # noqa: F401  (the status page tests' store)
+from .stores import store, store_url  # noqa: F401  (a store on SQLite and PostgreSQL)
 from .util import ServerThread, settings_for
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -26,6 +26,7 @@ try:
 except ImportError:  # pragma: no cover - tests/ became a package
     from tests.pg import pg_server  # noqa: F401
 
+
 pytestmark = pytest.mark.timeout(90)
 
 OLD = 1_700_000_000
@@ -51,19 +52,6 @@ def origin(tmp_path: Path) -> Path:
     for i in range(300):
         put(root, f"d/{i % 10}/f{i:03d}", bytes([i % 256]) * (i % 50 + 1), OLD + i)
     return settle(root)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/health.sqlite"
-        return
-    server = request.getfixturevalue("pg_server")
-    url = server.create_database()
-    try:
-        yield url
-    finally:
-        server.drop_database(url)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -35,31 +34,10 @@ try:
 except ImportError:  # pragma: no cover - tests/ became a package
     from tests.pg import pg_server  # noqa: F401
 
+
 pytestmark = pytest.mark.timeout(120)
 
 OLD = 1_700_000_000  # a fixed mtime, so that "unchanged" is exact
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/state/health.sqlite"
-        return
-    server = request.getfixturevalue("pg_server")
-    url = server.create_database()
-    try:
-        yield url
-    finally:
-        server.drop_database(url)
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = Store(store_url)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def put(root: Path, rel: str, data: bytes, mtime: int = OLD) -> Path:

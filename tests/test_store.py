@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,28 +18,6 @@ try:
     from pg import pg_server  # noqa: F401  (fixture)
 except ImportError:  # pragma: no cover - tests/ became a package
     from tests.pg import pg_server  # noqa: F401
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/state/health.sqlite"
-        return
-    server = request.getfixturevalue("pg_server")
-    url = server.create_database()
-    try:
-        yield url
-    finally:
-        server.drop_database(url)
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = Store(store_url)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def test_first_use_creates_schema_then_readers_open_without_creating(store_url: str) -> None:
