@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, inspect
 
 from geodns.store import Drain, ProbeRecord, Store
 
-from .test_store import pg_server, store, store_url  # noqa: F401  (fixtures: both databases)
+from .pg import pg_server  # noqa: F401  (fixture: store_url and store come from conftest)
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "geodns" / "store" / "migrations"
 
