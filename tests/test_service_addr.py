@@ -28,7 +28,7 @@ def _on_lo(bed: NetnsBed, ns: str) -> set[str]:
     return in_netns(ns, lambda: service_addr.present(SERVICE, "lo"))
 
 
-def _wait(pred, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+def _wait(pred, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
@@ -65,8 +65,11 @@ def test_service_addresses_follow_the_server(tmp_path: Path) -> None:
         log = tmp_path / "serve.log"
         assert _on_lo(bed, host.ns) == set()
         proc = bed.popen(host, argv, log=log, cwd=REPO)
-        _wait(lambda: "listening on fd00:98::53" in log.read_text() or proc.poll() is not None)
+        # bound first (IP_FREEBIND), announced only once it answers
+        _wait(lambda: "announced" in log.read_text() or proc.poll() is not None)
         assert proc.poll() is None, log.read_text()
+        text = log.read_text()
+        assert text.index("listening on fd00:98::53") < text.index("announced"), text
         assert _on_lo(bed, host.ns) == {"10.98.0.53", "fd00:98::53"}
         for addr in ("10.98.0.53", "fd00:98::53"):
             r = in_netns(host.ns, lambda a=addr: udp(query("mail.example.org"), (a, 53)))

@@ -41,6 +41,7 @@ from geodns.store import Drain, Store, StoreError
 
 log = logging.getLogger("geodns.server")
 
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # <linux/in.h>; Python has no name for it
 WARM_SECONDS = 2.0  # at most this long warming a new generation before it goes live
 WARM_SLICE = 0.001  # warm in slices this long, answering queries in between
 RESIGN_RETRY = 60.0  # seconds between attempts when re-signing failed
@@ -413,13 +414,12 @@ class Server:
         current = self.current
         assert current is not None
         self.udp_path = udpbatch.choose(self.s.udp_batch)
-        if self.s.service_addresses:
-            # before binding: the listen addresses may be the service addresses
-            # (in a thread: pyroute2's sync API runs an event loop of its own)
-            await asyncio.to_thread(service_addr.add, self.s.service_addresses, self.s.service_dev)
+        service = {str(a.ip) for a in self.s.service_addresses}
         for host, port in self.s.listen:
             fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-            udp_sock, tcp_sock = _bind_pair(host, port, fam, self.s.reuse_port)
+            # a service address is not on the device yet (see below): bind to it anyway
+            freebind = str(ipaddress.ip_address(host)) in service
+            udp_sock, tcp_sock = _bind_pair(host, port, fam, self.s.reuse_port, freebind)
             port = udp_sock.getsockname()[1]
             self.udp_rcvbuf = udp_sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
             if self.udp_path == "off":
@@ -463,6 +463,13 @@ class Server:
         watchdog = sdnotify.watchdog_interval()
         if watchdog is not None:
             self.tasks.append(asyncio.create_task(self._every(watchdog, self.watchdog)))
+        if self.s.service_addresses:
+            # Last: the routing daemon announces an address as soon as it is on
+            # the device, so a route must not point here before every socket
+            # answers (a node restarting under load took seconds to get from
+            # binding to its first answer, and queries sent to it meanwhile
+            # waited). In a thread: pyroute2's sync API runs a loop of its own.
+            await asyncio.to_thread(service_addr.add, self.s.service_addresses, self.s.service_dev)
         if self.s.stats_dir is not None:  # --workers: counters, and the supervisor's heartbeat
             self.publish_stats()  # now: "listening" for the supervisor
             self.tasks.append(asyncio.create_task(self._every(PUBLISH_EVERY, self.publish_stats)))
@@ -687,14 +694,18 @@ class Server:
 
 
 def _bind_pair(
-    host: str, port: int, fam: int, reuse_port: bool
+    host: str, port: int, fam: int, reuse_port: bool, freebind: bool = False
 ) -> tuple[socket.socket, socket.socket]:
     """UDP and TCP sockets bound to one port. Port 0 asks for any port: the
     kernel picks it for UDP, and the same number may already be an outgoing
-    TCP connection's, so that case retries with another (bounded)."""
+    TCP connection's, so that case retries with another (bounded). `freebind`:
+    the address need not be on a device yet (IP_FREEBIND; Linux, both families)."""
     for _ in range(1 if port else 20):
         udp = _socket(fam, socket.SOCK_DGRAM, reuse_port)
         tcp = _socket(fam, socket.SOCK_STREAM, reuse_port)
+        if freebind:
+            for sock in (udp, tcp):
+                sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
         # big buffers absorb bursts (a reload's swap, a GC pass, a busy CPU)
         udpbatch.size_receive_buffer(udp)
         try:

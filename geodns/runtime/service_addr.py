@@ -2,9 +2,11 @@
 
 On an anycast node a routing daemon (BIRD, FRR, ExaBGP) announces the
 service addresses found on a device such as `lo` or a dummy interface.
-geodns adds them (with pyroute2, over netlink) just before it binds and
-removes them first thing when it stops, so the route is withdrawn before the
-sockets close and resolvers move to another node instead of timing out.
+geodns adds them (with pyroute2, over netlink) once it is ready to answer —
+its sockets are bound to them before, with IP_FREEBIND — and removes them
+first thing when it stops, so a route never points at a node that is still
+starting, and is withdrawn before the sockets close: resolvers move to
+another node instead of timing out.
 `geodns withdraw` does the removal for systemd's ExecStopPost=, which runs
 even after a crash. Needs CAP_NET_ADMIN.
 """
