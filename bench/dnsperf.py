@@ -115,12 +115,15 @@ def run(
     cpu_probe=None,
     stats_interval: int | None = None,
     latencies: bool = False,
+    buffer_kib: int | None = None,
 ) -> Result:  # type: ignore[no-untyped-def]
     """Run len(jobs) dnsperf processes concurrently against 127.0.0.1:port.
 
     cpu_probe: optional callable returning the server's CPU seconds (sampled before/after).
     latencies: dnsperf -v (one line per answer with its latency) for percentiles; costs
     dnsperf some CPU, so it is meant for rate-limited runs.
+    buffer_kib: dnsperf -b, its sockets' buffer size; large, so that a load
+    generator that loses its CPU for a moment does not drop answers itself.
     """
     procs: list[tuple[subprocess.Popen[bytes], Path]] = []
     per_qps = (total_qps / len(jobs)) if total_qps else None
@@ -161,6 +164,8 @@ def run(
                 argv += ["-S", str(stats_interval)]
             if latencies:
                 argv += ["-v"]
+            if buffer_kib:
+                argv += ["-b", str(buffer_kib)]
             out = workdir / f"dnsperf-{port}-{i}.out"
             fh = open(out, "wb")  # noqa: SIM115
             try:
