@@ -383,6 +383,7 @@ class Server:
             self._store_error_said = False
             return changed
         except Exception as e:  # noqa: BLE001 — StoreError or anything else: fail static
+            h.ok = False  # first: a reader that sees the error count sees the outage
             h.errors += 1
             h.problem = " ".join(str(e).split()) or type(e).__name__
             if h.source == "store":
@@ -393,7 +394,6 @@ class Server:
                     len(h.down),
                     e,
                 )
-            h.ok = False
             self._store_error_said = True
             # a timed drain still ends on time while the store is away
             if h.drains_end is not None and datetime.now(UTC) >= h.drains_end:
