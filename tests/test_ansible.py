@@ -960,3 +960,76 @@ def test_anycast_service_addresses_render_into_the_unit(tmp_path: Path) -> None:
         "withdraw --service-dev lo --service-address 192.0.2.53/32"
         " --service-address 2001:db8::53/128"
     )
+
+
+def test_abuse_settings_render_into_the_unit(tmp_path: Path) -> None:
+    """geodns_cookie_secret set: the unit names the shared secret file; the
+    RRL and TCP slot variables become their flags; geodns_cookies: false adds
+    --no-cookies instead (and a secret is then not passed)."""
+    role = ANSIBLE_DIR / "roles" / "geodns"
+
+    def render(extra: dict[str, Any]) -> str:
+        unit = tmp_path / "geodns.service"
+        proc = _local_play(
+            tmp_path,
+            "Render the geodns unit",
+            {
+                "name": "Template the unit",
+                "ansible.builtin.template": {
+                    "src": str(role / "templates" / "geodns.service.j2"),
+                    "dest": str(unit),
+                    "mode": "0644",
+                },
+            },
+            {"geodns_prefix": str(tmp_path / "root"), **extra},
+            vars_files=[str(role / "defaults" / "main.yml"), str(role / "vars" / "main.yml")],
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return dict(_unit_lines(unit))["ExecStart"]
+
+    start = render(
+        {
+            "geodns_cookie_secret": COOKIE_SECRET,
+            "geodns_rrl_rate": 20,
+            "geodns_rrl_slip": 1,
+            "geodns_rrl_exempt": ["192.0.2.0/24", "2001:db8::/32"],
+            "geodns_tcp_max_per_source": 8,
+        }
+    )
+    argv = _unit_argv(start)
+    secret_file = str(tmp_path / "root" / "etc" / "geodns" / "cookie-secret")
+    assert argv[argv.index("--cookie-secret-file") + 1] == secret_file
+    assert argv[argv.index("--rrl-rate") + 1] == "20"
+    assert argv[argv.index("--rrl-slip") + 1] == "1"
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--rrl-exempt"] == [
+        "192.0.2.0/24",
+        "2001:db8::/32",
+    ]
+    assert argv[argv.index("--tcp-max-per-source") + 1] == "8"
+    assert COOKIE_SECRET not in start  # the unit names the file, never the secret
+    start = render({"geodns_cookie_secret": COOKIE_SECRET, "geodns_cookies": False})
+    assert "--no-cookies" in start and "--cookie-secret-file" not in start
+    start = render({})  # no shared secret: each node makes its own in its state dir
+    assert "--cookie-secret-file" not in start and "--no-cookies" not in start
+    argv = _unit_argv(start)
+    assert argv[argv.index("--rrl-rate") + 1] == "50"
+
+
+def test_a_malformed_cookie_secret_is_refused_without_showing_it(tmp_path: Path) -> None:
+    role = ANSIBLE_DIR / "roles" / "geodns"
+    secret = "not-hex-but-a-secret-all-the-same"
+    proc = _local_play(
+        tmp_path,
+        "Check the geodns role variables",
+        {
+            "name": "Run the role's checks",
+            "ansible.builtin.include_role": {"name": "geodns", "tasks_from": "assert.yml"},
+        },
+        {"geodns_cookie_secret": secret, "geodns_package_spec": "geodns"},
+        vars_files=[str(role / "defaults" / "main.yml")],
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "TASK [geodns : Check the DNS cookie secret]" in out
+    assert "fatal:" in out.split("TASK [geodns : Check the DNS cookie secret]")[1]
+    assert secret not in out

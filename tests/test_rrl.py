@@ -131,7 +131,7 @@ def test_random_source_flood_keeps_memory_bounded(clock: Clock) -> None:
     most_bytes = max(most_bytes, _table_bytes(lim))
     assert most <= rrl.DEFAULT_MAX_BUCKETS
     assert len(lim.nets) <= rrl.NETS_MAX
-    # README: ~31 MB at most for the default 200,000 buckets + 50,000 sources
+    # README: ~29 MB at most for the default 200,000 buckets + 50,000 sources
     assert most_bytes < 34_000_000, most_bytes
     # 2 s of flood: the victim's /24 got its rate (5/s, 5 of burst), no more
     assert 5 <= victim_sent <= 5 * 2 + 5 + 1

@@ -103,7 +103,7 @@ def settings_for(
 ) -> ServerSettings:
     listen = kw.pop("listen", [("127.0.0.1", 0)])
     # Tests send many queries from one address: rate limiting only where a
-    # test asks for it (tests/test_abuse.py).
+    # test asks for it (tests/test_rrl.py, tests/test_cookies.py).
     kw.setdefault("rrl_rate", 0)
     return ServerSettings(
         config_dir=config,
