@@ -428,3 +428,44 @@ async def test_expected_state_shows_in_its_pool_header(
     for doc in (served, printed):  # the age grows between the two reads
         doc["expected"]["distfiles"].pop("age_seconds")
     assert served == printed
+
+
+async def test_a_drained_mirror_says_who_why_and_until(
+    status_world: StatusWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Drains (issue 13) come through report.build_rows, as `checker report` shows them."""
+    db = tmp_path / "copy.sqlite"
+    shutil.copy(status_world.path, db)
+    url = f"sqlite:///{db}"
+    with Store(url) as store:
+        store.drain(
+            "ftp-good",
+            reason="kernel <b>upgrade</b>",
+            who="alice",
+            until=datetime.now(UTC) + timedelta(hours=2),
+        )
+    source = StatusSource(url, cache_seconds=0)
+    client = await _client(source)
+    try:
+        body = await (await client.get("/")).text()
+        served = json.loads(await (await client.get("/api/v1/status.json")).text())
+        mirror = await (await client.get("/mirror/distfiles/ftp-good")).text()
+    finally:
+        await client.close()
+        source.close()
+    assert ("state-drained", "ftp-good") in _rows(body)
+    assert ("state-up", "ftp-iso") in _rows(body)  # another mirror on the same server
+    assert re.search(
+        r"by alice until [-0-9 :]+Z \(in (2h|1h59m)\): "
+        r"kernel &lt;b&gt;upgrade&lt;/b&gt;; health: up",
+        body,
+    ), body
+    assert '<span class="k">drain</span>' not in body and '<span class="k">health' not in body
+    assert re.search(r'class="tile state-drained[^"]*"[^>]*><b>1</b> drained', body)
+    history = mirror[mirror.index("State history") :]
+    assert re.search(r'<span class="state state-drained">drained</span></td><td class="reason">'
+                     r"by alice until", history), history  # fmt: skip
+    assert cli.main(["report", "--store", url, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert served.pop("generated") and printed.pop("generated")
+    assert served == printed and served["summary"]["drained"] == 1

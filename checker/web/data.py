@@ -15,13 +15,13 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from geodns.model import Config
-from geodns.store import AddressState, ExpectedHead, ProbeResult, StateChange, Store, StoreError
+from geodns.store import AddressState, Drain, ExpectedHead, ProbeResult, Store, StoreError
 
 from .. import report
 
@@ -63,9 +63,10 @@ class MirrorDetail:
     mirror: str
     url: str | None  # from the configuration, when the page was given one
     states: list[AddressState]  # probe details per address and region
-    history: list[StateChange]  # newest first
+    history: list[report.HistoryLine]  # state changes and drain events, newest first
     lag: list[ProbeResult]  # freshness results of the last CHART_DAYS, newest first
     read_at: datetime
+    drains: list[Drain] = field(default_factory=list)  # drains in force anywhere
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +180,7 @@ class StatusSource:
         try:
             store = self._open()
             states = store.states(region=self.region)
+            drains = store.drains()
             heads: list[ExpectedHead] | None
             error = None
             try:
@@ -198,6 +200,7 @@ class StatusSource:
             config=self.config,
             max_age=self.max_age,
             pools=self.pools,
+            drains=drains,
             expected=report.build_expected(
                 heads,
                 config=self.config,
@@ -222,14 +225,18 @@ class StatusSource:
                     self._recovered()
                     return None, None
                 now = datetime.now(UTC)
+                changes = store.history(mirror, pool=pool, region=self.region, limit=HISTORY_LIMIT)
+                events = [  # drains of this pool, or of every pool ("")
+                    e
+                    for e in store.drain_events(mirror, limit=HISTORY_LIMIT)
+                    if e.pool in ("", pool)
+                ]
                 detail = MirrorDetail(
                     pool=pool,
                     mirror=mirror,
                     url=self._url_of(pool, mirror),
                     states=states,
-                    history=store.history(
-                        mirror, pool=pool, region=self.region, limit=HISTORY_LIMIT
-                    ),
+                    history=report.history_lines(changes, events, limit=HISTORY_LIMIT),
                     lag=[
                         r
                         for r in store.results(
@@ -242,6 +249,7 @@ class StatusSource:
                         if self.region is None or r.region == self.region
                     ],
                     read_at=now,
+                    drains=store.drains(),
                 )
             except Exception as exc:  # noqa: BLE001 - any failure is an outage
                 self._failed(exc)
@@ -291,12 +299,15 @@ def snapshot_of(
     config: Config | None,
     max_age: float | None,
     pools: list[str] | None = None,
+    drains: Sequence[Drain] = (),
     expected: list[report.Expected] | None = None,
     now: datetime | None = None,
 ) -> Snapshot:
     """The report's rows and JSON for these states (what `checker report` does)."""
     now = now or datetime.now(UTC)
-    rows = report.build_rows(states, config=config, pools=pools, max_age=max_age, now=now)
+    rows = report.build_rows(
+        states, config=config, pools=pools, max_age=max_age, now=now, drains=drains
+    )
     expected = expected or []
     doc = report.document(rows, now=now, expected=expected)
     return Snapshot(rows=rows, doc=doc, read_at=now, expected=expected)

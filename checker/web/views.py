@@ -55,6 +55,8 @@ KNOWN_FIELDS = frozenset(
         "objects_missing",
         "objects_checked",
         "latency_ms",
+        "health",  # differs from state only when drained: the reason says it
+        "drain",  # worded in the reason ("by alice until …: kernel upgrade")
     )
 )
 KNOWN_DOC = frozenset(("schema", "generated", "summary", "addresses", "regions", "expected"))
@@ -654,7 +656,7 @@ def mirror_page(
     now: datetime | None = None,
 ) -> MirrorPage:
     now = now or datetime.now(UTC)
-    snap = snapshot_of(detail.states, config=config, max_age=max_age, now=now)
+    snap = snapshot_of(detail.states, config=config, max_age=max_age, drains=detail.drains, now=now)
     rows = [
         r
         for r in row_views(snap, config=config, now=now)
@@ -686,14 +688,14 @@ def mirror_page(
         chart_days=CHART_DAYS,
         history=[
             ChangeView(
-                at=_when(c.at, now),
-                address=c.address,
-                region=c.region,
-                state=(st := "disabled" if c.disabled else "up" if c.up else "down"),
-                state_class=state_class(st),
-                reason=c.reason,
+                at=_when(h.at, now),
+                address=h.address or "(all)",  # a drain of the whole mirror
+                region=h.region,
+                state=h.state,
+                state_class=state_class(h.state),
+                reason=h.reason,
             )
-            for c in detail.history
+            for h in detail.history
         ],
     )
 
