@@ -140,7 +140,9 @@ def _parser() -> argparse.ArgumentParser:
     fmt.add_argument(
         "--html", type=Path, metavar="FILE", help="the status page's overview as one HTML file"
     )
-    rep.add_argument("--state", choices=["up", "down", "warning", "disabled", "drained", "unknown"])
+    rep.add_argument(
+        "--state", choices=["up", "down", "warning", "slow", "disabled", "drained", "unknown"]
+    )
     rep.add_argument("--crit-down", type=int, default=1, help=argparse.SUPPRESS)
     rep.add_argument("--warn-down", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -350,7 +352,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             def done(t: Any, ev: Any) -> None:
                 if progress is not None:
-                    state = "up" if ev.up else "DOWN"
+                    state = "DOWN" if not ev.up else ("SLOW" if ev.slow else "up")
                     progress.update(task, advance=1, last=f"{t.label} {state}")
 
             if progress is not None:
@@ -362,8 +364,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     progress.stop()
             store.prune(timedelta(seconds=args.keep_results), timedelta(seconds=args.keep_history))
             for c in result.changes:
-                state = "up" if c.up else "DOWN"
-                print(f"{c.pool}/{c.mirror} {c.address}: {state}: {c.reason}")
+                print(f"{c.pool}/{c.mirror} {c.address}: {c.state}: {c.reason}")
             print(result.summary())
             return 0
         return _run_forever(checker, args)

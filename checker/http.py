@@ -6,15 +6,18 @@ second from one process. aiohttp's client reached roughly a third of that on
 the 2-core reference machine (measured with bench/checker_heads.py), most of it
 spent in per-request machinery we do not need. This client is an asyncio
 Protocol per connection with a byte-level parser: HEAD and GET, Content-Length,
-chunked and close-delimited bodies, keep-alive, optional pipelining, and a
-per-request timeout. No redirects, cookies, compression or proxies — a health
-check wants to see exactly what the mirror answers.
+chunked and close-delimited bodies, keep-alive, optional pipelining, a
+per-request timeout, and a byte limit per response (`stop_after`: the
+connection is closed once that many body bytes are read). No redirects,
+cookies, compression or proxies — a health check wants to see exactly what
+the mirror answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +38,8 @@ class HTTPError(Exception):
         self.refused = refused
         self.connect = connect  # no connection could be made (vs. a failed request)
         self.retry = False  # the request never reached a live connection: resend it
+        # a timeout mid-body: the head that did arrive (status, headers), else None
+        self.response: Response | None = None
 
 
 @dataclass(slots=True)
@@ -44,6 +49,8 @@ class Response:
     headers: dict[str, str]  # lower-case names; a repeated header keeps the last value
     body: bytes = b""
     version: str = "1.1"
+    truncated: bool = False  # `stop_after` bytes were read and the rest left unread
+    sent_at: float = 0.0  # time.perf_counter() when the request was written (connected)
 
     @property
     def content_length(self) -> int | None:
@@ -59,6 +66,7 @@ class _Pending:
     future: asyncio.Future[Response]
     max_body: int
     sink: Callable[[bytes], None] | None
+    limit: int | None = None  # stop_after: body bytes to read at most
     # parser state for this response
     response: Response | None = None
     mode: str = ""  # "none" | "length" | "chunked" | "close"
@@ -66,6 +74,7 @@ class _Pending:
     chunk_state: str = "size"  # size | data | data_crlf | trailer
     body: bytearray = field(default_factory=bytearray)
     received: int = 0
+    sent_at: float = 0.0
 
 
 class _Connection(asyncio.Protocol):
@@ -124,6 +133,8 @@ class _Connection(asyncio.Protocol):
         *,
         max_body: int,
         sink: Callable[[bytes], None] | None,
+        headers: dict[str, str] | None = None,
+        limit: int | None = None,
     ) -> asyncio.Future[Response]:
         fut: asyncio.Future[Response] = self.loop.create_future()
         if self.closed or self.transport is None:
@@ -131,12 +142,22 @@ class _Connection(asyncio.Protocol):
             err.retry = True
             fut.set_exception(err)
             return fut
-        self.pending.append(_Pending(method, fut, max_body, sink))
+        self.pending.append(
+            _Pending(method, fut, max_body, sink, limit, sent_at=time.perf_counter())
+        )
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self.transport.write(
             f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n"
-            "Accept: */*\r\n\r\n".encode("latin-1")
+            f"Accept: */*\r\n{extra}\r\n".encode("latin-1")
         )
         return fut
+
+    def partial(self, fut: asyncio.Future[Response]) -> Response | None:
+        """The head received so far for the request behind `fut`, if any."""
+        for p in self.pending:
+            if p.future is fut:
+                return p.response
+        return None
 
     def close(self) -> None:
         self.reusable = False
@@ -179,6 +200,7 @@ class _Connection(asyncio.Protocol):
                 resp = self._head(head)
                 if 100 <= resp.status < 200:
                     continue  # interim response (100 Continue); the real one follows
+                resp.sent_at = p.sent_at
                 p.response = resp
                 h = resp.headers
                 conn = h.get("connection", "").lower()
@@ -200,24 +222,42 @@ class _Connection(asyncio.Protocol):
                 continue
             if p.mode == "length":
                 if not self._take(p):
+                    self._stop_if_limited(p)
                     return
                 self.pending.popleft()
                 self._finish(p)
                 continue
             if p.mode == "close":
                 if buf:
-                    self._body(p, bytes(buf))
+                    take = len(buf) if p.limit is None else min(len(buf), p.limit - p.received)
+                    self._body(p, bytes(buf[:take]))
                     buf.clear()
+                self._stop_if_limited(p)
                 return
             if not self._chunked(p):
+                self._stop_if_limited(p)
                 return
             self.pending.popleft()
             self._finish(p)
+
+    def _stop_if_limited(self, p: _Pending) -> None:
+        """`stop_after` bytes are in: finish the response as truncated and close
+        the connection, which is the only way to not read the rest."""
+        if p.limit is None or p.received < p.limit or not self.pending:
+            return
+        self.pending.popleft()
+        assert p.response is not None
+        p.response.truncated = True
+        self._finish(p)
+        self.buf.clear()
+        self.abort()
 
     def _take(self, p: _Pending) -> bool:
         """Consume up to `p.remaining` body bytes; True when none remain."""
         buf = self.buf
         take = min(p.remaining, len(buf))
+        if p.limit is not None:
+            take = min(take, p.limit - p.received)
         if take:
             self._body(p, bytes(buf[:take]))
             del buf[:take]
@@ -416,34 +456,60 @@ class HTTPClient:
         *,
         max_body: int = 1 << 20,
         sink: Callable[[bytes], None] | None = None,
+        headers: dict[str, str] | None = None,
+        stop_after: int | None = None,
     ) -> Response:
         """Send one request; `target` must already be percent-encoded.
+
+        `headers` are sent beside Host, User-Agent and Accept. With
+        `stop_after`, at most that many body bytes are read (and handed to
+        `sink`); a longer body ends the response there, `truncated`, and
+        closes its connection.
 
         GET and HEAD are idempotent, so a request lost to a keep-alive
         connection closing under it is sent once more on a fresh connection.
         """
+        if stop_after is not None and stop_after < 1:
+            raise ValueError("stop_after must be at least 1")
         try:
-            return await self._request(method, target, max_body, sink)
+            return await self._request(method, target, max_body, sink, headers, stop_after)
         except HTTPError as exc:
             if not exc.retry:
                 raise
-        return await self._request(method, target, max_body, sink)
+        return await self._request(method, target, max_body, sink, headers, stop_after)
 
     async def _request(
-        self, method: str, target: str, max_body: int, sink: Callable[[bytes], None] | None
+        self,
+        method: str,
+        target: str,
+        max_body: int,
+        sink: Callable[[bytes], None] | None,
+        headers: dict[str, str] | None,
+        stop_after: int | None,
     ) -> Response:
         conn = await self._acquire()
-        fut = conn.send(method, target, self.host, max_body=max_body, sink=sink)
+        fut = conn.send(
+            method,
+            target,
+            self.host,
+            max_body=max_body,
+            sink=sink,
+            headers=headers,
+            limit=stop_after,
+        )
         try:
             async with asyncio.timeout(self.timeout):
                 return await fut
         except TimeoutError:
+            partial = conn.partial(fut)
             # The answer may still come and would be read as the next one's: drop it.
             conn.abort()
-            raise HTTPError(
+            err = HTTPError(
                 f"{method} {target} on {self.where}: no answer within {self.timeout:g}s",
                 timeout=True,
-            ) from None
+            )
+            err.response = partial
+            raise err from None
         except HTTPError as exc:
             err = HTTPError(
                 f"{method} {target} on {self.where}: {exc.reason}",
@@ -459,9 +525,17 @@ class HTTPClient:
         return await self.request("HEAD", target)
 
     async def get(
-        self, target: str, *, max_body: int = 1 << 20, sink: Callable[[bytes], None] | None = None
+        self,
+        target: str,
+        *,
+        max_body: int = 1 << 20,
+        sink: Callable[[bytes], None] | None = None,
+        headers: dict[str, str] | None = None,
+        stop_after: int | None = None,
     ) -> Response:
-        return await self.request("GET", target, max_body=max_body, sink=sink)
+        return await self.request(
+            "GET", target, max_body=max_body, sink=sink, headers=headers, stop_after=stop_after
+        )
 
     async def close(self) -> None:
         self._closed = True

@@ -4,31 +4,35 @@ One row per mirror address and region. States:
   up        serving, nothing to say
   warning   serving, but look (TLS certificate expiring, objects missing within
             `max_missing`, origin timestamp unreadable)
+  slow      serving, but its median download rate is under `min_mbps` (or its
+            first byte later than `max_ttfb`): ranked one group behind
   down      taken out of DNS answers by the checker
   disabled  `enabled: false` in the configuration
   drained   taken out of DNS answers by an operator (`checker drain`); still
             probed, and `health` says what the checker finds
   unknown   in the configuration but never checked (only with --config)
 A row is also flagged `stale` when its last check is older than `max_age`
-(the checker may have stopped); Nagios reports that as a WARNING.
+(the checker may have stopped); Nagios reports that, and slow, as a WARNING.
 
-JSON (`--json`), schema version 1 ("regions", "drained", "health" and "drain"
-were added compatibly):
+JSON (`--json`), schema version 1 ("regions", "drained", "health", "drain",
+"slow", "throughput_mbps" and "ttfb_ms" were added compatibly):
   {"schema": 1, "generated": ISO-8601,
-   "summary": {"total", "up", "warning", "down", "disabled", "drained", "unknown",
-               "stale"},
+   "summary": {"total", "up", "warning", "slow", "down", "disabled", "drained",
+               "unknown", "stale"},
    "addresses": [{"pool", "mirror", "address", "family", "region", "state",
                   "since", "checked_at", "reason", "detail", "warning", "stale",
                   "tls_expires_days", "lag_seconds", "objects_missing",
                   "objects_checked", "latency_ms",
-                  "health",     # the state without the drain: up, warning, down, unknown
+                  "throughput_mbps", "ttfb_ms",  # moving medians (throughput probe)
+                  "health",     # the state without the drain: up, warning, slow, down, unknown
                   "drain"}],    # null, or {"reason", "who", "at", "until", "scope"}
    "regions": {region: newest checked_at},   (region "" = untagged checker)
    "expected": {name: {"name", "pools", "version", "published_at", "changed_at",
                        "age_seconds", "objects", "bytes", "gone", "source",
                        "max_age", "stale", "problem"}}}
 Times are ISO 8601 UTC or null ("until" null: until undrained); numbers are null
-when the probe is not configured.
+when the probe is not configured. `throughput_mbps` (MB/s, 10^6 bytes) and
+`ttfb_ms` are the moving medians the slow state is judged on.
 
 Expected state (`objects: {manifest: store}`): one entry per published name
 (and, with --config, per name a pool reads but nobody published). A head older
@@ -49,6 +53,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from checker import text
+from checker.probes.throughput import mbps_text
 from geodns.model import Config
 from geodns.store import (
     AddressState,
@@ -59,7 +64,7 @@ from geodns.store import (
     address_text,
 )
 
-STATES = ("up", "warning", "down", "disabled", "drained", "unknown")
+STATES = ("up", "warning", "slow", "down", "disabled", "drained", "unknown")
 EXPECTED_MAX_AGE = 3 * 3600.0  # a leader publishing hourly may miss two runs
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 _NAGIOS_WORD = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -86,6 +91,8 @@ class Row:
     latency_ms: float | None
     health: str = ""  # the state the checker's verdict alone gives (differs when drained)
     drain: Drain | None = None
+    throughput_mbps: float | None = None  # the moving median (MB/s, 10^6 bytes)
+    ttfb_ms: float | None = None  # the moving median time to first byte
 
     def json(self) -> dict[str, Any]:
         # fields are scalars: a shallow dict (asdict deep-copied every value,
@@ -117,10 +124,13 @@ def row_of(s: AddressState, *, now: datetime, max_age: float | None) -> Row:
     tls = _data(s.kinds, "tls")
     fresh = _data(s.kinds, "freshness")
     objs = _data(s.kinds, "objects")
+    speed = _data(s.kinds, "throughput")
     if s.disabled:
         state = "disabled"
     elif not s.up:
         state = "down"
+    elif s.slow:
+        state = "slow"
     elif s.warning:
         state = "warning"
     else:
@@ -136,6 +146,8 @@ def row_of(s: AddressState, *, now: datetime, max_age: float | None) -> Row:
             latency = round(float(value) * 1000, 1)
             break
     stale = max_age is not None and (now - s.checked_at).total_seconds() > max_age
+    mbps = speed.get("median_mbps")
+    ttfb = speed.get("median_ttfb")
     return Row(
         pool=s.pool,
         mirror=s.mirror,
@@ -154,6 +166,8 @@ def row_of(s: AddressState, *, now: datetime, max_age: float | None) -> Row:
         objects_missing=missing,
         objects_checked=objs.get("checked"),
         latency_ms=latency,
+        throughput_mbps=None if mbps is None else round(float(mbps), 3),
+        ttfb_ms=None if ttfb is None else round(float(ttfb) * 1000, 1),
     )
 
 
@@ -186,8 +200,9 @@ def build_rows(
     """Rows from the store, plus never-checked addresses when a Config is given;
     addresses held by one of `drains` (those in force) are in state "drained".
 
-    `state` filters: "up" (serving: up and warning), "warning", "down" (not
-    answered: down, disabled and drained), "disabled", "drained", "unknown".
+    `state` filters: "up" (serving: up, warning and slow), "warning", "slow",
+    "down" (not answered: down, disabled and drained), "disabled", "drained",
+    "unknown".
     """
     now = now or datetime.now(UTC)
     wanted = set(pools) if pools else None
@@ -223,7 +238,7 @@ def build_rows(
         rows = [r for r in rows if r.pool in wanted]
     if state is not None:
         match = {
-            "up": ("up", "warning"),
+            "up": ("up", "warning", "slow"),
             "down": ("down", "disabled", "drained"),
         }.get(state, (state,))
         rows = [r for r in rows if r.state in match]
@@ -395,6 +410,7 @@ def region_checks(rows: Iterable[Row]) -> dict[str, datetime]:
 _STYLE = {
     "up": "green",
     "warning": "yellow",
+    "slow": "dark_orange",
     "down": "bold red",
     "disabled": "magenta",
     "drained": "cyan",
@@ -426,6 +442,8 @@ def _reason(r: Row) -> str:
         return r.reason
     if r.state == "warning":
         return r.warning or r.detail
+    if r.state == "slow":
+        return r.detail + (f"; {r.warning}" if r.warning and r.warning not in r.detail else "")
     if r.detail and r.detail != "ok":
         return r.detail  # up but a probe is failing towards `fall`
     return r.reason
@@ -470,6 +488,9 @@ def print_table(
     table.add_column("Lag", justify="right")
     table.add_column("Objects", justify="right")
     table.add_column("Latency", justify="right")
+    speed = any(r.throughput_mbps is not None for r in rows)
+    if speed:
+        table.add_column("MB/s", justify="right")
     for r in rows:
         state = f"[{_STYLE[r.state]}]{r.state}[/]" + (" [yellow](stale)[/]" if r.stale else "")
         tls = "" if r.tls_expires_days is None else f"{round(r.tls_expires_days)}d"
@@ -481,6 +502,8 @@ def print_table(
         if regions:
             cells.append(r.region or "-")
         cells += [state, since, _escape(_reason(r)), tls, lag, objs, lat]
+        if speed:
+            cells.append("" if r.throughput_mbps is None else mbps_text(r.throughput_mbps))
         table.add_row(*cells)
     console.print(table)
     s = summary(rows)
@@ -538,6 +561,8 @@ _BRIEF = (
     (re.compile(r"^.*critical (\S+) missing"), r"critical \1 missing"),
     (re.compile(r"^(\d+) of \d+ objects missing"), r"\1 objects missing"),
     (re.compile(r"^disabled"), "disabled"),
+    (re.compile(r"^slow: (\S+ MB/s)"), r"slow \1"),
+    (re.compile(r"^slow: (?:no )?first byte"), "slow first byte"),
 )
 
 
@@ -572,7 +597,9 @@ def nagios(
             "GEODNS MIRRORS UNKNOWN - no mirror addresses in the store (checker not run yet?)",
         )
     down = [r for r in rows if r.state == "down"]
-    warn_rows = [r for r in rows if r.state in ("warning", "unknown") or r.stale]
+    # slow serves (one group behind): a warning, never critical
+    warn_rows = [r for r in rows if r.state in ("warning", "slow", "unknown") or r.stale]
+    slow = [r for r in rows if r.state == "slow"]
     n_down = len(down)
     if n_down >= crit_down:
         code = CRITICAL
@@ -592,10 +619,18 @@ def nagios(
         )
         more = f"; +{len(by_mirror) - 4} more" if len(by_mirror) > 4 else ""
         msg = f"{n_down} of {total} down ({names}{more})"
+    elif slow:
+        names = "; ".join(f"{_who(r, rows)}: {brief(r.detail)}" for r in slow[:4])
+        more = f"; +{len(slow) - 4} more" if len(slow) > 4 else ""
+        msg = f"{len(slow)} of {total} slow ({names}{more})"
+        if len(warn_rows) > len(slow):
+            msg += f", {len(warn_rows) - len(slow)} more need a look"
     elif warn_rows:
         msg = f"{total - len(warn_rows)} of {total} fine, {len(warn_rows)} need a look"
     else:
         msg = f"{s['up']} of {total} up"
+    if n_down and slow:
+        msg += f", {len(slow)} slow"
     if s["disabled"]:
         msg += f", {s['disabled']} disabled"
     if s["drained"]:  # an operator's decision: counted, never an alert by itself
@@ -610,7 +645,7 @@ def nagios(
     w = "" if warn_down is None else str(warn_down)
     lags = [r.lag_seconds for r in rows if r.lag_seconds is not None]
     perf = [
-        f"up={s['up'] + s['warning']};;;0;{total}",
+        f"up={s['up'] + s['warning'] + s['slow']};;;0;{total}",
         f"down={n_down};{w};{crit_down};0;{total}",
         f"warning={s['warning']};;;0;{total}",
         f"disabled={s['disabled']};;;0;{total}",
@@ -622,6 +657,11 @@ def nagios(
     tls = [r.tls_expires_days for r in rows if r.tls_expires_days is not None]
     if tls:
         perf.append(f"tls_days_min={min(tls):.1f};;;;")
+    rates = [r.throughput_mbps for r in rows if r.throughput_mbps is not None]
+    if rates or s["slow"]:  # only where speed is measured, like lag and TLS days
+        perf.append(f"slow={s['slow']};;;0;{total}")
+    if rates:
+        perf.append(f"throughput_min_mbps={min(rates):g};;;0")
     for e in views:
         if e.age_seconds is not None:
             perf.append(f"'expected_age_{e.name}'={e.age_seconds:.0f}s;{e.max_age:.0f};;0")
@@ -639,6 +679,10 @@ def nagios(
 
 def _pools(rows: list[Row]) -> int:
     return len({r.pool for r in rows})
+
+
+def _who(r: Row, rows: list[Row]) -> str:
+    return f"{r.pool}/{r.mirror}" if _pools(rows) > 1 else r.mirror
 
 
 def nagios_unknown(reason: str) -> tuple[int, str]:
@@ -659,7 +703,7 @@ class HistoryLine:
     mirror: str
     address: str  # "" on a drain of the whole mirror
     region: str
-    state: str  # up, down, disabled, drained, undrained, drain ended
+    state: str  # up, slow, down, disabled, drained, undrained, drain ended
     reason: str
     who: str | None = None
     until: datetime | None = None
@@ -676,7 +720,7 @@ def history_lines(
             c.mirror,
             c.address,
             c.region,
-            "disabled" if c.disabled else ("up" if c.up else "down"),
+            c.state,
             c.reason,
         )
         for c in changes

@@ -15,9 +15,12 @@ runs the DNS server (the demo) exports them beside the server's own:
   geodns_checker_probes_total{kind,result}     result = ok | fail
   geodns_checker_round_duration_seconds        histogram: per `run_once` round
                                                and per address batch in `run`
-  geodns_checker_mirrors{pool,state}           addresses by state: up, down, disabled,
-                                               drained (an operator's drain; it is
-                                               still probed, but counted here)
+  geodns_checker_mirrors{pool,state}           addresses by state: up, slow, down,
+                                               disabled, drained (an operator's drain;
+                                               it is still probed, but counted here)
+  geodns_checker_throughput_bytes_per_second{pool,mirror,address}
+                                               the moving median the slow state is
+                                               judged on (throughput probe)
 """
 
 from __future__ import annotations
@@ -47,8 +50,9 @@ from checker.http import HTTPClient, HTTPError
 from checker.probes.apt import probe_apt
 from checker.probes.freshness import fetch_timestamp, probe_freshness
 from checker.probes.objects import probe_objects
+from checker.probes.throughput import MB, probe_throughput
 from checker.probes.tls import probe_tls
-from checker.state import Evaluation, advance
+from checker.state import SLOW_KINDS, Evaluation, advance
 from checker.target import Target, ca_file, targets_of
 from geodns.model import Config, FreshnessCheck, ObjectsCheck, Pool
 from geodns.store import Drain, ProbeRecord, Store, StoreError
@@ -65,6 +69,11 @@ ROUND_SECONDS = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
 )
 MIRRORS = Gauge("geodns_checker_mirrors", "Mirror addresses by state", ["pool", "state"])
+THROUGHPUT = Gauge(
+    "geodns_checker_throughput_bytes_per_second",
+    "Median download rate of the last throughput samples of a mirror address",
+    ["pool", "mirror", "address"],
+)
 
 ADMIN = "admin"  # pseudo-kind: re-evaluate disabled mirrors
 DRAINS_EVERY = 10.0  # seconds between re-reads of the drains (for the gauge only)
@@ -81,12 +90,20 @@ def kinds_of(t: Target) -> list[str]:
         kinds.append("objects")
     if c.apt is not None:
         kinds.append("apt")
+    if c.throughput is not None:
+        kinds.append("throughput")
     return kinds
 
 
 def interval_of(t: Target, kind: str) -> float:
     c = t.checks
-    check = {"tls": c.tls, "freshness": c.freshness, "objects": c.objects, "apt": c.apt}.get(kind)
+    check = {
+        "tls": c.tls,
+        "freshness": c.freshness,
+        "objects": c.objects,
+        "apt": c.apt,
+        "throughput": c.throughput,
+    }.get(kind)
     return float(getattr(check, "interval", 300.0))
 
 
@@ -107,6 +124,11 @@ class Change:
     address: str
     up: bool
     reason: str
+    slow: bool = False
+
+    @property
+    def state(self) -> str:
+        return "DOWN" if not self.up else ("SLOW" if self.slow else "up")
 
 
 @dataclass
@@ -122,10 +144,16 @@ class RoundResult:
     def down(self) -> list[tuple[str, str, str]]:
         return sorted(k for k, e in self.states.items() if not e.up)
 
+    @property
+    def slow(self) -> list[tuple[str, str, str]]:
+        return sorted(k for k, e in self.states.items() if e.slow)
+
     def summary(self) -> str:
+        slow = f", {len(self.slow)} slow" if self.slow else ""
         return (
             f"{self.targets} addresses, {self.probes} probes ({self.failed} failed), "
-            f"{len(self.down)} down, {len(self.changes)} changes in {text.duration(self.duration)}"
+            f"{len(self.down)} down{slow}, {len(self.changes)} changes "
+            f"in {text.duration(self.duration)}"
         )
 
 
@@ -154,6 +182,7 @@ class Checker:
         self._origin: dict[str, tuple[float, datetime | str | None]] = {}
         self._origin_locks: dict[str, asyncio.Lock] = {}
         self._gauge: dict[tuple[str, str, str], str] = {}  # the checker's verdicts
+        self._rates: dict[tuple[str, str, str], float] = {}  # throughput medians exported
         self._drains: list[Drain] = []
         self._drains_next = 0.0  # monotonic time of the next re-read
         self._expected: dict[str, ExpectedCache] = {}
@@ -179,6 +208,10 @@ class Checker:
         self.targets: list[Target] = [t for p in self.pools.values() for t in targets_of(p)]
         keys = {t.key for t in self.targets}
         self._gauge = {k: v for k, v in self._gauge.items() if k in keys}
+        measured = {t.key for t in self.targets if t.checks.throughput is not None}
+        for key in [k for k in self._rates if k not in measured]:
+            THROUGHPUT.remove(*key)  # an address gone, or its pool no longer measured
+            del self._rates[key]
         self._origin.clear()
         used = {
             p.checks.objects.expected for p in self.pools.values() if p.checks.objects is not None
@@ -271,6 +304,21 @@ class Checker:
             return await probe_objects(
                 t, c.objects, manifest, cursor=cursor, pipeline=self.pipeline
             )
+        if kind == "throughput":
+            assert c.throughput is not None
+            prev = state.get("throughput", {}).get("data", {})
+            if c.throughput.expected is not None:
+                snap, note = await self._expected_snapshot(c.throughput.expected)
+                if snap is None:  # nothing to choose a sample from: no sample this round
+                    return ProbeRecord(kind, False, f"throughput: {note}", None, _carry(prev))
+                manifest = snap.manifest
+            else:
+                assert c.throughput.manifest is not None
+                try:
+                    manifest = await asyncio.to_thread(mf.load, c.throughput.manifest)
+                except ManifestError as exc:
+                    return ProbeRecord(kind, False, f"throughput: {exc}", None, _carry(prev))
+            return await probe_throughput(t, c.throughput, manifest, prev)
         client = t.client(max_connections=4)
         try:
             if kind == "freshness":
@@ -357,6 +405,9 @@ class Checker:
             keep = {k: prev[k] for k in CURSOR_KEYS if k in prev and k not in r.data}
             if keep:
                 r = replace(r, data={**r.data, **keep})
+        if kind in SLOW_KINDS and "samples" not in r.data:
+            # a probe cut short is no sample: the moving median carries on
+            r = replace(r, data={**r.data, **_carry(state.get(kind, {}).get("data", {}))})
         PROBES_TOTAL.labels(kind, "ok" if r.ok else "fail").inc()
         return r
 
@@ -373,12 +424,18 @@ class Checker:
         results: list[ProbeRecord] = []
         if t.mirror.enabled:
             run = [k for k in (kinds if kinds is not None else configured) if k in configured]
-            results = list(await asyncio.gather(*(self._bounded(t, k, prev_kinds) for k in run)))
+            # speed is measured after the other probes, not while they share the link
+            others = [k for k in run if k not in SLOW_KINDS]
+            results = list(await asyncio.gather(*(self._bounded(t, k, prev_kinds) for k in others)))
+            for k in run:
+                if k in SLOW_KINDS:
+                    results.append(await self._bounded(t, k, prev_kinds))
         ev = advance(
             prev_kinds,
             prev.up if prev else None,
             results,
             prev_disabled=prev.disabled if prev else False,
+            prev_slow=prev.slow if prev else False,
             fall=t.checks.fall,
             rise=t.checks.rise,
             configured=configured,
@@ -397,21 +454,28 @@ class Checker:
             warning=ev.warning,
             disabled=ev.disabled,
             kinds=ev.kinds,
+            slow=ev.slow,
+            slow_reason=_slow_figures(ev),
         )
         if changed:
-            first = prev is None and ev.up
-            level = logging.DEBUG if first else (logging.INFO if ev.up else logging.WARNING)
+            first = prev is None and ev.up and not ev.slow
+            fine = ev.up and not ev.slow
+            level = logging.DEBUG if first else (logging.INFO if fine else logging.WARNING)
             log.log(
                 level,
                 "%s/%s %s is %s: %s",
                 t.pool,
                 t.mirror.name,
                 t.address,
-                "disabled" if ev.disabled else ("up" if ev.up else "DOWN"),
+                {"down": "DOWN", "slow": "SLOW"}.get(_gauge_state(ev), _gauge_state(ev)),
                 ev.reason,
             )
-        self._gauge[t.key] = "disabled" if ev.disabled else ("up" if ev.up else "down")
+        self._gauge[t.key] = _gauge_state(ev)
         self._export_gauge()
+        median = ev.kinds.get("throughput", {}).get("data", {}).get("median_mbps")
+        if t.checks.throughput is not None and median is not None:
+            self._rates[t.key] = float(median) * MB
+            THROUGHPUT.labels(*t.key).set(self._rates[t.key])
         return ev, changed, results
 
     async def _refresh_drains(self, *, force: bool = False) -> None:
@@ -435,7 +499,7 @@ class Checker:
                 st = "drained"
             counts[(pool, st)] = counts.get((pool, st), 0) + 1
         for pool in self.pools:
-            for st in ("up", "down", "disabled", "drained"):
+            for st in ("up", "slow", "down", "disabled", "drained"):
                 MIRRORS.labels(pool, st).set(counts.get((pool, st), 0))
 
     # ---------------------------------------------------------------- rounds
@@ -456,7 +520,7 @@ class Checker:
             result.failed += sum(1 for r in results if not r.ok)
             result.states[t.key] = ev
             if changed:
-                result.changes.append(Change(*t.key, ev.up, ev.reason))
+                result.changes.append(Change(*t.key, ev.up, ev.reason, ev.slow))
             if on_done is not None:
                 on_done(t, ev)
 
@@ -548,6 +612,31 @@ class Checker:
 
 def _forget(inflight: dict[Any, Any], key: Any, _task: object) -> None:
     inflight.pop(key, None)
+
+
+def _carry(prev: dict[str, Any]) -> dict[str, Any]:
+    """What a throughput record without a sample keeps of the last one's data."""
+    keep = ("samples", "ranges", "median_mbps", "median_ttfb", "min_mbps", "summary")
+    return {"slow": None, **{k: prev[k] for k in keep if k in prev}}
+
+
+def _gauge_state(ev: Evaluation) -> str:
+    if ev.disabled:
+        return "disabled"
+    if not ev.up:
+        return "down"
+    return "slow" if ev.slow else "up"
+
+
+def _slow_figures(ev: Evaluation) -> str:
+    """The words `geodns explain` shows for a slow address."""
+    if not ev.slow:
+        return ""
+    return "; ".join(
+        str((e.get("data") or {}).get("summary") or "")
+        for k, e in ev.kinds.items()
+        if k in SLOW_KINDS and e.get("slow")
+    )
 
 
 async def run_once(

@@ -9,6 +9,12 @@ from diluting each other (a TLS check every 5 minutes does not reset the count
 of an objects check that runs every 15). A mirror with `enabled: false` is
 down regardless, and comes back as soon as it is enabled and no kind is down.
 
+Throughput is judged apart (`SLOW_KINDS`): its verdicts never take an
+address down; `fall` consecutive slow verdicts make it `slow` and `rise`
+fast ones clear that. Slow is a state of a serving address only: a down or
+disabled address is not also slow (the per-kind record keeps the streak, so
+an address that comes back slow is slow again at once).
+
 The per-kind record lives in the store (`address_states.kinds`), so cron-run
 `checker run --once` keeps its streaks between runs.
 """
@@ -23,6 +29,8 @@ from typing import Any
 from geodns.store import ProbeRecord
 
 DISABLED_REASON = "disabled in configuration (enabled: false)"
+# kinds whose verdict is speed: they make an address slow, never down
+SLOW_KINDS = ("throughput",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +41,7 @@ class Evaluation:
     detail: str  # the latest picture in words
     warning: str | None
     kinds: dict[str, Any]
+    slow: bool = False  # serving, but ranked one group behind (only ever with up)
 
 
 def _join_reasons(items: list[tuple[str, str]]) -> str:
@@ -55,12 +64,35 @@ def _kind_entry(prev: dict[str, Any] | None) -> dict[str, Any]:
     return base
 
 
+def _fold_slow(e: dict[str, Any], r: ProbeRecord, fall: int, rise: int) -> bool:
+    """Count a speed verdict into the streaks; True when the address turns fast again."""
+    verdict = r.data.get("slow")
+    if verdict is True:
+        e["fails"] = int(e["fails"]) + 1
+        e["oks"] = 0
+        if e["fails"] >= fall:
+            e["slow"] = True
+    elif verdict is False:
+        e["oks"] = int(e["oks"]) + 1
+        e["fails"] = 0
+        if e.get("slow") and e["oks"] >= rise:
+            e["slow"] = False
+            return True
+    # None (measuring, or no sample this round): the streaks stand
+    return False
+
+
+def _summary(e: dict[str, Any]) -> str:
+    return str((e.get("data") or {}).get("summary") or e.get("detail") or "")
+
+
 def advance(
     prev_kinds: dict[str, Any] | None,
     prev_up: bool | None,
     results: Sequence[ProbeRecord],
     *,
     prev_disabled: bool = False,
+    prev_slow: bool = False,
     fall: int,
     rise: int,
     configured: Iterable[str] | None = None,
@@ -77,7 +109,9 @@ def advance(
     for r in results:
         e = _kind_entry(kinds.get(r.kind))
         was_down = bool(e["down"])
-        if r.ok:
+        if r.kind in SLOW_KINDS:
+            _fold_slow(e, r, fall, rise)
+        elif r.ok:
             e["oks"] = int(e["oks"]) + 1
             e["fails"] = 0
             if was_down and e["oks"] >= rise:
@@ -100,7 +134,22 @@ def advance(
         kinds[r.kind] = e
 
     down = [k for k, e in kinds.items() if e.get("down")]
-    failing = [k for k, e in kinds.items() if not e.get("down") and not e.get("ok", True)]
+    failing = [
+        k
+        for k, e in kinds.items()
+        if not e.get("down") and not e.get("ok", True) and k not in SLOW_KINDS
+    ]
+    speed = [(k, e) for k, e in kinds.items() if k in SLOW_KINDS]
+    slow = any(e.get("slow") for _, e in speed)
+    slow_text = "; ".join(f"slow: {_summary(e)}" for _, e in speed if e.get("slow"))
+    notes = []  # speed verdicts on their way, and samples that could not be taken
+    for k, e in speed:
+        if e.get("slow") and int(e["oks"]):
+            notes.append(f"recovering: {k} {e['oks']}/{rise}")
+        elif not e.get("slow") and int(e["fails"]):
+            notes.append(f"{k} slow {e['fails']}/{fall}: {_summary(e)}")
+        if not e.get("ok", True) and (e.get("data") or {}).get("slow") is None:
+            notes.append(str(e.get("detail", "")))
     warnings = [
         str(e["data"]["warning"]) for e in kinds.values() if e.get("data", {}).get("warning")
     ]
@@ -121,14 +170,20 @@ def advance(
             )
         return Evaluation(False, False, reason, detail, warning, kinds)
 
+    parts = [slow_text] if slow else []
     if failing:
-        detail = "; ".join(
-            f"{k} failing {kinds[k]['fails']}/{fall}: {kinds[k]['reason']}" for k in failing
+        parts.append(
+            "; ".join(
+                f"{k} failing {kinds[k]['fails']}/{fall}: {kinds[k]['reason']}" for k in failing
+            )
         )
+    parts += notes
+    if parts:
+        detail = "; ".join(parts)
     else:
         detail = "ok" if not warning else f"ok, {warning}"
     if prev_up is None:
-        reason = "first check: " + ("passed" if not failing else detail)
+        reason = "first check: " + ("passed" if not (failing or slow) else detail)
     elif prev_disabled:
         reason = "enabled again in configuration; no check is failing"
     elif prev_up is False:
@@ -137,6 +192,12 @@ def advance(
             reason = f"recovered: {', '.join(recovered)} passed {rise} consecutive check{plural}"
         else:
             reason = "checks pass again"
+        if slow:
+            reason += f"; {slow_text}"
+    elif slow and not prev_slow:
+        reason = slow_text
+    elif prev_slow and not slow:
+        reason = "; ".join(f"fast again: {_summary(e)}" for _, e in speed) or "fast again"
     else:
         reason = detail
-    return Evaluation(True, False, reason, detail, warning, kinds)
+    return Evaluation(True, False, reason, detail, warning, kinds, slow=slow)

@@ -25,8 +25,16 @@ not-yet-valid, wrong-host, self-signed, untrusted, expiring), stale
 timestamps, missing / short (wrong size) / corrupt (same size, other bytes)
 objects, mid-sync apt indices (InRelease is new, the index files are old),
 a delay before every response, 503 answers (with any reason phrase: remote
-text the reports must escape), and `hang` (accept TCP and never answer —
-fixed at start) for handshake timeouts.
+text the reports must escape), `hang` (accept TCP and never answer — fixed
+at start) for handshake timeouts, `throttle` (GET bodies paced to that many
+bytes per second, really: chunked writes with sleeps, over TLS) and
+`no_range` (`Range:` ignored, the whole object sent with 200).
+
+Single byte ranges (RFC 9110 §14.2: `bytes=a-b`, `a-`, `-n`) are answered 206
+with Content-Range, unsatisfiable ones 416; several ranges at once are
+ignored (a server may). `body_bytes` counts every GET body byte written, and
+`gets` the last GETs as (path, status, bytes): what a client made the mirror
+send.
 
 trustme and cryptography are test extras; only this module needs them.
 """
@@ -34,6 +42,7 @@ trustme and cryptography are test extras; only this module needs them.
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import os
 import shutil
@@ -173,6 +182,8 @@ class Faults:
     errors: set[str] = field(default_factory=set)  # paths answered 503 (overload, not sync)
     error_reason: str = ""  # the 503's reason phrase ("" = Service Unavailable); remote text
     no_length: bool = False  # HEAD answers are chunked: no Content-Length (some servers)
+    throttle: float = 0.0  # bytes per second for GET bodies; 0 = as fast as it goes
+    no_range: bool = False  # ignore Range: always the whole object, 200
 
 
 class DemoMirror:
@@ -211,6 +222,8 @@ class DemoMirror:
         self._hang_server: asyncio.Server | None = None
         self._hung: set[asyncio.StreamWriter] = set()
         self.requests = 0  # answered HTTP requests, for tests and the bench
+        self.body_bytes = 0  # GET body bytes written to clients
+        self.gets: collections.deque[tuple[str, int, int]] = collections.deque(maxlen=1000)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -368,7 +381,81 @@ class DemoMirror:
             headers["Last-Modified"] = format_datetime(
                 datetime.fromtimestamp(tf.mtime, UTC), usegmt=True
             )
-        return web.Response(body=body, headers=headers, content_type="application/octet-stream")
+        status = 200
+        if not f.no_range:
+            headers["Accept-Ranges"] = "bytes"
+            span = byte_range(request.headers.get("Range"), len(body))
+            if isinstance(span, str):  # unsatisfiable
+                return web.Response(status=416, headers={"Content-Range": f"bytes */{len(body)}"})
+            if span is not None:
+                first, last = span
+                headers["Content-Range"] = f"bytes {first}-{last}/{len(body)}"
+                body, status = body[first : last + 1], 206
+        if request.method == "GET" and f.throttle > 0:
+            return await self._paced(request, rel, status, headers, body)
+        if request.method == "GET":
+            self.body_bytes += len(body)
+            self.gets.append((rel, status, len(body)))
+        return web.Response(
+            status=status, body=body, headers=headers, content_type="application/octet-stream"
+        )
+
+    async def _paced(
+        self, request: web.Request, rel: str, status: int, headers: dict[str, str], body: bytes
+    ) -> web.StreamResponse:
+        """Write `body` at `faults.throttle` bytes per second: chunks of about a
+        twentieth of a second's worth, each sent when the rate allows. The rate
+        is re-read per chunk, so lifting the throttle speeds up a running transfer."""
+        resp = web.StreamResponse(status=status, headers=headers)
+        resp.content_type = "application/octet-stream"
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        loop = asyncio.get_running_loop()
+        sent = base_sent = 0
+        base_time = loop.time()
+        rate = self.faults.throttle
+        try:
+            while sent < len(body):
+                if self.faults.throttle != rate:  # changed while sending: pace from here
+                    rate, base_sent, base_time = self.faults.throttle, sent, loop.time()
+                step = len(body) - sent if rate <= 0 else max(1024, min(16384, int(rate / 20)))
+                part = body[sent : sent + step]
+                await resp.write(part)
+                sent += len(part)
+                self.body_bytes += len(part)
+                if rate > 0:
+                    wait = base_time + (sent - base_sent) / rate - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+            await resp.write_eof()
+        except ConnectionError:
+            pass  # the client closed (it had enough): stop sending
+        finally:
+            self.gets.append((rel, status, sent))
+        return resp
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | str | None:
+    """(first, last) of a single `Range: bytes=...` (RFC 9110 §14.1.2), clamped
+    to `size`; "unsatisfiable" for a range starting past the end; None to
+    serve the whole object (no Range, several ranges, or syntax we ignore)."""
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    first_text, sep, last_text = header[6:].strip().partition("-")
+    if not sep or not (first_text + last_text).isdigit():
+        return None  # also "bytes=-": neither end given
+    if not first_text:  # suffix: the last n bytes
+        n = int(last_text)
+        if n == 0:
+            return "unsatisfiable"
+        return (max(0, size - n), size - 1) if size else "unsatisfiable"
+    first = int(first_text)
+    if last_text and int(last_text) < first:
+        return None  # invalid: RFC 9110 says ignore it
+    if first >= size:
+        return "unsatisfiable"
+    last = int(last_text) if last_text else size - 1
+    return first, min(last, size - 1)
 
 
 def mirror_entry(
@@ -477,6 +564,8 @@ def _main() -> None:  # pragma: no cover - manual use
     ap.add_argument("--objects", type=int, default=200)
     ap.add_argument("--stale", type=float, default=0.0, help="seconds behind")
     ap.add_argument("--apt", action="append", default=[], help="apt suite to serve")
+    ap.add_argument("--throttle", type=float, default=0.0, help="GET bodies at bytes/second")
+    ap.add_argument("--no-range", action="store_true", help="ignore Range (always 200)")
     args = ap.parse_args()
     tree = Tree.generate(args.objects)
     for suite in args.apt:
@@ -488,7 +577,7 @@ def _main() -> None:  # pragma: no cover - manual use
         tls=not args.http,
         cert=args.cert,
         tree=tree,
-        faults=Faults(stale=args.stale),
+        faults=Faults(stale=args.stale, throttle=args.throttle, no_range=args.no_range),
     )
 
     async def serve() -> None:

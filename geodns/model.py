@@ -82,11 +82,30 @@ class AptCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class ThroughputCheck:
+    """Download speed: a sample of a manifest object per round; a moving median
+    below `min_mbps` (or a first byte later than `max_ttfb`) makes the address
+    `slow`, which ranks it one group behind (checker/probes/throughput.py)."""
+
+    # objects to choose the sample from: a manifest file, or (`manifest: store`)
+    # the expected state an origin publishes; default: the objects check's
+    manifest: Path | None = None
+    expected: str | None = None
+    min_mbps: float = 1.0  # MB/s (10^6 bytes per second) of the median sample
+    max_ttfb: float | None = None  # seconds to the first body byte; None: not judged
+    rounds: int = 3  # samples in the moving median
+    sample_bytes: int = 1 << 20  # the Range asked for: bytes=0-(sample_bytes-1)
+    budget: int = 4 << 20  # never more body bytes than this per round and address
+    interval: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
 class Checks:
     tls: TLSCheck | None = None
     freshness: FreshnessCheck | None = None
     objects: ObjectsCheck | None = None
     apt: AptCheck | None = None
+    throughput: ThroughputCheck | None = None
     fall: int = 3  # consecutive failures before down
     rise: int = 2  # consecutive successes before up again
     timeout: float = 10.0  # per network operation

@@ -156,6 +156,7 @@ def test_json_schema(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     assert doc["summary"] == {
         "up": 1,
         "warning": 1,
+        "slow": 0,  # added compatibly, with throughput_mbps and ttfb_ms (issue 18)
         "down": 1,
         "disabled": 0,
         "drained": 0,
@@ -183,6 +184,8 @@ def test_json_schema(world: World, capsys: pytest.CaptureFixture[str]) -> None:
         "latency_ms": (float, int),
         "health": str,  # added compatibly with drains: the state a drain hides
         "drain": type(None),  # or {"reason", "who", "at", "until", "scope"}
+        "throughput_mbps": type(None),  # no throughput check configured here
+        "ttfb_ms": type(None),
     }
     for a in doc["addresses"]:
         assert set(a) == set(types)

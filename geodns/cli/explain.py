@@ -49,7 +49,7 @@ def render(r: dict[str, Any]) -> str:
         f"  client: AS{g['asn'] or '?'}  country {g['country'] or '?'}  continent "
         f"{g['continent'] or '?'}  location {loc}  (GeoIP network /{g['network_prefix']})",
         f"  health: {_store_text(r['health'])}, {r['health']['down']} address(es) down, "
-        f"{r['health']['drains']} drain(s)",
+        f"{r['health']['drains']} drain(s), {r['health']['slow']} slow",
     ]
     if r["chain"]:
         lines.append(f"  CNAME chain through: {' → '.join(r['chain'])}")

@@ -16,6 +16,18 @@ from geodns.config.yamlsrc import YList, YMap
 _NUMBER = re.compile(r"\d+(\.\d+)?")
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
+# kB/MB/GB are decimal, KiB/MiB/GiB binary (IEC); a bare "M" is neither, so refused
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+}
 
 
 class Problems:
@@ -152,6 +164,20 @@ class Section:
             return default
         return secs
 
+    def size(self, key: str, default: int, *, lo: int, hi: int) -> int:
+        """Bytes from `1048576`, `1MiB`, `512KiB`, `4MB`, `1.5GiB`."""
+        if key not in self.data or self.data[key] is None:
+            return default
+        v = self.data[key]
+        n = parse_size(v)
+        if n is None:
+            self.error(key, f"expected a size like 1MiB, 512KiB or 4MB, got {_show(v)}")
+            return default
+        if not lo <= n <= hi:
+            self.error(key, f"{_show(v)} is out of range {show_size(lo)}..{show_size(hi)}")
+            return default
+        return n
+
     def choice(self, key: str, options: tuple[str, ...], default: str) -> str:
         v = self.str_(key, default)
         if v not in options:
@@ -193,6 +219,31 @@ def parse_duration(v: Any) -> float | None:
     if not parts or "".join(n + u for n, u in parts) != text:
         return None
     return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+def parse_size(v: Any) -> int | None:
+    """Bytes from `1048576`, `1MiB`, `512 KiB`, `4MB`; None if not a size."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v if v >= 0 else None
+    if not isinstance(v, str):
+        return None
+    m = _SIZE.fullmatch(v.strip().lower())
+    if m is None or m.group(2) not in _SIZE_UNITS:
+        return None
+    try:
+        return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    except OverflowError:  # 400 digits of "MiB"
+        return None
+
+
+def show_size(n: int) -> str:
+    """1048576 → 1MiB, 1500 → 1500B: the largest binary unit that divides evenly."""
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return f"{n}B"
 
 
 def duration_arg(value: str) -> float:

@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from geodns.config.countries import country_code
-from geodns.config.fields import Section, kind_of, parse_ip
+from geodns.config.fields import Section, kind_of, parse_ip, show_size
 from geodns.model import (
     AptCheck,
     Checks,
@@ -15,6 +15,7 @@ from geodns.model import (
     Mirror,
     ObjectsCheck,
     Pool,
+    ThroughputCheck,
     TLSCheck,
     Where,
 )
@@ -243,7 +244,7 @@ def _scope(s: Section) -> tuple[str | None, tuple[str, ...], tuple[str, ...]]:
 def _checks(s: Section | None, root: Path, pool: str) -> Checks:
     if s is None or not s.ok:
         return Checks()
-    s.keys(("tls", "freshness", "objects", "apt", "fall", "rise", "timeout"))
+    s.keys(("tls", "freshness", "objects", "apt", "throughput", "fall", "rise", "timeout"))
     tls = fresh = objects = apt = None
     if (t := s.sub("tls", s.ctx + " tls")) is not None and t.ok:
         t.keys(("sni", "warn_days", "ca_bundle", "interval"))
@@ -282,11 +283,15 @@ def _checks(s: Section | None, root: Path, pool: str) -> Checks:
             a.error("suites", "name at least one suite (like bookworm)")
         if suites:
             apt = AptCheck(suites=suites, interval=a.duration("interval", 300.0) or 300.0)
+    throughput = None
+    if (p := s.sub("throughput", s.ctx + " throughput")) is not None and p.ok:
+        throughput = _throughput(p, root, pool, objects)
     return Checks(
         tls=tls,
         freshness=fresh,
         objects=objects,
         apt=apt,
+        throughput=throughput,
         fall=s.int_("fall", 3, lo=1, hi=100) or 3,
         rise=s.int_("rise", 2, lo=1, hi=100) or 2,
         timeout=s.duration("timeout", 10.0) or 10.0,
@@ -363,6 +368,59 @@ def _objects(o: Section, root: Path, pool: str) -> ObjectsCheck | None:
         gone_sample=gone_sample,
         gone_after=gone_after,
         gone_within=gone_within,
+    )
+
+
+def _throughput(
+    s: Section, root: Path, pool: str, objects: ObjectsCheck | None
+) -> ThroughputCheck | None:
+    s.keys(
+        ("manifest", "min_mbps", "max_ttfb", "rounds", "sample_bytes", "budget", "interval"),
+    )
+    manifest = s.str_("manifest")
+    min_mbps = s.float_("min_mbps", 1.0, lo=0.001, hi=1_000_000.0)
+    max_ttfb = s.duration("max_ttfb")
+    rounds = s.int_("rounds", 3, lo=1, hi=50) or 3
+    sample = s.size("sample_bytes", 1 << 20, lo=1 << 10, hi=1 << 30)
+    # the fallback for mirrors that ignore Range: a whole object of at most this size
+    budget = s.size("budget", 4 * sample, lo=1 << 10, hi=4 << 30)
+    if budget < sample:
+        s.error(
+            "budget",
+            f"{show_size(budget)} is less than sample_bytes {show_size(sample)}: "
+            "the budget bounds every round's download, the sample included",
+        )
+    interval = s.duration("interval", 600.0) or 600.0
+    path: Path | None = None
+    expected: str | None = None
+    if manifest == "store" or (manifest or "").startswith("store:"):
+        # the expected state an origin publishes, as for the objects check
+        expected = (manifest or "").partition(":")[2] or pool
+        if not _ident_ok(expected):
+            s.error("manifest", f"'{manifest}': '{expected}' is not a valid pool name")
+    elif manifest:
+        path = _path(manifest, root)
+        if not path.is_file():
+            s.error("manifest", f"no such file: {path} (build it with `checker manifest build`)")
+    elif objects is not None:
+        # the same objects: the sample is chosen from them by size
+        path, expected = objects.manifest, objects.expected
+    else:
+        s.error(
+            None,
+            "needs a manifest to choose its sample from: set 'manifest' here or "
+            "configure the objects check",
+        )
+        return None
+    return ThroughputCheck(
+        manifest=path,
+        expected=expected,
+        min_mbps=min_mbps or 1.0,
+        max_ttfb=max_ttfb,
+        rounds=rounds,
+        sample_bytes=sample,
+        budget=max(budget, sample),
+        interval=interval,
     )
 
 

@@ -50,6 +50,7 @@ def explain(server: Server, name: str, client: str, qtype: str = "A") -> dict[st
             "store_ok": server.health.ok,
             "down": len(server.health.down),
             "drains": len(server.health.drains),
+            "slow": len(server.health.slow),
             "snapshot": server.health.have_snapshot,
             "source": server.health.source,
         },
@@ -92,12 +93,21 @@ def explain(server: Server, name: str, client: str, qtype: str = "A") -> dict[st
     fam_attr = "ipv6" if qt == wire.AAAA else "ipv4"
     min_answers = st.min_answers if st.min_answers is not None else pool.min_answers
     best = sr.groups[0][0] if sr.groups and sr.groups[0] else None
+    slow = responder.steering.slow  # type: ignore[attr-defined]
     for m in pool.mirrors:
         for a in getattr(m, fam_attr):
             key = (m.name, str(a))
             if key not in ranked:
                 continue
             r = ranked[key]
+            why = _why(r, best, pool, st.answers, min_answers)
+            if r.slow:
+                figures = slow.get((st.pool, m.name, str(a))) or "measured slow by the checker"
+                why = f"slow: {figures}; " + (
+                    f"answered, nothing faster is as near: {why}"
+                    if r.answered
+                    else "ranks one group behind"
+                )
             mirrors.append(
                 {
                     "mirror": m.name,
@@ -107,9 +117,10 @@ def explain(server: Server, name: str, client: str, qtype: str = "A") -> dict[st
                     "tier": r.tier,
                     "distance_km": _round(r.distance_km),
                     "weight": r.weight,
+                    "slow": r.slow,
                     "answered_share": round(r.answered, 3),
                     "first_share": round(r.leading, 3),
-                    "why": _why(r, best, pool, st.answers, min_answers),
+                    "why": why,
                 }
             )
     # best first: ranked rows in rank order, then fallback and skipped ones

@@ -12,12 +12,15 @@ Format (JSON, `<state dir>/health-snapshot.json`):
      "store": "postgresql+psycopg://geodns@db/geodns",   # password hidden
      "state_version": 42, "quorum": 2,
      "down": [["pool", "mirror", "address"], ...],
-     "drains": [{"pool", "mirror", "address", "reason", "who", "at", "until"}, ...]}
+     "drains": [{"pool", "mirror", "address", "reason", "who", "at", "until"}, ...],
+     "slow": [["pool", "mirror", "address", "figures"], ...]}
 
 `drains` (added compatibly; absent = none) are the operator drains in force,
 `pool`/`address` "" for all, times ISO 8601 and `until` null for no end: a
 node restarted during an outage must not answer a drained mirror either, and a
-timed drain still ends at its `until`.
+timed drain still ends at its `until`. `slow` (added compatibly; absent =
+none) are the addresses the checkers measured slow, with their figures, so a
+restarted node keeps ranking them one group behind.
 
 `down` is the result of the regional vote (quorum and region timeout already
 applied by the store), i.e. exactly what the server was answering with; the
@@ -38,7 +41,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,6 +69,7 @@ class Snapshot:
     state_version: int | None = None
     quorum: int = 1
     drains: tuple[Drain, ...] = ()
+    slow: tuple[tuple[Key, str], ...] = ()  # (key, figures), sorted
 
     def age(self, now: float | None = None) -> float:
         return max(0.0, (time.time() if now is None else now) - self.saved_unix)
@@ -100,6 +104,7 @@ def dumps(snap: Snapshot) -> str:
             }
             for d in snap.drains
         ],
+        "slow": [[*k, why] for k, why in snap.slow],
     }
     return json.dumps(body, indent=1) + "\n"
 
@@ -157,7 +162,17 @@ def loads(text: str, where: str = "snapshot") -> Snapshot:
     if not isinstance(raw_drains, list):
         raise SnapshotError(f"{where}: drains: expected a list")
     drains = tuple(_drain(d, f"{where}: drains[{i}]") for i, d in enumerate(raw_drains))
-    return Snapshot(frozenset(down), float(saved), store, sv, quorum, drains)
+    raw_slow = body.get("slow", [])
+    if not isinstance(raw_slow, list):
+        raise SnapshotError(f"{where}: slow: expected a list")
+    slow: list[tuple[Key, str]] = []
+    for i, item in enumerate(raw_slow):
+        if not (
+            isinstance(item, list) and len(item) == 4 and all(isinstance(x, str) for x in item)
+        ):
+            raise SnapshotError(f"{where}: slow[{i}]: expected [pool, mirror, address, figures]")
+        slow.append(((item[0], item[1], item[2]), item[3]))
+    return Snapshot(frozenset(down), float(saved), store, sv, quorum, drains, tuple(sorted(slow)))
 
 
 def load(path: Path) -> Snapshot | None:
@@ -214,6 +229,7 @@ def make(
     quorum: int,
     now: float | None = None,
     drains: Iterable[Drain] = (),
+    slow: Mapping[Key, str] | None = None,
 ) -> Snapshot:
     return Snapshot(
         frozenset(down),
@@ -222,4 +238,5 @@ def make(
         state_version,
         quorum,
         tuple(drains),
+        tuple(sorted((slow or {}).items())),
     )

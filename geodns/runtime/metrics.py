@@ -43,6 +43,8 @@ class Health(Protocol):
     def degraded_reason(self) -> str | None: ...
     @property
     def drains(self) -> Collection[object]: ...
+    @property
+    def slow(self) -> Collection[object]: ...
 
 
 class Source(Protocol):
@@ -192,6 +194,11 @@ class ServerCollector(Collector):
             value=len(h.drains),
         )
         yield GaugeMetricFamily(
+            "geodns_health_addresses_slow",
+            "mirror addresses slow in the current snapshot (ranked one group behind)",
+            value=len(h.slow),
+        )
+        yield GaugeMetricFamily(
             "geodns_config_generation", "config generation being served", value=srv.generation
         )
         yield GaugeMetricFamily(
@@ -266,6 +273,7 @@ def healthz(server: Source) -> tuple[int, dict[str, Any]]:
         "health_source": h.source,
         "addresses_down": len(h.down),
         "drains": len(h.drains),
+        "addresses_slow": len(h.slow),
         "snapshot_age_seconds": None if age != age else round(age, 3),
         "last_reload_ok": server.last_reload_ok,
         "udp_path": server.udp_path,

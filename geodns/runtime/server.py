@@ -54,6 +54,8 @@ class HealthState:
         self.down: frozenset[Key] = frozenset()
         self.drains: tuple[Drain, ...] = ()  # operator drains in force at the last read
         self.drains_end: datetime | None = None  # when the soonest of them runs out
+        # serving but slow → the figures in words (ranked one group behind)
+        self.slow: dict[Key, str] = {}
         self.version: int | None = None
         self.updated = 0.0  # monotonic time of the last successful poll
         self.ok = False
@@ -109,7 +111,9 @@ class Server:
         self.store: Store | None = None
         self._store_error_said = False  # the store's failure is logged once per outage
         # what the snapshot file holds: the down-set and the drains
-        self._saved: tuple[frozenset[Key], tuple[Drain, ...]] | None = None
+        self._saved: (
+            tuple[frozenset[Key], tuple[Drain, ...], tuple[tuple[Key, str], ...]] | None
+        ) = None
         self._snapshot_error_said = False
         self._reload_lock: asyncio.Lock | None = None
         self._file_cache: FileCache = {}  # parsed YAML files, reused by reloads
@@ -207,7 +211,9 @@ class Server:
 
     def _build(self, config: Config, tables: Tables) -> Responder:
         drained = drained_keys(config, self.health.drains)
-        steering = Steering(config, self.geodb, self.health.down, drained=drained)
+        steering = Steering(
+            config, self.geodb, self.health.down, drained=drained, slow=self.health.slow
+        )
         return Responder(
             tables,
             steering,
@@ -305,6 +311,7 @@ class Server:
             return
         h.down, h.as_of, h.restored, h.source = snap.down, snap.saved_unix, snap, "file"
         h.drains, h.drains_end = snap.drains, next_end(snap.drains)
+        h.slow = dict(snap.slow)
         h.have_snapshot = True
         log.warning(
             "health store not available (%s): serving the health snapshot saved %s "
@@ -317,14 +324,20 @@ class Server:
         )
 
     def _save_snapshot(
-        self, down: frozenset[Key], version: int | None, drains: tuple[Drain, ...] = ()
+        self,
+        down: frozenset[Key],
+        version: int | None,
+        drains: tuple[Drain, ...] = (),
+        slow: dict[Key, str] | None = None,
     ) -> None:
-        """Keep the down-set and drains on disk when they changed (poll thread; one fsync)."""
-        if not self.s.persist_health or self.s.worker != 0 or (down, drains) == self._saved:
+        """Keep the down-set, drains and slow set on disk when they changed
+        (poll thread; one fsync)."""
+        saved = (down, drains, tuple(sorted((slow or {}).items())))
+        if not self.s.persist_health or self.s.worker != 0 or saved == self._saved:
             return
         assert self.store is not None
         snap = health_snapshot.make(
-            down, self.store.url_text, version, self.s.quorum, drains=drains
+            down, self.store.url_text, version, self.s.quorum, drains=drains, slow=slow or {}
         )
         path = health_snapshot.path_in(self.s.resolved_state_dir())
         try:
@@ -337,7 +350,7 @@ class Server:
         if self._snapshot_error_said:
             log.info("health snapshot saved to %s again", path)
         self._snapshot_error_said = False
-        self._saved = (down, drains)
+        self._saved = saved
 
     def _make_store(self, url: str) -> Store:
         timeout = self.s.region_timeout
@@ -349,8 +362,8 @@ class Server:
         )
 
     def _poll_health_sync(self, *, quiet: bool = False) -> bool:
-        """One poll; returns True when the down-set changed. `quiet`: the
-        caller reports a failure itself (start-up)."""
+        """One poll; returns True when the down-set, the drains or the slow set
+        changed. `quiet`: the caller reports a failure itself (start-up)."""
         url = self.s.resolved_store_url()
         if not url:
             return False
@@ -371,11 +384,12 @@ class Server:
             if version != h.version or refresh or ended:
                 down = self.store.down_addresses()
                 drains = tuple(self.store.drains())
-                changed = down != h.down or drains != h.drains
-                h.down, h.version, h.read_at = down, version, now
+                slow = self.store.slow_addresses()
+                changed = down != h.down or drains != h.drains or slow != h.slow
+                h.down, h.slow, h.version, h.read_at = down, slow, version, now
                 h.drains, h.drains_end = drains, next_end(drains)
                 h.have_snapshot = True
-                self._save_snapshot(down, version, drains)
+                self._save_snapshot(down, version, drains, slow)
             h.updated, h.as_of = now, time.time()
             if not h.ok:
                 log.info("health store reachable: %d addresses down", len(h.down))
@@ -680,10 +694,11 @@ class Server:
         changed = await asyncio.to_thread(self._poll_health_sync)
         if changed:
             log.info(
-                "health snapshot version %s: %d addresses down, %d drains",
+                "health snapshot version %s: %d addresses down, %d drains, %d slow",
                 self.health.version,
                 len(self.health.down),
                 len(self.health.drains),
+                len(self.health.slow),
             )
             await self.rebuild("health change")
 

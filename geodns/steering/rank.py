@@ -16,6 +16,13 @@ band_factor x head) (MirrorBits' 1.5x closest-distance range, widened to
 `tie_km` for near clients). With no distance (either side's location unknown)
 the tier's unknown-distance candidates form one group.
 
+Slow addresses (the checker's throughput probe: serving, but under the
+pool's `min_mbps`) rank one group behind (`demote_slow`): a slow address
+counts as part of the next group, and there it is answered only when that
+group has no address that is not slow. So a fast mirror one group farther
+away wins over a slow near one, a slow one still beats anything two groups
+away, and it pads (`min_answers`) before anything farther.
+
 The answer set is the best group only (`answer_variants`): caching resolvers
 reorder every RRset (Unbound's rrset-roundrobin, Knot Resolver's
 reorder-rrset), so any farther address in the set is the first one some
@@ -50,6 +57,7 @@ class Candidate:
     # the weight this address ranks and shares load with: the mirror's weight
     # split over its addresses of the family (address_shares); None = weight
     share: int | None = None
+    slow: bool = False  # the checker measured it slow: ranks one group behind
 
     @property
     def rank_weight(self) -> int:
@@ -208,7 +216,35 @@ def rank(
         d = distance_km(loc, c.geo.location) if loc is not None and c.geo.location else None
         ranked.append(Ranked(c, _tier(c.geo, client), d))
     ranked.sort(key=_sort_key)
-    return _group(ranked, tie_km, band_factor)
+    groups = _group(ranked, tie_km, band_factor)
+    if any(r.candidate.slow for r in ranked):
+        groups = demote_slow(groups)
+    return groups
+
+
+def demote_slow(groups: Sequence[tuple[Ranked, ...]]) -> list[tuple[Ranked, ...]]:
+    """Each group's slow members move one group back: right after the next
+    group's members that are not slow, as a group of their own (merged into
+    it they would share the answers by weight with the fast ones):
+
+        [A slow], [C]        → [C], [A]
+        [A slow, B], [C]     → [B], [C], [A]
+        [A slow], [D slow]   → [A], [D]
+        [A slow, B]          → [B], [A]
+    """
+    out: list[tuple[Ranked, ...]] = []
+    behind: tuple[Ranked, ...] = ()  # the previous group's slow members
+    for group in groups:
+        fast = tuple(r for r in group if not r.candidate.slow)
+        slow = tuple(r for r in group if r.candidate.slow)
+        if fast:
+            out.append(fast)
+        if behind:
+            out.append(behind)
+        behind = slow
+    if behind:
+        out.append(behind)
+    return out
 
 
 # --------------------------------------------------------------------------- load sharing
@@ -443,6 +479,7 @@ class ExplainRow:
     distance_km: float | None
     answered: float  # share of variants that contain this address
     leading: float  # share of variants in which it comes first
+    slow: bool = False  # ranked one group behind (demote_slow)
 
 
 def explain_rows(
@@ -467,6 +504,7 @@ def explain_rows(
             distance_km=r.distance_km,
             answered=shown.get(r.candidate, 0) / n,
             leading=led.get(r.candidate, 0) / n,
+            slow=r.candidate.slow,
         )
         for g, group in enumerate(groups)
         for r in group

@@ -68,23 +68,33 @@ class Steering:
         down: Iterable[Key] = (),
         *,
         drained: Mapping[Key, str] | None = None,
+        slow: Mapping[Key, str] | Iterable[Key] = (),
         max_variants: int = 256,
     ) -> None:
-        """`drained`: address → the words explain shows (eligibility.drained_keys)."""
+        """`drained`: address → the words explain shows (eligibility.drained_keys).
+        `slow`: addresses that serve slowly (ranked one group behind), with the
+        figures in words when given as a mapping (shown by explain)."""
         self.max_variants = max_variants
         down_set = frozenset(down)
         drained = drained or {}
-        # per pool: the down and drained addresses that concern it (to tell what a
-        # change touched)
-        self.down_by_pool: dict[str, tuple[frozenset[Key], frozenset[tuple[Key, str]]]] = {
+        self.slow: dict[Key, str] = (
+            dict(slow) if isinstance(slow, Mapping) else dict.fromkeys(slow, "")
+        )
+        slow_set = frozenset(self.slow)
+        # per pool: the down, drained and slow addresses that concern it (to tell
+        # what a change touched)
+        self.down_by_pool: dict[
+            str, tuple[frozenset[Key], frozenset[tuple[Key, str]], frozenset[Key]]
+        ] = {
             name: (
                 frozenset(k for k in down_set if k[0] == name),
                 frozenset(kv for kv in drained.items() if kv[0][0] == name),
+                frozenset(k for k in slow_set if k[0] == name),
             )
             for name in config.pools
         }
         self.pools: dict[str, dict[int, _Family]] = {
-            name: {fam: _family(pool, fam, geodb, down_set, drained) for fam in (4, 6)}
+            name: {fam: _family(pool, fam, geodb, down_set, drained, slow_set) for fam in (4, 6)}
             for name, pool in config.pools.items()
         }
         # per pool: its mirrors with scope keys, by name (most pools have none)
@@ -157,6 +167,7 @@ def _family(
     geodb: GeoDB | None,
     down: frozenset[Key],
     drained: Mapping[Key, str],
+    slow: frozenset[Key] = frozenset(),
 ) -> _Family:
     out = _Family([], [], [], [], [])
     fallback = set(pool.fallback)
@@ -165,7 +176,8 @@ def _family(
         addrs = m.ipv4 if family == 4 else m.ipv6
         for a in addrs:
             geo = mirror_geo(m, a, geodb)
-            cand = Candidate(pool.name, m.name, a, m.weight, geo, shares[m.name])
+            key = (pool.name, m.name, str(a))
+            cand = Candidate(pool.name, m.name, a, m.weight, geo, shares[m.name], key in slow)
             if not m.enabled:
                 out.skipped.append((cand, "disabled in configuration"))
                 continue
@@ -174,7 +186,7 @@ def _family(
                 out.skipped.append((cand, drain))
                 continue
             out.everyone.append(cand)
-            if (pool.name, m.name, str(a)) in down:
+            if key in down:
                 out.skipped.append((cand, "down (health checker)"))
             elif m.name in fallback:
                 out.fallback.append(cand)

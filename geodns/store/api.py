@@ -44,6 +44,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from geodns.store import slow as slow_query
 from geodns.store.drains import DrainStore
 from geodns.store.expected import ExpectedState
 from geodns.store.records import (
@@ -139,6 +140,19 @@ class Store(ExpectedState, DrainStore):
             raise self._error("cannot read down addresses", exc) from None
         return frozenset((r[0], r[1], r[2]) for r in rows)
 
+    def slow_addresses(self) -> dict[tuple[str, str, str], str]:
+        """(pool, mirror, address) → why it is slow, for addresses that `quorum`
+        regions call slow or worse (`slow.slow_addresses`); read beside
+        `down_addresses()` in the server's poll, only when the version moved."""
+        try:
+            with self._lock:
+                self._follow_file()
+                with self._engine.connect() as conn:
+                    regions, quorum = self._voting_regions(conn)
+                    return slow_query.slow_addresses(conn, regions, quorum)
+        except SQLAlchemyError as exc:
+            raise self._error("cannot read slow addresses", exc) from None
+
     def region_last_checks(self) -> dict[str, datetime]:
         """Each region's newest check time (what `region_timeout` compares)."""
         try:
@@ -198,13 +212,18 @@ class Store(ExpectedState, DrainStore):
         warning: str | None,
         kinds: dict[str, Any] | None,
         at: datetime,
+        slow: bool = False,
+        slow_reason: str = "",
     ) -> bool:
+        slow = slow and up and not disabled  # slow is a state of serving addresses
         row = session.get(AddressStateRow, (address_id, region))
-        changed = row is None or row.up != up or row.disabled != disabled
+        changed = row is None or row.up != up or row.disabled != disabled or bool(row.slow) != slow
         if row is None:
             row = AddressStateRow(address_id=address_id, region=region, kinds={})
         row.up = up
         row.disabled = disabled
+        row.slow = slow
+        row.slow_reason = slow_reason if slow else ""
         row.checked_at = at
         row.detail = detail
         row.warning = warning
@@ -223,15 +242,25 @@ class Store(ExpectedState, DrainStore):
                     up=up,
                     disabled=disabled,
                     reason=reason,
+                    slow=slow,
                 )
             )
             self._bump_version(session)
         return changed
 
     def set_state(
-        self, pool: str, mirror: str, address: str, up: bool, reason: str, *, region: str = ""
+        self,
+        pool: str,
+        mirror: str,
+        address: str,
+        up: bool,
+        reason: str,
+        *,
+        region: str = "",
+        slow: bool = False,
     ) -> None:
-        """Force a state, recorded exactly like a checker-made change."""
+        """Force a state, recorded exactly like a checker-made change (`slow`:
+        `reason` is then also its figures)."""
         at = _now()
         with self._session("cannot write state") as session:
             aid = self._address_id(session, pool, mirror, address)
@@ -246,6 +275,8 @@ class Store(ExpectedState, DrainStore):
                 warning=None,
                 kinds=None,
                 at=at,
+                slow=slow,
+                slow_reason=reason if slow else "",
             )
 
     def record(
@@ -262,11 +293,15 @@ class Store(ExpectedState, DrainStore):
         warning: str | None = None,
         disabled: bool = False,
         kinds: dict[str, Any] | None = None,
+        slow: bool = False,
+        slow_reason: str = "",
     ) -> bool:
         """Store probe results and the evaluated state in one transaction.
 
         `reason` is kept only when the state changes (it explains the change);
-        `detail` always replaces the latest summary. Returns True on a change.
+        `detail` always replaces the latest summary, `slow_reason` (the figures
+        while `slow`) likewise. Entering or leaving `slow` is a change. Returns
+        True on a change.
         """
         at = _now()
         with self._session("cannot record results") as session:
@@ -296,6 +331,8 @@ class Store(ExpectedState, DrainStore):
                 warning=warning,
                 kinds=kinds,
                 at=at,
+                slow=slow,
+                slow_reason=slow_reason,
             )
 
     def prune(
@@ -406,6 +443,8 @@ class Store(ExpectedState, DrainStore):
                     detail=s.detail,
                     warning=s.warning,
                     kinds=dict(s.kinds or {}),
+                    slow=bool(s.slow),
+                    slow_reason=s.slow_reason or "",
                 )
                 for a, s in rows
             ]
@@ -442,6 +481,7 @@ class Store(ExpectedState, DrainStore):
                     up=c.up,
                     disabled=c.disabled,
                     reason=c.reason,
+                    slow=bool(c.slow),
                 )
                 for a, c in session.execute(stmt).all()
             ]

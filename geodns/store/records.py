@@ -47,6 +47,8 @@ class AddressState:
     detail: str
     warning: str | None
     kinds: dict[str, Any]
+    slow: bool = False  # serving, but ranked one group behind
+    slow_reason: str = ""  # its figures: "0.4 MB/s median over 3 rounds (min 2)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,16 @@ class StateChange:
     up: bool
     disabled: bool
     reason: str
+    slow: bool = False
+
+    @property
+    def state(self) -> str:
+        """disabled, down, slow or up."""
+        if self.disabled:
+            return "disabled"
+        if not self.up:
+            return "down"
+        return "slow" if self.slow else "up"
 
 
 @dataclass(frozen=True, slots=True)
