@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,7 +49,6 @@ class Response:
     body: bytes = b""
     version: str = "1.1"
     truncated: bool = False  # `stop_after` bytes were read and the rest left unread
-    sent_at: float = 0.0  # time.perf_counter() when the request was written (connected)
 
     @property
     def content_length(self) -> int | None:
@@ -74,7 +72,6 @@ class _Pending:
     chunk_state: str = "size"  # size | data | data_crlf | trailer
     body: bytearray = field(default_factory=bytearray)
     received: int = 0
-    sent_at: float = 0.0
 
 
 class _Connection(asyncio.Protocol):
@@ -142,9 +139,7 @@ class _Connection(asyncio.Protocol):
             err.retry = True
             fut.set_exception(err)
             return fut
-        self.pending.append(
-            _Pending(method, fut, max_body, sink, limit, sent_at=time.perf_counter())
-        )
+        self.pending.append(_Pending(method, fut, max_body, sink, limit))
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self.transport.write(
             f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n"
@@ -200,7 +195,6 @@ class _Connection(asyncio.Protocol):
                 resp = self._head(head)
                 if 100 <= resp.status < 200:
                     continue  # interim response (100 Continue); the real one follows
-                resp.sent_at = p.sent_at
                 p.response = resp
                 h = resp.headers
                 conn = h.get("connection", "").lower()

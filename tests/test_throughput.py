@@ -9,6 +9,7 @@ The end-to-end path (checker → store → DNS answers) is tests/test_slow_e2e.p
 from __future__ import annotations
 
 import asyncio
+import io
 import ipaddress
 import json
 import textwrap
@@ -453,6 +454,16 @@ def test_report_json_nagios_and_history_show_slow(tmp_path: Path) -> None:
     assert "slow=1;;;0;2" in out and "throughput_min_mbps=0.4;;;0" in out
     assert "SLOW: p/slow 127.0.0.2: slow: 0.4 MB/s median over 3 rounds (min 2)" in out
     assert json.loads(report.history_json(changes))[0]["state"] == "slow"
+    table = io.StringIO()
+    report.print_table(rows, table, color=False, width=200)
+    line = next(ln for ln in table.getvalue().splitlines() if "127.0.0.2" in ln)
+    assert (
+        " slow " in line and "0.4 MB/s median over 3 rounds" in line and "MB/s" in table.getvalue()
+    )
+    assert "1 up, 1 slow" in table.getvalue()
+    hist = io.StringIO()
+    report.print_history(changes, hist, color=False, width=200)
+    assert " slow " in hist.getvalue()
     assert [r.mirror for r in report.build_rows(rows_of(url), state="slow")] == ["slow"]
     assert {r.mirror for r in report.build_rows(rows_of(url), state="up")} == {"fast", "slow"}
 

@@ -68,20 +68,27 @@ class Meter:
             self.first_bytes = len(data)
         self.read += len(data)
 
+    def one_read(self, end: float) -> bool:
+        """All of it in one read: the rate is a floor, not a measurement."""
+        return self.first_at is not None and (
+            self.read == self.first_bytes or end - self.first_at < _MIN_SPAN
+        )
+
     @property
     def ttfb(self) -> float | None:
         return None if self.first_at is None else self.first_at - self.start
 
-    def rate(self, end: float, sent_at: float | None) -> float:
+    def rate(self, end: float) -> float:
         """Bytes per second from the first body byte to `end` (completion or
-        timeout). All of it in one read (a small sample on a fast path) has no
-        such span: then the bytes over the time since the request was sent."""
+        timeout). The whole sample in one read (a small one on a fast path)
+        came faster than can be timed: it counts as arriving within
+        `_MIN_SPAN` — waiting for it is latency, which `max_ttfb` judges."""
         if self.first_at is None:
             return 0.0
         span = end - self.first_at
         if span >= _MIN_SPAN and self.read > self.first_bytes:
             return (self.read - self.first_bytes) / span
-        return self.read / max(end - (sent_at or self.start), _MIN_SPAN)
+        return self.read / max(span, _MIN_SPAN)
 
 
 # per (manifest, sample, budget, whole): a weak reference guards against a
@@ -187,7 +194,6 @@ async def probe_throughput(
     client = target.client(max_connections=1)
     meter = Meter(time.perf_counter())
     status: int | None = None
-    sent_at: float | None = None
     timed_out = False
     try:
         resp = await client.get(
@@ -196,14 +202,14 @@ async def probe_throughput(
             headers={"Range": f"bytes=0-{check.sample_bytes - 1}"},
             stop_after=limit,
         )
-        status, sent_at = resp.status, resp.sent_at
+        status = resp.status
     except HTTPError as exc:
         if not exc.timeout or exc.connect:
             return error(exc.reason)
         # connected, then too slow: judged on what arrived (maybe nothing)
         timed_out = True
         if exc.response is not None:
-            status, sent_at = exc.response.status, exc.response.sent_at
+            status = exc.response.status
     finally:
         end = time.perf_counter()
         await client.close()
@@ -213,7 +219,7 @@ async def probe_throughput(
         ranges = True
     elif status == 200:
         ranges = False  # Range ignored: next rounds fetch an object that fits the budget
-    mbps = meter.rate(end, sent_at) / MB
+    mbps = meter.rate(end) / MB
     ttfb = meter.ttfb
     samples = [*samples, [round(mbps, 4), None if ttfb is None else round(ttfb, 4)]]
     samples = samples[-check.rounds :]
@@ -223,7 +229,8 @@ async def probe_throughput(
         how += " (Range ignored: read up to the sample, then closed)"
     elif timed_out:
         how += f" (stopped at the {text.duration(target.checks.timeout)} timeout)"
-    detail = f"{mbps_text(mbps)} MB/s, first byte after {_ms(ttfb)}: {how}; {v.summary}"
+    floor = "at least " if meter.one_read(end) else ""
+    detail = f"{floor}{mbps_text(mbps)} MB/s, first byte after {_ms(ttfb)}: {how}; {v.summary}"
     data: dict[str, Any] = {
         "samples": samples,
         "ranges": ranges,

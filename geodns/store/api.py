@@ -88,6 +88,10 @@ class Store(ExpectedState, DrainStore):
     database is unreachable or has no schema.
     """
 
+    # True once the schema is seen at slow.SLOW_REVISION (a DNS node may be
+    # upgraded before the checker that migrates the store)
+    _slow_columns = False
+
     def __init__(
         self,
         url: str,
@@ -148,6 +152,11 @@ class Store(ExpectedState, DrainStore):
             with self._lock:
                 self._follow_file()
                 with self._engine.connect() as conn:
+                    if not self._slow_columns:
+                        rev = self._current_revision(conn)
+                        self._slow_columns = slow_query.has_slow_columns(rev)
+                        if not self._slow_columns:
+                            return {}  # a store the checker has not migrated yet
                     regions, quorum = self._voting_regions(conn)
                     return slow_query.slow_addresses(conn, regions, quorum)
         except SQLAlchemyError as exc:

@@ -6,6 +6,10 @@ down and another seeing it slow make it slow, not fast), and at least one of
 them measured it slow. Down wins over slow: the server skips down addresses
 before it looks at speed. The figures shown are one slow region's (the
 greatest text, for a stable choice).
+
+The columns come with revision `SLOW_REVISION`; a DNS node upgraded before
+the checker (which migrates) reads an older store as "nothing slow" instead
+of failing every poll, as with the drains.
 """
 
 from __future__ import annotations
@@ -16,6 +20,13 @@ from sqlalchemy import case, func, select
 from sqlalchemy.engine import Connection
 
 from geodns.store.schema import AddressRow, AddressStateRow
+
+SLOW_REVISION = 4  # migrations/versions/0004_slow.py: keep the number in step
+
+
+def has_slow_columns(revision: str | None) -> bool:
+    number = (revision or "").split("_", 1)[0]
+    return number.isdigit() and int(number) >= SLOW_REVISION
 
 
 def slow_addresses(
