@@ -13,9 +13,9 @@ import io
 import ipaddress
 import json
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,11 @@ from geodns.steering.rank import Candidate, answer_variants, demote_slow, rank
 from geodns.store import ProbeRecord, Store
 
 from .util import silence_region
+
+try:
+    from pg import pg_server  # noqa: F401  (fixture)
+except ImportError:  # pragma: no cover - tests/ became a package
+    from tests.pg import pg_server  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -387,8 +392,62 @@ def test_slow_ranks_one_group_behind() -> None:
 # --------------------------------------------------------------------------- store and reports
 
 
-def test_store_slow_votes_quorum_history_and_version(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/h.sqlite"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/h.sqlite"
+        return
+    server = request.getfixturevalue("pg_server")
+    url = server.create_database()
+    try:
+        yield url
+    finally:
+        server.drop_database(url)
+
+
+def test_migration_from_0001_keeps_rows_as_not_slow(store_url: str) -> None:
+    """A store made by the previous release (revision 0001) is upgraded in place."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, text
+
+    import geodns.store.schema as gs
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(gs.__file__).with_name("migrations")))
+    engine = create_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0001")
+            conn.execute(
+                text(
+                    "INSERT INTO mirror_addresses (id, pool, mirror, address, family) "
+                    "VALUES (1, 'p', 'a', '127.0.0.1', 4)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO address_states (address_id, region, up, disabled, reason, "
+                    "since, checked_at, detail, kinds) VALUES (1, '', :t, :f, 'old', "
+                    ":now, :now, 'ok', '{}')"
+                ),
+                {"t": True, "f": False, "now": datetime.now(UTC).replace(tzinfo=None)},
+            )
+    finally:
+        engine.dispose()
+    with Store(store_url) as s:  # upgrades to the head
+        st = s.get_state("p", "a", "127.0.0.1")
+        assert st is not None and st.up and not st.slow and st.slow_reason == ""
+        assert s.slow_addresses() == {}
+        s.set_state("p", "a", "127.0.0.1", True, "0.4 MB/s median over 3 rounds (min 2)", slow=True)
+        assert s.slow_addresses() == {
+            ("p", "a", "127.0.0.1"): "0.4 MB/s median over 3 rounds (min 2)"
+        }
+
+
+def test_store_slow_votes_quorum_history_and_version(store_url: str) -> None:
+    url = store_url
     with Store(url, quorum=2, region_timeout=timedelta(minutes=5)) as s:
         v0 = s.state_version()
         s.set_state(
