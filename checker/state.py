@@ -64,8 +64,8 @@ def _kind_entry(prev: dict[str, Any] | None) -> dict[str, Any]:
     return base
 
 
-def _fold_slow(e: dict[str, Any], r: ProbeRecord, fall: int, rise: int) -> bool:
-    """Count a speed verdict into the streaks; True when the address turns fast again."""
+def _fold_slow(e: dict[str, Any], r: ProbeRecord, fall: int, rise: int) -> None:
+    """Count a speed verdict into the kind's streaks, as `advance` does failures."""
     verdict = r.data.get("slow")
     if verdict is True:
         e["fails"] = int(e["fails"]) + 1
@@ -77,9 +77,7 @@ def _fold_slow(e: dict[str, Any], r: ProbeRecord, fall: int, rise: int) -> bool:
         e["fails"] = 0
         if e.get("slow") and e["oks"] >= rise:
             e["slow"] = False
-            return True
     # None (measuring, or no sample this round): the streaks stand
-    return False
 
 
 def _summary(e: dict[str, Any]) -> str:
