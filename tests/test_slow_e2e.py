@@ -134,7 +134,7 @@ async def test_throttled_mirror_goes_slow_loses_to_a_farther_one_and_comes_back(
                 assert s.slow_reason == data["summary"]
                 assert shown["answer"] == [FAR]
                 text = render(shown)
-                assert "0 address(es) down, 1 slow" in text
+                assert "0 address(es) down, 0 drain(s), 1 slow" in text
                 assert f"slow: {s.slow_reason}; ranks one group behind" in text
 
                 near.faults.throttle = 0

@@ -436,6 +436,9 @@ def test_migration_from_0001_keeps_rows_as_not_slow(store_url: str) -> None:
             )
     finally:
         engine.dispose()
+    # a DNS node upgraded before the checker: an old store reads as nothing slow
+    with Store(store_url, create=False) as old:
+        assert old.slow_addresses() == {} and old.down_addresses() == frozenset()
     with Store(store_url) as s:  # upgrades to the head
         st = s.get_state("p", "a", "127.0.0.1")
         assert st is not None and st.up and not st.slow and st.slow_reason == ""
@@ -477,6 +480,23 @@ def test_store_slow_votes_quorum_history_and_version(store_url: str) -> None:
         assert not s.get_state("p", "b", "127.0.0.2").slow  # type: ignore[union-attr]
 
 
+def test_health_snapshot_file_keeps_the_slow_set(tmp_path: Path) -> None:
+    """A node restarted during a store outage still ranks slow mirrors behind."""
+    from geodns.runtime import health_snapshot as hs
+
+    key = ("p", "a", "127.0.0.1")
+    snap = hs.make([("p", "b", "127.0.0.2")], "sqlite://", 7, 1, slow={key: "0.4 MB/s median"})
+    hs.save(tmp_path / hs.FILENAME, snap)
+    back = hs.load(tmp_path / hs.FILENAME)
+    assert back is not None and dict(back.slow) == {key: "0.4 MB/s median"}
+    old = json.loads(hs.dumps(snap))
+    del old["slow"]  # a file written before slow existed
+    assert hs.loads(json.dumps(old)).slow == ()
+    old["slow"] = [["p", "a"]]
+    with pytest.raises(hs.SnapshotError, match=r"slow\[0\]: expected \[pool, mirror"):
+        hs.loads(json.dumps(old))
+
+
 def test_report_json_nagios_and_history_show_slow(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/h.sqlite"
     kinds = {
@@ -512,7 +532,7 @@ def test_report_json_nagios_and_history_show_slow(tmp_path: Path) -> None:
     )
     assert "slow=1;;;0;2" in out and "throughput_min_mbps=0.4;;;0" in out
     assert "SLOW: p/slow 127.0.0.2: slow: 0.4 MB/s median over 3 rounds (min 2)" in out
-    assert json.loads(report.history_json(changes))[0]["state"] == "slow"
+    assert json.loads(report.history_json(report.history_lines(changes)))[0]["state"] == "slow"
     table = io.StringIO()
     report.print_table(rows, table, color=False, width=200)
     line = next(ln for ln in table.getvalue().splitlines() if "127.0.0.2" in ln)
@@ -521,8 +541,14 @@ def test_report_json_nagios_and_history_show_slow(tmp_path: Path) -> None:
     )
     assert "1 up, 1 slow" in table.getvalue()
     hist = io.StringIO()
-    report.print_history(changes, hist, color=False, width=200)
+    report.print_history(report.history_lines(changes), hist, color=False, width=200)
     assert " slow " in hist.getvalue()
+    # the status page: a state badge of its own, and the median in a sortable column
+    from checker.web.render import export_html
+
+    page = export_html(rows, max_age=3600)
+    assert '<span class="state state-slow">slow</span>' in page
+    assert ">MB/s<" in page and 'title="first byte after 12 ms (median)">0.4</td>' in page
     assert [r.mirror for r in report.build_rows(rows_of(url), state="slow")] == ["slow"]
     assert {r.mirror for r in report.build_rows(rows_of(url), state="up")} == {"fast", "slow"}
 

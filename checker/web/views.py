@@ -30,6 +30,7 @@ from urllib.parse import quote, urlencode
 from geodns.model import Config, TLSCheck
 
 from .. import report, text
+from ..probes.throughput import mbps_text
 from . import svg
 from .data import CHART_DAYS, MirrorDetail, Snapshot, snapshot_of
 
@@ -57,6 +58,8 @@ KNOWN_FIELDS = frozenset(
         "latency_ms",
         "health",  # differs from state only when drained: the reason says it
         "drain",  # worded in the reason ("by alice until …: kernel upgrade")
+        "throughput_mbps",
+        "ttfb_ms",
     )
 )
 KNOWN_DOC = frozenset(("schema", "generated", "summary", "addresses", "regions", "expected"))
@@ -109,6 +112,12 @@ COLUMNS = (
     Column("tls", "TLS", True, "days until the TLS certificate expires"),
     Column("objects", "Objects", True, "objects missing or wrong / objects checked"),
     Column("latency", "Latency", True, "response time of the last probe"),
+    Column(
+        "throughput",
+        "MB/s",
+        True,
+        "median download rate of the throughput samples (slow below the pool's min_mbps)",
+    ),
     Column("checked", "Last check", title="time of the last check"),
 )
 COLUMN_KEYS = frozenset(c.key for c in COLUMNS)
@@ -137,6 +146,8 @@ class RowView:
     objects_text: str
     objects_cls: str
     latency_text: str
+    throughput_text: str
+    throughput_title: str  # the median time to first byte
     checked_text: str
     checked_title: str
     checked_cls: str  # "warn" when older than max-age (stale)
@@ -148,6 +159,7 @@ class RowView:
     tls_days: float | None
     missing: int | None
     latency_ms: float | None
+    throughput_mbps: float | None
 
 
 def _address_key(address: str) -> tuple[int, int | str]:
@@ -169,6 +181,7 @@ SORT_KEYS: dict[str, Callable[[RowView], Any]] = {
     "tls": lambda r: r.tls_days,
     "objects": lambda r: r.missing,
     "latency": lambda r: r.latency_ms,
+    "throughput": lambda r: r.throughput_mbps,
     "checked": lambda r: r.checked_at,
 }
 
@@ -259,6 +272,8 @@ def row_view(
     missing = fields.get("objects_missing")
     checked_n = fields.get("objects_checked")
     latency = fields.get("latency_ms")
+    mbps = fields.get("throughput_mbps")
+    ttfb = fields.get("ttfb_ms")
     stale = bool(fields.get("stale"))
     since_cell = clock.when(since)
     checked_cell = clock.when(checked)
@@ -282,6 +297,8 @@ def row_view(
         objects_text="" if checked_n is None else f"{missing or 0}/{checked_n}",
         objects_cls="warn" if missing else "",
         latency_text="" if latency is None else f"{latency:.0f} ms",
+        throughput_text="" if mbps is None else mbps_text(float(mbps)),
+        throughput_title="" if ttfb is None else f"first byte after {ttfb:.0f} ms (median)",
         checked_text=checked_cell.text,
         checked_title=checked_cell.title + (": not checked lately" if stale else ""),
         checked_cls="warn" if stale and checked is not None else "",
@@ -292,6 +309,7 @@ def row_view(
         tls_days=tls,
         missing=(missing or 0) if checked_n is not None else None,
         latency_ms=latency,
+        throughput_mbps=mbps,
     )
 
 
