@@ -422,26 +422,32 @@ def test_migration_from_0001_keeps_rows_as_not_slow(store_url: str) -> None:
             command.upgrade(cfg, "0001")
             conn.execute(
                 text(
-                    "INSERT INTO mirror_addresses (id, pool, mirror, address, family) "
-                    "VALUES (1, 'p', 'a', '127.0.0.1', 4)"
+                    "INSERT INTO mirror_addresses (pool, mirror, address, family) "
+                    "VALUES ('p', 'a', '127.0.0.1', 4)"
                 )
             )
+            aid = conn.execute(text("SELECT id FROM mirror_addresses")).scalar_one()
             conn.execute(
                 text(
                     "INSERT INTO address_states (address_id, region, up, disabled, reason, "
-                    "since, checked_at, detail, kinds) VALUES (1, '', :t, :f, 'old', "
+                    "since, checked_at, detail, kinds) VALUES (:id, '', :t, :f, 'old', "
                     ":now, :now, 'ok', '{}')"
                 ),
-                {"t": True, "f": False, "now": datetime.now(UTC).replace(tzinfo=None)},
+                {"id": aid, "t": True, "f": False, "now": datetime.now(UTC).replace(tzinfo=None)},
             )
     finally:
         engine.dispose()
-    # a DNS node upgraded before the checker: an old store reads as nothing slow
+    # a DNS node upgraded before the checker: an old store reads as nothing slow,
+    # and this code still writes and reads it (slow is left out until migrated)
     with Store(store_url, create=False) as old:
         assert old.slow_addresses() == {} and old.down_addresses() == frozenset()
+        old.set_state("p", "b", "127.0.0.2", True, "0.1 MB/s", slow=True)
+        assert [(x.mirror, x.slow) for x in old.states()] == [("a", False), ("b", False)]
+        assert [c.state for c in old.history("b")] == ["up"]
     with Store(store_url) as s:  # upgrades to the head
         st = s.get_state("p", "a", "127.0.0.1")
         assert st is not None and st.up and not st.slow and st.slow_reason == ""
+        assert [c.slow for c in s.history("b")] == [False]
         assert s.slow_addresses() == {}
         s.set_state("p", "a", "127.0.0.1", True, "0.4 MB/s median over 3 rounds (min 2)", slow=True)
         assert s.slow_addresses() == {

@@ -110,7 +110,7 @@ class Server:
         self.stopping: asyncio.Event | None = None  # created in start(), inside the loop
         self.store: Store | None = None
         self._store_error_said = False  # the store's failure is logged once per outage
-        # what the snapshot file holds: the down-set and the drains
+        # what the snapshot file holds: the down-set, the drains and the slow set
         self._saved: (
             tuple[frozenset[Key], tuple[Drain, ...], tuple[tuple[Key, str], ...]] | None
         ) = None

@@ -42,7 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
 
 from geodns.store import slow as slow_query
 from geodns.store.drains import DrainStore
@@ -88,9 +88,23 @@ class Store(ExpectedState, DrainStore):
     database is unreachable or has no schema.
     """
 
-    # True once the schema is seen at slow.SLOW_REVISION (a DNS node may be
-    # upgraded before the checker that migrates the store)
+    # True once the schema is seen at slow.SLOW_REVISION: this code may meet a
+    # store the checker has not migrated yet (a DNS node upgraded first)
     _slow_columns = False
+
+    def _slow_schema(self, conn: Connection | None = None) -> bool:
+        """Whether the slow columns exist (checked until they do, then trusted)."""
+        if not self._slow_columns:
+            if conn is None:
+                try:
+                    with self._lock, self._engine.connect() as own:
+                        rev = self._current_revision(own)
+                except SQLAlchemyError as exc:
+                    raise self._error("cannot read the schema revision", exc) from None
+            else:
+                rev = self._current_revision(conn)
+            self._slow_columns = slow_query.has_slow_columns(rev)
+        return self._slow_columns
 
     def __init__(
         self,
@@ -152,11 +166,8 @@ class Store(ExpectedState, DrainStore):
             with self._lock:
                 self._follow_file()
                 with self._engine.connect() as conn:
-                    if not self._slow_columns:
-                        rev = self._current_revision(conn)
-                        self._slow_columns = slow_query.has_slow_columns(rev)
-                        if not self._slow_columns:
-                            return {}  # a store the checker has not migrated yet
+                    if not self._slow_schema(conn):
+                        return {}  # a store the checker has not migrated yet
                     regions, quorum = self._voting_regions(conn)
                     return slow_query.slow_addresses(conn, regions, quorum)
         except SQLAlchemyError as exc:
@@ -225,14 +236,18 @@ class Store(ExpectedState, DrainStore):
         slow_reason: str = "",
     ) -> bool:
         slow = slow and up and not disabled  # slow is a state of serving addresses
+        has_slow = self._slow_columns  # checked by the caller, before the session
         row = session.get(AddressStateRow, (address_id, region))
-        changed = row is None or row.up != up or row.disabled != disabled or bool(row.slow) != slow
+        changed = row is None or row.up != up or row.disabled != disabled
+        if has_slow and row is not None and not changed:
+            changed = bool(row.slow) != slow
         if row is None:
             row = AddressStateRow(address_id=address_id, region=region, kinds={})
         row.up = up
         row.disabled = disabled
-        row.slow = slow
-        row.slow_reason = slow_reason if slow else ""
+        if has_slow:
+            row.slow = slow
+            row.slow_reason = slow_reason if slow else ""
         row.checked_at = at
         row.detail = detail
         row.warning = warning
@@ -243,17 +258,17 @@ class Store(ExpectedState, DrainStore):
             row.since = at
         session.add(row)
         if changed:
-            session.add(
-                StateChangeRow(
-                    address_id=address_id,
-                    region=region,
-                    at=at,
-                    up=up,
-                    disabled=disabled,
-                    reason=reason,
-                    slow=slow,
-                )
+            change = StateChangeRow(
+                address_id=address_id,
+                region=region,
+                at=at,
+                up=up,
+                disabled=disabled,
+                reason=reason,
             )
+            if has_slow:
+                change.slow = slow
+            session.add(change)
             self._bump_version(session)
         return changed
 
@@ -271,6 +286,7 @@ class Store(ExpectedState, DrainStore):
         """Force a state, recorded exactly like a checker-made change (`slow`:
         `reason` is then also its figures)."""
         at = _now()
+        self._slow_schema()
         with self._session("cannot write state") as session:
             aid = self._address_id(session, pool, mirror, address)
             self._apply_state(
@@ -313,6 +329,7 @@ class Store(ExpectedState, DrainStore):
         True on a change.
         """
         at = _now()
+        self._slow_schema()
         with self._session("cannot record results") as session:
             aid = self._address_id(session, pool, mirror, address)
             for r in results:
@@ -428,6 +445,9 @@ class Store(ExpectedState, DrainStore):
             stmt = stmt.where(AddressRow.address == address_text(address))
         if region is not None:
             stmt = stmt.where(AddressStateRow.region == region)
+        has_slow = self._slow_schema()
+        if has_slow:
+            stmt = stmt.options(undefer(AddressStateRow.slow), undefer(AddressStateRow.slow_reason))
         stmt = stmt.order_by(
             AddressRow.pool,
             AddressRow.mirror,
@@ -452,8 +472,8 @@ class Store(ExpectedState, DrainStore):
                     detail=s.detail,
                     warning=s.warning,
                     kinds=dict(s.kinds or {}),
-                    slow=bool(s.slow),
-                    slow_reason=s.slow_reason or "",
+                    slow=bool(s.slow) if has_slow else False,
+                    slow_reason=(s.slow_reason or "") if has_slow else "",
                 )
                 for a, s in rows
             ]
@@ -478,6 +498,9 @@ class Store(ExpectedState, DrainStore):
         )
         if region is not None:
             stmt = stmt.where(StateChangeRow.region == region)
+        has_slow = self._slow_schema()
+        if has_slow:
+            stmt = stmt.options(undefer(StateChangeRow.slow))
         stmt = stmt.order_by(StateChangeRow.at.desc(), StateChangeRow.id.desc()).limit(limit)
         with self._session("cannot read history") as session:
             return [
@@ -490,7 +513,7 @@ class Store(ExpectedState, DrainStore):
                     up=c.up,
                     disabled=c.disabled,
                     reason=c.reason,
-                    slow=bool(c.slow),
+                    slow=bool(c.slow) if has_slow else False,
                 )
                 for a, c in session.execute(stmt).all()
             ]

@@ -114,6 +114,9 @@ class ProbeResultRow(Base):
 class AddressStateRow(Base):
     __tablename__ = "address_states"
     __table_args__ = (Index("ix_address_states_up", "up"),)
+    # no INSERT ... RETURNING of server defaults: it would name the slow
+    # columns, which a store not yet at 0004_slow lacks
+    __mapper_args__ = {"eager_defaults": False}
 
     address_id: Mapped[int] = mapped_column(
         ForeignKey("mirror_addresses.id", ondelete="CASCADE"), primary_key=True
@@ -128,9 +131,12 @@ class AddressStateRow(Base):
     warning: Mapped[str | None] = mapped_column(Text, nullable=True)
     kinds: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # serving but slow (only ever with up): ranked one group behind; the
-    # figures in words for `geodns explain` ("0.4 MB/s median over 3 rounds (min 2)")
-    slow: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    slow_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # figures in words for `geodns explain` ("0.4 MB/s median over 3 rounds (min 2)").
+    # Deferred and without Python defaults: loaded and written only where the
+    # schema has them (revision 0004_slow), so this code still reads and writes
+    # a store the checker has not migrated yet.
+    slow: Mapped[bool] = mapped_column(Boolean, server_default=false(), deferred=True)
+    slow_reason: Mapped[str] = mapped_column(Text, server_default="", deferred=True)
 
 
 class StateChangeRow(Base):
@@ -139,6 +145,7 @@ class StateChangeRow(Base):
         Index("ix_state_changes_addr_at", "address_id", "at"),
         Index("ix_state_changes_at", "at"),
     )
+    __mapper_args__ = {"eager_defaults": False}  # as AddressStateRow's
 
     id: Mapped[int] = mapped_column(_BigId, primary_key=True)
     address_id: Mapped[int] = mapped_column(ForeignKey("mirror_addresses.id", ondelete="CASCADE"))
@@ -147,7 +154,7 @@ class StateChangeRow(Base):
     up: Mapped[bool] = mapped_column(Boolean)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     reason: Mapped[str] = mapped_column(Text, default="")
-    slow: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    slow: Mapped[bool] = mapped_column(Boolean, server_default=false(), deferred=True)
 
 
 class MetaRow(Base):
