@@ -5,8 +5,8 @@
  * calls `handler(data: bytes, source: str)` once per datagram (the same
  * per-datagram function the asyncio path calls; it returns the reply bytes or
  * None to drop), sends every reply of the batch with one sendmmsg(2) to the
- * exact address the query came from, and repeats while full batches keep
- * arriving, at most `limit` datagrams per call. The event loop calls it when
+ * exact address the query came from, and repeats until the socket is empty
+ * (EAGAIN), at most `limit` datagrams per call. The event loop calls it when
  * the socket is readable (loop.add_reader), so it shares the loop with TCP,
  * metrics, reload and the watchdog.
  *
@@ -455,9 +455,9 @@ Batch_drain(Batch *self, PyObject *const *args, Py_ssize_t nargs)
         if (nsend > 0) {
             send_replies(self, fd, nsend);
         }
-        if (n < want) {
-            break; /* the queue was empty; level-triggered readiness brings us back */
-        }
+        /* on until the socket is empty (EAGAIN) or `limit`: datagrams that
+         * arrived while this batch was answered are taken now, without a
+         * round through epoll and the loop's callback */
     }
 
     self->busy = 0;
