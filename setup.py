@@ -14,7 +14,8 @@ if sys.platform.startswith("linux"):
     ext_modules.append(
         Extension(
             "geodns.dns._udpbatch",
-            ["geodns/dns/_udpbatch.c"],
+            ["geodns/dns/_udpbatch.c", "geodns/dns/_hot.c"],
+            depends=["geodns/dns/_hot.h"],
             optional=True,
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         )

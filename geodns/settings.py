@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from geodns.dns import rrl
+from geodns.dns import hot, rrl
 
 COOKIE_FILE_NAME = "cookie-secret"  # in the state directory, unless --cookie-secret-file
 
@@ -74,6 +74,8 @@ class ServerSettings:
     cookie_secret_file: Path | None = None
     reuse_port: bool = False
     udp_batch: str = field(default_factory=default_udp_batch)  # geodns.dns.udpbatch.MODES
+    # answers the batched UDP path replays for repeated queries (geodns.dns.hot); 0 = off
+    hot_answers: int = hot.CAPACITY
     # --workers N: this process's index, and where workers share their counters
     worker: int = 0
     workers: int = 1

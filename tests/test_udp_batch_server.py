@@ -52,7 +52,8 @@ def test_the_server_serves_udp_on_the_path_it_is_told(server: ServerThread) -> N
 
 
 def fuzz_packets(rng: random.Random, n: int) -> list[bytes]:
-    """Valid queries mutated one to three times, random bytes, and long packets."""
+    """Valid queries mutated one to three times, random bytes, long packets, and
+    valid queries again with another ID and name case (the hot table's hits)."""
     base = valid_queries()
     base += [
         query("dl.example.org", "AAAA", ecs="2001:db8::/32").to_wire(),
@@ -67,6 +68,13 @@ def fuzz_packets(rng: random.Random, n: int) -> list[bytes]:
         k = i % 10
         if k == 0:
             out.append(rng.randbytes(rng.randrange(0, 700)))
+        elif k == 9:
+            p = bytearray(rng.choice(base))
+            p[0:2] = rng.randbytes(2)
+            for j in range(13, min(len(p), 40)):
+                if 97 <= p[j] <= 122 and rng.random() < 0.3:
+                    p[j] -= 32  # the question goes back as sent
+            out.append(bytes(p))
         elif k == 1:  # long: up to past 4 KiB, the tail random
             p = rng.choice(base)
             out.append(p + rng.randbytes(rng.randrange(0, 4200)))
@@ -181,6 +189,7 @@ def test_fuzz_the_native_path_12000_packets_every_reply_parses(
         )
         calls = _metric(text, "geodns_udp_receive_calls_total")
         assert 0 < calls < len(packets) / 4, (calls, received)  # many datagrams per call
+        assert _metric(text, "geodns_udp_hot_answers_total") > 500  # replayed, and parsed
         log = sp.log()
         assert "internal error" not in log and "Traceback" not in log, log[-3000:]
 
@@ -209,6 +218,8 @@ def test_counters_latency_and_path_on_the_batched_paths(
         assert _metric(after, "geodns_dns_request_duration_seconds_count") >= n // 16
         assert _metric(after, "geodns_udp_receive_calls_total") > 0
         assert _metric(after, "geodns_udp_send_errors_total") == 0
+        # the first one registered its answer; the others were replayed (and counted)
+        assert n - 5 <= _metric(after, "geodns_udp_hot_answers_total") <= n - 1
         assert f'geodns_udp_path_info{{path="{path}"}} 1.0' in after
         assert _metric(after, "geodns_udp_receive_buffer_bytes") > 0
         body = json.loads(_scrape(mport, "/healthz"))

@@ -460,7 +460,7 @@ sys.modules["geodns.dns._udpbatch"] = mod
 import geodns.dns.udpbatch
 assert geodns.dns.udpbatch._native is mod
 import pytest
-args = ["-p", "no:cacheprovider", "-q", "-x", "-k", "native and not sanitizers", sys.argv[2]]
+args = ["-p", "no:cacheprovider", "-q", "-x", "-k", "native and not sanitizers", *sys.argv[2:]]
 sys.exit(pytest.main(args))
 """
 
@@ -468,7 +468,7 @@ sys.exit(pytest.main(args))
 def test_the_native_engine_under_address_and_undefined_behaviour_sanitizers(
     tmp_path: Path,
 ) -> None:
-    """The C engine's unit tests again, with the extension built with
+    """The C engine's and hot table's unit tests again, with the extension built with
     -fsanitize=address,undefined and Python's allocations going through
     malloc, so an out-of-bounds access or a use-after-free aborts the run."""
     if os.environ.get("GEODNS_SANITIZED_CHILD"):
@@ -482,7 +482,8 @@ def test_the_native_engine_under_address_and_undefined_behaviour_sanitizers(
     build = subprocess.run(
         [gcc, "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer",
          "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
-         f"-I{include}", str(REPO / "geodns" / "dns" / "_udpbatch.c"), "-o", str(so)],
+         f"-I{include}", str(REPO / "geodns" / "dns" / "_udpbatch.c"),
+         str(REPO / "geodns" / "dns" / "_hot.c"), "-o", str(so)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     if build.returncode != 0:
@@ -496,7 +497,15 @@ def test_the_native_engine_under_address_and_undefined_behaviour_sanitizers(
         "GEODNS_SANITIZED_CHILD": "1",
     }
     r = subprocess.run(
-        [sys.executable, "-c", _ASAN_RUNNER, str(so), str(Path(__file__))],
+        # the engine's tests and the hot table's (tests/test_hot.py)
+        [
+            sys.executable,
+            "-c",
+            _ASAN_RUNNER,
+            str(so),
+            str(Path(__file__)),
+            str(Path(__file__).with_name("test_hot.py")),
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -14,11 +14,13 @@ from geodns.cli.options import (
     _add_abuse,
     _add_geo_store,
     _hostport,
+    _int_range,
     _interface,
     _network,
     settings_from_args,
 )
 from geodns.config.fields import duration_arg
+from geodns.dns import hot
 from geodns.errors import ConfigError
 
 log = logging.getLogger("geodns")
@@ -100,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="UDP path: native (recvmmsg/sendmmsg bursts, C), python (the same in Python), "
         "off (asyncio endpoint); auto = native when built (default: $GEODNS_UDP_BATCH or auto)",
+    )
+    s.add_argument(
+        "--hot-answers",
+        type=_int_range(0, hot.MAX_CAPACITY),
+        default=None,
+        metavar="N",
+        help="on the batched UDP paths, replay up to N answers for repeated queries without "
+        "entering Python (default 16384; 0 = off): the table is per reload and health change",
     )
     s.add_argument("--tcp-idle-timeout", type=float, default=10.0)
     s.add_argument(

@@ -182,6 +182,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     )
     if getattr(args, "udp_batch", None):  # else the settings' default ($GEODNS_UDP_BATCH)
         settings.udp_batch = args.udp_batch
+    if getattr(args, "hot_answers", None) is not None:
+        settings.hot_answers = args.hot_answers
     if getattr(args, "rrl_rate", None) is None:
         # `explain` answers no query: no limiter, and no cookie secret made on disk
         settings.rrl_rate = 0

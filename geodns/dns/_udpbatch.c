@@ -24,8 +24,8 @@
  * take the interpreter for up to the switch interval in the middle of a burst.
  */
 
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_hot.h"
+
 #include <structmember.h>
 
 #include <arpa/inet.h>
@@ -61,6 +61,7 @@ typedef struct {
     struct mmsghdr *smsg;            /* batch */
     struct iovec *siov;              /* batch */
     PyObject **replies;              /* batch: owned between handling and sending */
+    unsigned char *out;              /* batch * HOT_MAX_REPLY: replies made by a Hot table */
     AddrEntry cache[CACHE_SLOTS];
     int busy;
     unsigned int sample;
@@ -89,6 +90,8 @@ batch_free_buffers(Batch *self)
     PyMem_Free(self->smsg);
     PyMem_Free(self->siov);
     PyMem_Free(self->replies);
+    PyMem_Free(self->out);
+    self->out = NULL;
     self->buf = NULL;
     self->rmsg = self->smsg = NULL;
     self->riov = self->siov = NULL;
@@ -140,8 +143,9 @@ Batch_init(Batch *self, PyObject *args, PyObject *kwds)
     self->smsg = PyMem_Calloc((size_t)batch, sizeof(struct mmsghdr));
     self->siov = PyMem_Calloc((size_t)batch, sizeof(struct iovec));
     self->replies = PyMem_Calloc((size_t)batch, sizeof(PyObject *));
+    self->out = PyMem_Malloc((size_t)batch * HOT_MAX_REPLY);
     if (!self->buf || !self->rmsg || !self->riov || !self->addrs || !self->smsg || !self->siov ||
-        !self->replies) {
+        !self->replies || !self->out) {
         batch_free_buffers(self);
         self->batch = 0;
         PyErr_NoMemory();
@@ -279,37 +283,40 @@ now_seconds(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* One handler call, timed for `observe` on 1 in 16: a new reference or NULL. */
-static PyObject *
-call_handler(Batch *self, PyObject *handler, PyObject *observe, PyObject *data, PyObject *src)
+/* observe(seconds): 0, or -1 with an exception set */
+static int
+call_observe(PyObject *observe, double seconds)
 {
-    PyObject *args[2] = {data, src};
-    if (observe == Py_None || ++self->sample < SAMPLE_EVERY) {
-        return PyObject_Vectorcall(handler, args, 2, NULL);
-    }
-    self->sample = 0;
-    double t0 = now_seconds();
-    PyObject *resp = PyObject_Vectorcall(handler, args, 2, NULL);
-    double dt = now_seconds() - t0;
-    if (resp == NULL) {
-        return NULL;
-    }
-    PyObject *seconds = PyFloat_FromDouble(dt);
-    PyObject *r = seconds ? PyObject_CallOneArg(observe, seconds) : NULL;
-    Py_XDECREF(seconds);
+    PyObject *f = PyFloat_FromDouble(seconds);
+    PyObject *r = f ? PyObject_CallOneArg(observe, f) : NULL;
+    Py_XDECREF(f);
     if (r == NULL) {
-        Py_DECREF(resp);
-        return NULL;
+        return -1;
     }
     Py_DECREF(r);
-    return resp;
+    return 0;
+}
+
+/* Reply slot `k` goes back to where datagram `i` came from. */
+static void
+queue_reply(Batch *self, unsigned int k, unsigned int i)
+{
+    struct msghdr *s = &self->smsg[k].msg_hdr;
+    s->msg_name = &self->addrs[i];
+    s->msg_namelen = self->rmsg[i].msg_hdr.msg_namelen;
+    s->msg_iov = &self->siov[k];
+    s->msg_iovlen = 1;
+    s->msg_control = NULL;
+    s->msg_controllen = 0;
+    s->msg_flags = 0;
 }
 
 static PyObject *
 Batch_drain(Batch *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs < 2 || nargs > 4) {
-        PyErr_SetString(PyExc_TypeError, "drain(sock, handler, observe=None, limit=256)");
+    if (nargs < 2 || nargs > 5) {
+        PyErr_SetString(PyExc_TypeError,
+                        "drain(sock, handler, observe=None, limit=256, hot=None)");
         return NULL;
     }
     int fd = PyObject_AsFileDescriptor(args[0]); /* an int, or a socket's fileno() */
@@ -337,6 +344,11 @@ Batch_drain(Batch *self, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
     }
+    PyObject *hot = nargs > 4 && args[4] != Py_None ? args[4] : NULL;
+    if (hot != NULL && !PyObject_TypeCheck(hot, &HotType)) {
+        PyErr_SetString(PyExc_TypeError, "hot must be a geodns.dns._udpbatch.Hot or None");
+        return NULL;
+    }
     if (self->buf == NULL || self->batch == 0) {
         PyErr_SetString(PyExc_RuntimeError, "Batch is not initialised");
         return NULL;
@@ -349,6 +361,7 @@ Batch_drain(Batch *self, PyObject *const *args, Py_ssize_t nargs)
     /* the handler may drop the caller's last references to these */
     Py_INCREF(handler);
     Py_INCREF(observe);
+    Py_XINCREF(hot);
 
     long total = 0;
     int oserr = 0;
@@ -413,6 +426,34 @@ Batch_drain(Batch *self, PyObject *const *args, Py_ssize_t nargs)
                 self->bad_source++;
                 continue;
             }
+            /* 1 in 16 datagrams is timed for `observe`, as on the asyncio path */
+            int timed = observe != Py_None && ++self->sample >= SAMPLE_EVERY;
+            double t0 = 0.0;
+            if (timed) {
+                self->sample = 0;
+                t0 = now_seconds();
+            }
+            if (hot != NULL) {
+                /* nsend <= i < n <= batch: the slot is in bounds */
+                unsigned char *o = self->out + (size_t)nsend * HOT_MAX_REPLY;
+                Py_ssize_t r = hot_answer(hot, self->riov[i].iov_base, (Py_ssize_t)len, src,
+                                          &self->addrs[i], h->msg_namelen, o, HOT_MAX_REPLY);
+                if (r > 0) {
+                    Py_DECREF(src);
+                    if (timed && call_observe(observe, now_seconds() - t0) < 0) {
+                        keep_first_error(&first_error);
+                    }
+                    self->replies[nsend] = NULL;
+                    self->siov[nsend].iov_base = o;
+                    self->siov[nsend].iov_len = (size_t)r;
+                    queue_reply(self, nsend, i);
+                    nsend++;
+                    continue;
+                }
+                if (r < 0) { /* the handler still answers this datagram */
+                    keep_first_error(&first_error);
+                }
+            }
             PyObject *data =
                 PyBytes_FromStringAndSize((const char *)self->riov[i].iov_base, (Py_ssize_t)len);
             if (data == NULL) {
@@ -420,12 +461,16 @@ Batch_drain(Batch *self, PyObject *const *args, Py_ssize_t nargs)
                 keep_first_error(&first_error);
                 continue;
             }
-            PyObject *resp = call_handler(self, handler, observe, data, src);
+            PyObject *cargs[2] = {data, src};
+            PyObject *resp = PyObject_Vectorcall(handler, cargs, 2, NULL);
             Py_DECREF(data);
             Py_DECREF(src);
             if (resp == NULL) {
                 keep_first_error(&first_error);
                 continue;
+            }
+            if (timed && call_observe(observe, now_seconds() - t0) < 0) {
+                keep_first_error(&first_error);
             }
             if (resp == Py_None) {
                 Py_DECREF(resp);
@@ -442,14 +487,7 @@ Batch_drain(Batch *self, PyObject *const *args, Py_ssize_t nargs)
             self->replies[nsend] = resp; /* owned until send_replies */
             self->siov[nsend].iov_base = PyBytes_AS_STRING(resp);
             self->siov[nsend].iov_len = (size_t)PyBytes_GET_SIZE(resp);
-            struct msghdr *s = &self->smsg[nsend].msg_hdr;
-            s->msg_name = &self->addrs[i];
-            s->msg_namelen = h->msg_namelen;
-            s->msg_iov = &self->siov[nsend];
-            s->msg_iovlen = 1;
-            s->msg_control = NULL;
-            s->msg_controllen = 0;
-            s->msg_flags = 0;
+            queue_reply(self, nsend, i);
             nsend++;
         }
         if (nsend > 0) {
@@ -463,6 +501,7 @@ Batch_drain(Batch *self, PyObject *const *args, Py_ssize_t nargs)
     self->busy = 0;
     Py_DECREF(handler);
     Py_DECREF(observe);
+    Py_XDECREF(hot);
     if (first_error.type != NULL) {
         /* datagrams were answered around it; the caller logs it and goes on */
         PyErr_Restore(first_error.type, first_error.value, first_error.tb);
@@ -540,7 +579,7 @@ static struct PyModuleDef udpbatch_module = {
 PyMODINIT_FUNC
 PyInit__udpbatch(void)
 {
-    if (PyType_Ready(&BatchType) < 0) {
+    if (PyType_Ready(&BatchType) < 0 || PyType_Ready(&HotType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&udpbatch_module);
@@ -553,7 +592,15 @@ PyInit__udpbatch(void)
         Py_DECREF(m);
         return NULL;
     }
+    Py_INCREF(&HotType);
+    if (PyModule_AddObject(m, "Hot", (PyObject *)&HotType) < 0) {
+        Py_DECREF(&HotType);
+        Py_DECREF(m);
+        return NULL;
+    }
     if (PyModule_AddIntConstant(m, "MAX_BATCH", MAX_BATCH) < 0 ||
+        PyModule_AddIntConstant(m, "HOT_MAX_QUERY", HOT_MAX_QUERY) < 0 ||
+        PyModule_AddIntConstant(m, "HOT_MAX_REPLY", HOT_MAX_REPLY) < 0 ||
         PyModule_AddIntConstant(m, "MAX_SLOT", MAX_SLOT) < 0) {
         Py_DECREF(m);
         return NULL;

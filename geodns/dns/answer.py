@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from time import monotonic
 from typing import Any
 
+from geodns.dns import hot as hot_mod
 from geodns.dns import rrl as rrl_mod
 from geodns.dns import wire
 from geodns.dns.cookies import BADCOOKIE, VALID, Cookies, well_formed
@@ -75,6 +76,10 @@ class _Body:
     # flags+counts after the ID, indexed by the query's RD | CD<<1 bits
     heads: tuple[bytes, ...] = ()
     heads_opt: tuple[bytes, ...] = ()
+    # the hot table's variant (geodns.dns.hot): flags, counts, sections —
+    # without and with the OPT record counted; made on first registration
+    hot_plain: bytes = b""
+    hot_opt: bytes = b""
 
     def __post_init__(self) -> None:
         flag_words = [
@@ -99,7 +104,7 @@ class _Cycle:
     """The rotation of answers for one client profile. Variants are encoded on
     first use: a cycle can hold up to 256 of them and a cold client needs one."""
 
-    __slots__ = ("bodies", "i", "tier_key", "make")
+    __slots__ = ("bodies", "i", "tier_key", "make", "hot")
 
     def __init__(
         self,
@@ -115,12 +120,21 @@ class _Cycle:
         self.i = random.randrange(len(bodies)) if len(bodies) > 1 else 0
         self.tier_key = (pool, tier)  # for the steered-answers counter
         self.make = make
+        # hot-table variants, by (EDNS, signed): every body encoded
+        self.hot: dict[tuple[bool, bool], tuple[bytes, ...]] = {}
 
     def prime(self, at: int) -> None:
         """Continue at position `at` (of the generation before), encoded now."""
         i = self.i = at % len(self.bodies)
         if self.bodies[i] is None:
             self.bodies[i] = self.make(i)  # type: ignore[misc]
+
+    def next_at(self, i: int) -> _Body:
+        """Variant `i`, encoded now if it was not yet (the rotation is not moved)."""
+        body = self.bodies[i]
+        if body is None:
+            body = self.bodies[i] = self.make(i)  # type: ignore[misc]
+        return body
 
     def next(self) -> _Body:
         i = self.i
@@ -163,6 +177,12 @@ class Responder:
         # server cookie (its source is proven: exempt from RRL).
         self.kind: int | None = rrl_mod.ERROR_KIND
         self.signing = tables.signing  # some zone is signed: DO=1 gets signed bodies
+        # Replies the batched UDP path replays for repeated queries
+        # (geodns.dns.hot); attached by the server for its UDP path, None
+        # elsewhere (asyncio endpoint, TCP-only use, tests of this class).
+        self.hot: hot_mod.Table | None = None
+        self.hot_stats: dict[tuple[Any, ...], int] = {}  # (qtype, rcode, tier, ecs) → id
+        self.hot_stat_keys: list[tuple[Any, ...]] = []
 
     # ------------------------------------------------------------------ fast path
 
@@ -324,6 +344,7 @@ class Responder:
         else:
             body = self._geo_body(entry, *self._src_client(src)) if geo else entry
             kind = body.kind
+            opt = b""
             resp = b"".join(
                 (
                     data[:2],
@@ -348,7 +369,113 @@ class Responder:
                 question[:-4].decode("ascii", "replace"),
                 wire.RCODE_NAMES.get(body.rcode),
             )
+        elif self.hot is not None and not tcp and not cookie_at:
+            self._hot_put(data, src, entry, geo, ecs_opt, edns, opt, qtype, body.rcode, limit)
         return resp
+
+    # ------------------------------------------------------------------ hot table
+
+    def _hot_put(
+        self,
+        data: bytes,
+        src: str,
+        entry: Any,
+        geo: bool,
+        ecs_opt: bytes | None,
+        edns: bool,
+        opt: bytes,
+        qtype: int,
+        rcode: int,
+        limit: int,
+    ) -> None:
+        """Register the answer just made on the fast path with the hot table, so
+        that the same query again is answered by the UDP drain without a call
+        into Python. Every variant of a steered rotation goes in (encoded now
+        if it was not yet): the table rotates through them as `_Cycle` does."""
+        hot = self.hot
+        assert hot is not None
+        k = hot_mod.key_of(data)
+        if k is None:
+            return
+        key, qend = k
+        signed = edns and bool(data[qend + 7] & 0x80) and self.signing
+        if geo:
+            if ecs_opt is not None:
+                # as _fast found it (with a trust list, per source)
+                ec = self.ecs_clients.new.get(ecs_opt) if self.ecs_trusted is None else None
+                prof = (ec or self._ecs_client(ecs_opt, src))[1]
+            else:
+                prof = self._src_client(src)[1]
+            cyc = entry.profiles.get(prof)
+            if cyc is None:
+                return
+            variants = cyc.hot.get((edns, signed))
+            if variants is None:
+                variants = cyc.hot[(edns, signed)] = tuple(
+                    self._hot_variant(cyc.bodies[i] or cyc.next_at(i), edns, signed)
+                    for i in range(len(cyc.bodies))
+                )
+            start = cyc.i
+            tier = cyc.tier_key
+            # the source decides the client (no ECS, or ECS the trust list
+            # judges per source, or SOURCE PREFIX-LENGTH 0)
+            by_source = ecs_opt is None or self.ecs_trusted is not None or not ecs_opt[6]
+        else:
+            variants = (self._hot_variant(entry, edns, signed),)
+            start, tier, by_source = 0, None, False
+        longest = 2 + max(map(len, variants)) + (qend - 12) + len(opt)
+        if longest > limit or longest > hot_mod.MAX_REPLY:
+            return  # some variant would need the truncating path
+        sk = (qtype, rcode, tier, ecs_opt is not None)
+        stat = self.hot_stats.get(sk)
+        if stat is None:
+            if len(self.hot_stat_keys) >= hot_mod.MAX_STATS:
+                return
+            stat = self.hot_stats[sk] = len(self.hot_stat_keys)
+            self.hot_stat_keys.append(sk)
+        if by_source:
+            key += hot_mod.source_suffix(src)
+        # kind: what the rate limiter buckets this answer under (None: no limiter)
+        kind = None if self.rrl is None else (entry if not geo else cyc.bodies[0]).kind
+        hot.put(key, variants, opt, stat, kind, start)
+
+    def _hot_variant(self, body: _Body, edns: bool, signed: bool) -> bytes:
+        if signed:
+            body = body.signed or self._signed(body)
+        if edns:
+            v = body.hot_opt
+            if not v:
+                v = body.hot_opt = body.heads_opt[0] + body.body
+        else:
+            v = body.hot_plain
+            if not v:
+                v = body.hot_plain = body.heads[0] + body.body
+        return v
+
+    def sync_hot(self) -> None:
+        """Fold what the hot table answered since the last call into Stats —
+        before the counters are read (scrape, publish) and when a generation
+        is swapped out."""
+        hot = self.hot
+        if hot is None:
+            return
+        stats = self.stats
+        keys = self.hot_stat_keys
+        q4, q6 = stats.qtypes[0]
+        rc, tiers = stats.rcodes, stats.tiers
+        for s, v4, v6 in hot.take():
+            qtype, rcode, tier, ecs = keys[s]
+            n = v4 + v6
+            if v4:
+                q4[qtype] = q4.get(qtype, 0) + v4
+            if v6:
+                q6[qtype] = q6.get(qtype, 0) + v6
+            rc[rcode] = rc.get(rcode, 0) + n
+            if tier is not None:
+                tiers[tier] = tiers.get(tier, 0) + n
+            if ecs:
+                stats.ecs += n
+            stats.udp_hot += n
 
     def _ecs_client(self, ecs_opt: bytes, src: str) -> tuple[Any, ...]:
         """Everything a query with this exact ECS option needs, computed once:

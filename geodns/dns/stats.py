@@ -54,6 +54,7 @@ class Stats:
         "cookies",
         "udp_recv_calls",
         "udp_send_errors",
+        "udp_hot",
     )
 
     def __init__(self) -> None:
@@ -74,6 +75,8 @@ class Stats:
         # returned datagrams, and replies the kernel would not take (dropped)
         self.udp_recv_calls = 0
         self.udp_send_errors = 0
+        # replies the hot table replayed without the Python handler (geodns.dns.hot)
+        self.udp_hot = 0
 
 
 # --------------------------------------------------------------------------- --workers N
@@ -99,7 +102,7 @@ def stats_snapshot(
         "dropped": st.dropped,
         "rrl": [st.rrl_dropped, st.rrl_slipped],
         "cookies": list(st.cookies),
-        "udp": [st.udp_recv_calls, st.udp_send_errors],
+        "udp": [st.udp_recv_calls, st.udp_send_errors, st.udp_hot],
         "tcp_evicted": dict(tcp_evicted or {}),
         "latency": {"counts": lat.counts, "total": lat.total, "n": lat.n},
         "tcp_open": tcp_open,
@@ -176,9 +179,10 @@ def _add(snaps: list[dict[str, Any]]) -> Stats:
         total.rrl_slipped += rrl_counts[1]
         for i, n in enumerate(snap.get("cookies", [])[:4]):
             total.cookies[i] += n
-        udp_counts = snap.get("udp", [0, 0])
+        udp_counts = [*snap.get("udp", []), 0, 0, 0]
         total.udp_recv_calls += udp_counts[0]
         total.udp_send_errors += udp_counts[1]
+        total.udp_hot += udp_counts[2]
         lat = snap["latency"]
         total.latency.counts = [
             a + b for a, b in zip(total.latency.counts, lat["counts"], strict=True)

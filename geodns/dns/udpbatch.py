@@ -5,7 +5,9 @@ on the same uvloop loop as TCP, metrics, reload and the watchdog. Each time it
 is readable, an engine takes up to `LIMIT` datagrams and passes each through
 ONE call, `current.udp_handler()(data, source)` — the same function the
 asyncio path (`protocol.UDPProtocol`) calls — sending back the bytes it
-returns (None: no reply).
+returns (None: no reply). Before that call, the running responder's hot
+table (geodns.dns.hot) may answer a datagram that repeats an earlier query:
+the reply the handler made then, replayed without entering Python.
 
 Engines (`GEODNS_UDP_BATCH` or `geodns serve --udp-batch`):
 - ``native``: `geodns.dns._udpbatch` (C), recvmmsg/sendmmsg with `BATCH`
@@ -33,6 +35,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from geodns.dns.hot import Table
     from geodns.dns.protocol import Current
     from geodns.dns.stats import Stats
 
@@ -96,6 +99,7 @@ class Engine(Protocol):
         handler: Callable[[bytes, str], bytes | None],
         observe: Callable[[float], None] | None = None,
         limit: int = LIMIT,
+        hot: Table | None = None,
     ) -> int: ...
 
 
@@ -132,6 +136,7 @@ class PyBatch:
         handler: Callable[[bytes, str], bytes | None],
         observe: Callable[[float], None] | None = None,
         limit: int = LIMIT,
+        hot: Table | None = None,
     ) -> int:
         if not 1 <= limit <= 1 << 20:
             raise ValueError("limit must be 1..1048576")
@@ -139,7 +144,7 @@ class PyBatch:
             raise RuntimeError("PyBatch.drain is not re-entrant")
         self._busy = True
         try:
-            return self._drain(sock, handler, observe, limit)
+            return self._drain(sock, handler, observe, limit, hot)
         finally:
             self._busy = False
 
@@ -149,6 +154,7 @@ class PyBatch:
         handler: Callable[[bytes, str], bytes | None],
         observe: Callable[[float], None] | None,
         limit: int,
+        hot: Table | None,
     ) -> int:
         recvfrom, sendto = sock.recvfrom, sock.sendto
         size = self.slot + 1  # one byte more: a longer datagram shows as truncated
@@ -178,13 +184,21 @@ class PyBatch:
                 src = src.partition("%")[0]
             try:
                 self._sample += 1
-                if observe is None or self._sample < SAMPLE_EVERY:
-                    resp = handler(data, src)
-                else:
+                timed = observe is not None and self._sample >= SAMPLE_EVERY
+                if timed:
                     self._sample = 0
                     t0 = time.perf_counter()
+                resp = None
+                if hot is not None:
+                    try:
+                        resp = hot.answer(data, src)
+                    except Exception as e:  # noqa: BLE001 — the handler still answers
+                        if first is None:
+                            first = e
+                if resp is None:
                     resp = handler(data, src)
-                    observe(time.perf_counter() - t0)
+                if timed:
+                    observe(time.perf_counter() - t0)  # type: ignore[misc]
             except BaseException as e:  # noqa: BLE001 — raised after the batch, like C
                 if first is None:
                     first = e
@@ -259,7 +273,14 @@ class BatchedUDP:
 
     def _readable(self) -> None:
         try:
-            self.engine.drain(self.sock, self.current.udp_handler(), self.observe, self.limit)
+            responder = self.current.responder
+            self.engine.drain(
+                self.sock,
+                self.current.udp_handler(),
+                self.observe,
+                self.limit,
+                getattr(responder, "hot", None),
+            )
         except Exception:  # noqa: BLE001 — a reader callback must not die with one packet
             self._errors += 1
             if self._errors <= 10 or self._errors % 10000 == 0:

@@ -132,6 +132,12 @@ class ServerCollector(Collector):
             value=st.udp_recv_calls,
         )
         yield CounterMetricFamily(
+            "geodns_udp_hot_answers",
+            "UDP replies replayed by the hot-answer table for repeated queries, without "
+            "the Python answer code (included in geodns_dns_requests)",
+            value=st.udp_hot,
+        )
+        yield CounterMetricFamily(
             "geodns_udp_send_errors",
             "UDP replies the kernel would not take (send queue full, too large): dropped",
             value=st.udp_send_errors,

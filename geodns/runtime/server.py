@@ -23,7 +23,7 @@ from typing import Any
 
 from geodns.config import FileCache, load_config
 from geodns.dns import cookies as cookie_mod
-from geodns.dns import rrl, udpbatch
+from geodns.dns import hot, rrl, udpbatch
 from geodns.dns.answer import Responder
 from geodns.dns.protocol import Current, TCPLimits, TCPProtocol, UDPProtocol
 from geodns.dns.stats import PUBLISH_EVERY, PeerStats, Stats, publish_stats
@@ -229,10 +229,22 @@ class Server:
         responder = responder or self._build(config, tables)
         self.config, self.tables = config, tables
         self.generation += 1
+        self._attach_hot(responder)
         if self.current is None:
             self.current = Current(responder)
         else:
+            old = self.current.responder
             self.current.responder = responder
+            if isinstance(old, Responder):
+                old.sync_hot()  # what its table answered counts once, now
+
+    def _attach_hot(self, responder: Responder) -> None:
+        """Give a responder the hot table of the UDP path in use (geodns.dns.hot):
+        none before the sockets exist, on the asyncio path, or with the query
+        log on (every query must reach the log line)."""
+        n = self.s.hot_answers
+        if self.udp_path in ("native", "python") and n and not self.s.query_log:
+            responder.hot = hot.new_table(self.udp_path, self.rrl, max(n, hot.WAYS))
 
     async def swap_in(self, config: Config, tables: Tables, *, reason: str) -> None:
         """Build the next generation on the loop, warm it from the running one in
@@ -428,6 +440,8 @@ class Server:
         current = self.current
         assert current is not None
         self.udp_path = udpbatch.choose(self.s.udp_batch)
+        if isinstance(current.responder, Responder):
+            self._attach_hot(current.responder)
         service = {str(a.ip) for a in self.s.service_addresses}
         for host, port in self.s.listen:
             fam = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -562,6 +576,8 @@ class Server:
         """The batched UDP engines' counters into self.stats (before they are read)."""
         for ep in self.udp_endpoints:
             ep.sync_counters()
+        if self.current is not None and isinstance(self.current.responder, Responder):
+            self.current.responder.sync_hot()
 
     def publish_stats(self) -> None:
         assert self.s.stats_dir is not None
