@@ -12,7 +12,9 @@ exactly. A new generation gets a new Responder, warmed from the running one
 Why this module is over 500 lines: it is the hot path. `Responder._fast` and
 the small encoded-answer classes it walks (`_Body`, `_Geo`, `_Cycle`) are kept
 in one module so that the per-query code reads top to bottom and its helpers
-are module globals, not attribute lookups across imports.
+are module globals, not attribute lookups across imports; `_hot_put`, which
+hands what `_fast` answered to the UDP drain's replay table (geodns.dns.hot),
+reads those same classes.
 """
 
 from __future__ import annotations
@@ -177,12 +179,8 @@ class Responder:
         # server cookie (its source is proven: exempt from RRL).
         self.kind: int | None = rrl_mod.ERROR_KIND
         self.signing = tables.signing  # some zone is signed: DO=1 gets signed bodies
-        # Replies the batched UDP path replays for repeated queries
-        # (geodns.dns.hot); attached by the server for its UDP path, None
-        # elsewhere (asyncio endpoint, TCP-only use, tests of this class).
-        self.hot: hot_mod.Table | None = None
-        self.hot_stats: dict[tuple[Any, ...], int] = {}  # (qtype, rcode, tier, ecs) → id
-        self.hot_stat_keys: list[tuple[Any, ...]] = []
+        # the hot table and its counter ids (see `hot`)
+        self._hot: hot_mod.Registry | None = None
 
     # ------------------------------------------------------------------ fast path
 
@@ -369,16 +367,34 @@ class Responder:
                 question[:-4].decode("ascii", "replace"),
                 wire.RCODE_NAMES.get(body.rcode),
             )
-        elif self.hot is not None and not tcp and not cookie_at:
-            self._hot_put(data, src, entry, geo, ecs_opt, edns, opt, qtype, body.rcode, limit)
+        elif self._hot is not None and not tcp and not cookie_at:
+            self._hot_put(data, src, qend, entry, geo, ecs_opt, edns, opt, qtype, body.rcode, limit)
         return resp
 
     # ------------------------------------------------------------------ hot table
+
+    @property
+    def hot(self) -> hot_mod.Table | None:
+        """The table the batched UDP drain answers repeats from (geodns.dns.hot),
+        set by the server for its UDP path; None elsewhere (asyncio endpoint,
+        TCP-only use, tests of this class)."""
+        return self._hot.table if self._hot is not None else None
+
+    @hot.setter
+    def hot(self, table: hot_mod.Table | None) -> None:
+        self._hot = hot_mod.Registry(table, self.stats) if table is not None else None
+
+    def sync_hot(self) -> None:
+        """Fold what the hot table answered into Stats (before they are read,
+        and when this generation is swapped out)."""
+        if self._hot is not None:
+            self._hot.sync()
 
     def _hot_put(
         self,
         data: bytes,
         src: str,
+        qend: int,
         entry: Any,
         geo: bool,
         ecs_opt: bytes | None,
@@ -392,12 +408,7 @@ class Responder:
         that the same query again is answered by the UDP drain without a call
         into Python. Every variant of a steered rotation goes in (encoded now
         if it was not yet): the table rotates through them as `_Cycle` does."""
-        hot = self.hot
-        assert hot is not None
-        k = hot_mod.key_of(data)
-        if k is None:
-            return
-        key, qend = k
+        assert self._hot is not None
         signed = edns and bool(data[qend + 7] & 0x80) and self.signing
         if geo:
             if ecs_opt is not None:
@@ -415,29 +426,25 @@ class Responder:
                     self._hot_variant(cyc.bodies[i] or cyc.next_at(i), edns, signed)
                     for i in range(len(cyc.bodies))
                 )
-            start = cyc.i
-            tier = cyc.tier_key
+            start, tier, kind = cyc.i, cyc.tier_key, cyc.bodies[0].kind
             # the source decides the client (no ECS, or ECS the trust list
             # judges per source, or SOURCE PREFIX-LENGTH 0)
             by_source = ecs_opt is None or self.ecs_trusted is not None or not ecs_opt[6]
         else:
             variants = (self._hot_variant(entry, edns, signed),)
-            start, tier, by_source = 0, None, False
-        longest = 2 + max(map(len, variants)) + (qend - 12) + len(opt)
-        if longest > limit or longest > hot_mod.MAX_REPLY:
-            return  # some variant would need the truncating path
-        sk = (qtype, rcode, tier, ecs_opt is not None)
-        stat = self.hot_stats.get(sk)
-        if stat is None:
-            if len(self.hot_stat_keys) >= hot_mod.MAX_STATS:
-                return
-            stat = self.hot_stats[sk] = len(self.hot_stat_keys)
-            self.hot_stat_keys.append(sk)
-        if by_source:
-            key += hot_mod.source_suffix(src)
-        # kind: what the rate limiter buckets this answer under (None: no limiter)
-        kind = None if self.rrl is None else (entry if not geo else cyc.bodies[0]).kind
-        hot.put(key, variants, opt, stat, kind, start)
+            start, tier, kind, by_source = 0, None, entry.kind, False
+        self._hot.put(
+            data,
+            src,
+            variants,
+            opt,
+            (qtype, rcode, tier, ecs_opt is not None),
+            # what the rate limiter buckets this answer under (None: no limiter)
+            kind if self.rrl is not None else None,
+            start,
+            by_source,
+            limit,
+        )
 
     def _hot_variant(self, body: _Body, edns: bool, signed: bool) -> bytes:
         if signed:
@@ -451,31 +458,6 @@ class Responder:
             if not v:
                 v = body.hot_plain = body.heads[0] + body.body
         return v
-
-    def sync_hot(self) -> None:
-        """Fold what the hot table answered since the last call into Stats —
-        before the counters are read (scrape, publish) and when a generation
-        is swapped out."""
-        hot = self.hot
-        if hot is None:
-            return
-        stats = self.stats
-        keys = self.hot_stat_keys
-        q4, q6 = stats.qtypes[0]
-        rc, tiers = stats.rcodes, stats.tiers
-        for s, v4, v6 in hot.take():
-            qtype, rcode, tier, ecs = keys[s]
-            n = v4 + v6
-            if v4:
-                q4[qtype] = q4.get(qtype, 0) + v4
-            if v6:
-                q6[qtype] = q6.get(qtype, 0) + v6
-            rc[rcode] = rc.get(rcode, 0) + n
-            if tier is not None:
-                tiers[tier] = tiers.get(tier, 0) + n
-            if ecs:
-                stats.ecs += n
-            stats.udp_hot += n
 
     def _ecs_client(self, ecs_opt: bytes, src: str) -> tuple[Any, ...]:
         """Everything a query with this exact ECS option needs, computed once:

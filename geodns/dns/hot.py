@@ -10,8 +10,8 @@ Python's bytes hash, same rotation, same counters).
 A key is the query after its ID with the RD and CD bits cleared and the
 query name lower-cased; answers that depend on the packet's source carry the
 source address after it (`source_suffix`). The responder registers what it
-answered on its fast path (`geodns.dns.answer.Responder._hot_put`) and folds
-the counters back into its Stats (`Responder.sync_hot`).
+answered on its fast path (`geodns.dns.answer.Responder._hot_put`, through
+its `Registry`) and folds the counters back into its Stats (`Registry.sync`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from geodns.dns.rrl import RateLimiter
+    from geodns.dns.stats import Stats
 
 MAX_QUERY = 512  # longer queries are never hot (the C table's HOT_MAX_QUERY)
 MAX_REPLY = 4096  # longer replies are never hot (HOT_MAX_REPLY)
@@ -209,6 +210,70 @@ class PyHot:
         )
 
 
+class Registry:
+    """A responder's side of its table: registrations, each with the id of the
+    counters its replies bump (qtype, rcode, steering tier, ECS), and those
+    counters folded back into Stats."""
+
+    __slots__ = ("table", "stats", "ids", "keys")
+
+    def __init__(self, table: Table, stats: Stats) -> None:
+        self.table = table
+        self.stats = stats
+        self.ids: dict[tuple[Any, ...], int] = {}
+        self.keys: list[tuple[Any, ...]] = []
+
+    def put(
+        self,
+        data: bytes,
+        src: str,
+        variants: tuple[bytes, ...],
+        opt: bytes,
+        counts: tuple[Any, ...],
+        kind: int | None,
+        start: int,
+        by_source: bool,
+        limit: int,
+    ) -> None:
+        """Register the answer to `data` (from `src` when `by_source`) unless
+        some variant would not fit `limit` (the responder truncates those)."""
+        k = key_of(data)
+        if k is None:
+            return
+        key, qend = k
+        longest = 2 + max(map(len, variants)) + (qend - 12) + len(opt)
+        if longest > limit or longest > MAX_REPLY:
+            return
+        stat = self.ids.get(counts)
+        if stat is None:
+            if len(self.keys) >= MAX_STATS:
+                return
+            stat = self.ids[counts] = len(self.keys)
+            self.keys.append(counts)
+        if by_source:
+            key += source_suffix(src)
+        self.table.put(key, variants, opt, stat, kind, start)
+
+    def sync(self) -> None:
+        """Add what the table answered since the last call to Stats."""
+        stats = self.stats
+        q4, q6 = stats.qtypes[0]
+        rc, tiers = stats.rcodes, stats.tiers
+        for s, v4, v6 in self.table.take():
+            qtype, rcode, tier, ecs = self.keys[s]
+            n = v4 + v6
+            if v4:
+                q4[qtype] = q4.get(qtype, 0) + v4
+            if v6:
+                q6[qtype] = q6.get(qtype, 0) + v6
+            rc[rcode] = rc.get(rcode, 0) + n
+            if tier is not None:
+                tiers[tier] = tiers.get(tier, 0) + n
+            if ecs:
+                stats.ecs += n
+            stats.udp_hot += n
+
+
 def _admit(limiter: RateLimiter, src: str, kind: int) -> bool:
     """RateLimiter.check when it sends: True to send (the bucket charged);
     False leaves the whole check to the handler, with nothing changed (a new
@@ -238,7 +303,7 @@ def new_table(path: str, limiter: RateLimiter | None, capacity: int = CAPACITY) 
     if path == "native":
         from geodns.dns import _udpbatch
 
-        return _udpbatch.Hot(capacity, limiter)  # type: ignore[no-any-return]
+        return _udpbatch.Hot(capacity, limiter)
     if path == "python":
         return PyHot(capacity, limiter)
     return None

@@ -32,7 +32,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from geodns.dns.hot import Table
@@ -99,7 +99,7 @@ class Engine(Protocol):
         handler: Callable[[bytes, str], bytes | None],
         observe: Callable[[float], None] | None = None,
         limit: int = LIMIT,
-        hot: Table | None = None,
+        hot: Any = None,  # the engine's own table: _udpbatch.Hot, or hot.PyHot
     ) -> int: ...
 
 
