@@ -293,7 +293,7 @@ QUERIES = [
     ("www.example.org", "A", "198.51.100.0/24"),  # CNAME into the steered name
     ("mail.example.org", "A", None),
     ("mail.example.org", "A", "192.0.2.0/24"),  # static with ECS: scope 0
-    ("nope.example.org", "A", None),  # NXDOMAIN
+    ("mail.example.org", "AAAA", None),  # NODATA
     ("example.org", "SOA", None),
 ]
 
@@ -325,7 +325,7 @@ def test_counters_are_the_same_with_and_without_the_table(
     assert warm.hot is not None
     rng = random.Random(SEED)
     for _ in range(2000):
-        name, rdtype, ecs = rng.choice(QUERIES)
+        name, rdtype, ecs = rng.choice([*QUERIES, ("nope.example.org", "A", None)])
         data = wire(name, rdtype=rdtype, ecs=ecs, qid=rng.randrange(65536))
         src = rng.choice(["192.0.2.10", "2001:db8::10", "198.51.100.7"])
         assert cold.handle(data, src) is not None
@@ -337,11 +337,15 @@ def test_counters_are_the_same_with_and_without_the_table(
     assert (a.qtypes, a.rcodes, a.tiers, a.ecs) == (b.qtypes, b.rcodes, b.tiers, b.ecs)
 
 
-def test_truncated_cookie_tcp_and_logged_answers_are_not_registered(
+def test_errors_truncated_cookie_tcp_and_logged_answers_are_not_registered(
     path: str, world: tuple[object, GeoDB]
 ) -> None:
     r = responder(world, path)
     assert r.hot is not None
+    for name in ["nope.example.org", "x.other.invalid"]:  # NXDOMAIN, REFUSED: never
+        data = wire(name)
+        assert r.handle(data, SRC) is not None and r.handle(data, SRC) is not None
+        assert r.hot.answer(data, SRC) is None
     big = wire("big.example.org", rdtype="TXT")  # over 512 bytes without EDNS: TC=1
     assert r.handle(big, SRC) is not None
     assert r.hot.answer(big, SRC) is None

@@ -367,8 +367,10 @@ class Responder:
                 question[:-4].decode("ascii", "replace"),
                 wire.RCODE_NAMES.get(body.rcode),
             )
-        elif self._hot is not None and not tcp and not cookie_at:
-            self._hot_put(data, src, qend, entry, geo, ecs_opt, edns, opt, qtype, body.rcode, limit)
+        elif self._hot is not None and not tcp and not cookie_at and not body.rcode:
+            # NOERROR only: a flood of random names (NXDOMAIN, REFUSED) must not
+            # evict the answers real resolvers repeat
+            self._hot_put(data, src, qend, entry, geo, ecs_opt, edns, opt, qtype, limit)
         return resp
 
     # ------------------------------------------------------------------ hot table
@@ -401,7 +403,6 @@ class Responder:
         edns: bool,
         opt: bytes,
         qtype: int,
-        rcode: int,
         limit: int,
     ) -> None:
         """Register the answer just made on the fast path with the hot table, so
@@ -438,7 +439,7 @@ class Responder:
             src,
             variants,
             opt,
-            (qtype, rcode, tier, ecs_opt is not None),
+            (qtype, tier, ecs_opt is not None),
             # what the rate limiter buckets this answer under (None: no limiter)
             kind if self.rrl is not None else None,
             start,

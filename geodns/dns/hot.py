@@ -212,8 +212,9 @@ class PyHot:
 
 class Registry:
     """A responder's side of its table: registrations, each with the id of the
-    counters its replies bump (qtype, rcode, steering tier, ECS), and those
-    counters folded back into Stats."""
+    counters its replies bump (qtype, steering tier, ECS; the responder
+    registers NOERROR answers only), and those counters folded back into
+    Stats."""
 
     __slots__ = ("table", "stats", "ids", "keys")
 
@@ -260,13 +261,13 @@ class Registry:
         q4, q6 = stats.qtypes[0]
         rc, tiers = stats.rcodes, stats.tiers
         for s, v4, v6 in self.table.take():
-            qtype, rcode, tier, ecs = self.keys[s]
+            qtype, tier, ecs = self.keys[s]
             n = v4 + v6
             if v4:
                 q4[qtype] = q4.get(qtype, 0) + v4
             if v6:
                 q6[qtype] = q6.get(qtype, 0) + v6
-            rc[rcode] = rc.get(rcode, 0) + n
+            rc[0] = rc.get(0, 0) + n  # NOERROR
             if tier is not None:
                 tiers[tier] = tiers.get(tier, 0) + n
             if ecs:
