@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import socket
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 if TYPE_CHECKING:
+    from geodns.dns._udpbatch import Hot
     from geodns.dns.rrl import RateLimiter
     from geodns.dns.stats import Stats
 
@@ -57,34 +58,6 @@ def source_suffix(src: str) -> bytes:
     if ":" in src:
         return b"\x06" + socket.inet_pton(socket.AF_INET6, src.partition("%")[0])
     return b"\x04" + socket.inet_pton(socket.AF_INET, src)
-
-
-class Table(Protocol):
-    """What the responder and the drains use of either table."""
-
-    hits: int
-    misses: int
-    deferred: int
-    puts: int
-    evicted: int
-
-    def put(
-        self,
-        key: bytes,
-        variants: tuple[bytes, ...],
-        opt: bytes,
-        stat: int = 0,
-        kind: int | None = None,
-        start: int = 0,
-    ) -> None: ...
-
-    def take(self) -> list[tuple[int, int, int]]: ...
-
-    def clear(self) -> None: ...
-
-    def answer(self, data: bytes, src: str) -> bytes | None: ...
-
-    def __len__(self) -> int: ...
 
 
 class PyHot:
@@ -208,6 +181,10 @@ class PyHot:
                 opt,
             )
         )
+
+
+# either table: the same methods and counters (geodns/dns/_udpbatch.pyi has the C one's)
+Table: TypeAlias = "Hot | PyHot"
 
 
 class Registry:
