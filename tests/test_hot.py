@@ -366,6 +366,48 @@ def test_errors_truncated_cookie_tcp_and_logged_answers_are_not_registered(
     assert r2.hot is not None and r2.hot.answer(data, SRC) is None
 
 
+def test_a_new_generation_warms_its_table_from_the_old_one(
+    path: str, world: tuple[object, GeoDB]
+) -> None:
+    """What the old table held is in the new one before it goes live —
+    answered by the new generation, and not counted as queries."""
+    old = responder(world, path)
+    assert old.hot is not None
+    asked = []
+    for name, rdtype, ecs in QUERIES:
+        for src in ["192.0.2.10", "2001:db8::10"]:
+            data = wire(name, rdtype=rdtype, ecs=ecs)
+            old.handle(data, src)
+            asked.append((data, src))
+    old.hot.put(b"\x00" * 20, (variant("198.18.0.1"),), b"")  # not a query: skipped
+    new = responder(world, path)
+    assert new.hot is not None
+    for _ in new.warm_from(old):
+        pass
+    cold = responder(world, None)
+    for data, src in asked:
+        got = new.hot.answer(data, src)
+        assert got is not None and got in _replies(cold, data, src, 24), (data, src)
+    assert new.stats.qtypes == [[{}, {}], [{}, {}]] and not new.stats.rcodes
+    assert len(new.hot) == len(old.hot) - 1
+
+
+def test_keys_unpack_into_the_queries_they_came_from(path: str) -> None:
+    t = table(path)
+    plain, ecs = wire(qid=0), wire(ecs="192.0.2.0/24", qid=0, rd=False)
+    t.put(key(plain), (variant("198.18.0.1"),), b"")
+    t.put(key(ecs, "2001:db8::9"), (variant("198.18.0.1"),), b"")
+    t.put(key(plain, "192.0.2.9"), (variant("198.18.0.1"),), b"")
+    got = sorted((hot.unpack(k) for k in t.keys()), key=repr)
+    assert got == sorted(
+        [(plain[:2] + bytes((plain[2] & 0xFE,)) + plain[3:], None), (ecs, "2001:db8::9"),
+         (plain[:2] + bytes((plain[2] & 0xFE,)) + plain[3:], "192.0.2.9")],
+        key=repr,
+    )  # fmt: skip
+    for bad in [b"", b"\x00" * 20, key(plain) + b"\x04\x01", key(ecs)[:-3]]:
+        assert hot.unpack(bad) is None
+
+
 @pytest.fixture
 def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -241,8 +241,13 @@ def test_a_reload_reaches_the_batched_path(
         f = zones / "example.org.yaml"
         f.write_text(f.read_text().replace("192.0.2.25", "192.0.2.26"))
         assert st.reload()
+        # the new generation's table was warmed from the old one's: the first
+        # query after the swap is replayed — with the new answer
+        table = st.server.current.responder.hot
+        assert table is not None and len(table) >= 1 and table.hits == 0
         r = udp(query("mail.example.org"), st.addr())
         assert rrset_texts(r.answer) == ["mail.example.org. 3600 IN A 192.0.2.26"]
+        assert table.hits == 1
 
 
 def test_forcing_native_where_it_is_not_built_fails_at_start(

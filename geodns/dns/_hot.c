@@ -493,6 +493,25 @@ Hot_take(Hot *self, PyObject *Py_UNUSED(ignored))
     return out;
 }
 
+/* keys() -> [bytes]: every key held (a new generation replays them to warm
+ * its own table: geodns.dns.hot.unpack) */
+static PyObject *
+Hot_keys(Hot *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *out = PyList_New(0);
+    if (out == NULL || self->ways == NULL) {
+        return out;
+    }
+    for (size_t i = 0; i < self->nsets * WAYS; i++) {
+        PyObject *k = self->ways[i].key;
+        if (k != NULL && PyList_Append(out, k) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
 static PyObject *
 Hot_clear(Hot *self, PyObject *Py_UNUSED(ignored))
 {
@@ -572,6 +591,7 @@ static PyMethodDef Hot_methods[] = {
      "take() -> [(stat, replies to IPv4 sources, to IPv6 sources)], counted since the last "
      "take"},
     {"clear", (PyCFunction)Hot_clear, METH_NOARGS, "forget every entry"},
+    {"keys", (PyCFunction)Hot_keys, METH_NOARGS, "keys() -> [bytes]: every key held"},
     {"answer", (PyCFunction)Hot_answer, METH_VARARGS,
      "answer(data, src) -> bytes | None: the hot reply to this datagram, or None"},
     {NULL, NULL, 0, NULL},

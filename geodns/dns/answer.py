@@ -604,7 +604,32 @@ class Responder:
         if old.geo_generation == self.geo_generation:
             for src, found in old.src_geo.items()[-limit:]:
                 self.src_geo.put(src, found)
+        if self._hot is not None and old._hot is not None:
+            yield from self._warm_hot(old._hot.table.keys()[:limit], done)
         yield done
+
+    def _warm_hot(self, keys: list[bytes], done: int) -> Iterator[int]:
+        """Answer what the old generation's hot table held, so that this one's
+        table has it too when it goes live (a health change must not send
+        every repeated query through Python once). Not queries: counted
+        nowhere; answered as this generation decides, registered only if it
+        would register them itself."""
+        real, scratch = self.stats, Stats()
+        for key in keys:
+            q = hot_mod.unpack(key)
+            if q is None:
+                continue
+            data, src = q
+            self.stats = scratch
+            try:
+                # any source for an answer that does not depend on it
+                self._fast(data, src or "127.0.0.1", False)
+            except Exception:  # noqa: BLE001 — as in handle(): a reload must go on
+                log.exception("warming the hot table: a query failed")
+            finally:
+                self.stats = real
+            done += 1
+            yield done
 
     def _cycle(self, qname: bytes, res: Resolution, client: GeoInfo) -> _Cycle:
         sr = self.steer(res, client)

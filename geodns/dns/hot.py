@@ -53,6 +53,36 @@ def key_of(data: bytes) -> tuple[bytes, int] | None:
     return key, pos + 5
 
 
+def unpack(key: bytes) -> tuple[bytes, str | None] | None:
+    """A key back into a query (ID 0) and the source it was registered for
+    (None: any source), so a new generation can answer it and register it
+    in its own table; None for a key that is not one `key_of` made."""
+    if len(key) < 15 or key[2:4] != b"\x00\x01":  # QDCOUNT 1
+        return None
+    pos = 10  # the question (offset 12 in the query)
+    n = len(key)
+    while pos < n and key[pos]:
+        pos += 1 + key[pos]
+    end = pos + 5
+    if key[8:10] == b"\x00\x01":  # OPT: name, type, class, TTL, RDLENGTH, RDATA
+        if end + 11 > n:
+            return None
+        end += 11 + int.from_bytes(key[end + 9 : end + 11], "big")
+    if end > n:
+        return None
+    data, tail = b"\x00\x00" + key[:end], key[end:]
+    try:
+        if not tail:
+            return data, None
+        if len(tail) == 5 and tail[0] == 4:
+            return data, socket.inet_ntop(socket.AF_INET, tail[1:])
+        if len(tail) == 17 and tail[0] == 6:
+            return data, socket.inet_ntop(socket.AF_INET6, tail[1:])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def source_suffix(src: str) -> bytes:
     """What follows the key of an answer that depends on the source address."""
     if ":" in src:
@@ -139,6 +169,9 @@ class PyHot:
                 out.append((s, a, b))
                 c[2 * s] = c[2 * s + 1] = 0
         return out
+
+    def keys(self) -> list[bytes]:
+        return [e[0] for ways in self.sets for e in ways if e is not None]
 
     def clear(self) -> None:
         self.sets = [[None] * WAYS for _ in range(self.nsets)]

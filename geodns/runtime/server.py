@@ -229,7 +229,8 @@ class Server:
         responder = responder or self._build(config, tables)
         self.config, self.tables = config, tables
         self.generation += 1
-        self._attach_hot(responder)
+        if responder.hot is None:  # (a warmed one has its table already)
+            self._attach_hot(responder)
         if self.current is None:
             self.current = Current(responder)
         else:
@@ -269,6 +270,7 @@ class Server:
 
     async def _warm_and_install(self, config: Config, tables: Tables) -> int:
         new = self._build(config, tables)
+        self._attach_hot(new)  # warmed from the old table too
         old = self.current.responder if self.current is not None else None
         warmed = 0
         if isinstance(old, Responder):
