@@ -117,35 +117,23 @@ stub-zone:
 """
 
 
-class Unbound:
-    """`unbound -d` with a generated configuration; a context manager."""
+class UnboundProcess:
+    """`unbound -d -c <conf>` on 127.0.0.1:`port`, as a context manager: the
+    configuration checked, the process started in its own session, ready when
+    it answers, stopped (TERM, then KILL) at the end. `Unbound` below and
+    tests/validator.py write the configurations."""
 
-    def __init__(
-        self,
-        workdir: Path,
-        *,
-        zone: str,
-        upstream: tuple[str, int],
-        ecs_tree_size: int = 4096,
-    ) -> None:
+    def __init__(self, workdir: Path, port: int, conf: str) -> None:
         binary = unbound_binary()
         if binary is None:
             raise RuntimeError("unbound is not installed (tests/run installs it)")
         self.binary = binary
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port
         self.conf = self.workdir / "unbound.conf"
         self.logpath = self.workdir / "unbound.log"
-        self.conf.write_text(
-            unbound_config(
-                port=self.port,
-                directory=self.workdir,
-                zone=zone,
-                upstream=upstream,
-                ecs_tree_size=ecs_tree_size,
-            )
-        )
+        self.conf.write_text(conf)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -210,6 +198,28 @@ class Unbound:
             self.proc = None
         if getattr(self, "_logfile", None) is not None:
             self._logfile.close()
+
+
+class Unbound(UnboundProcess):
+    """The caching resolver with Client Subnet of the module docstring."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        zone: str,
+        upstream: tuple[str, int],
+        ecs_tree_size: int = 4096,
+    ) -> None:
+        port = free_port()
+        conf = unbound_config(
+            port=port,
+            directory=Path(workdir),
+            zone=zone,
+            upstream=upstream,
+            ecs_tree_size=ecs_tree_size,
+        )
+        super().__init__(workdir, port, conf)
 
 
 # ----------------------------------------------------------------------------- tap

@@ -10,27 +10,22 @@ nothing listens, so no query can leave the machine.
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.query
 
+from .resolver import UnboundProcess, unbound_binary
 from .util import free_port
-
-UNBOUND = shutil.which("unbound") or "/usr/sbin/unbound"
 
 
 def have_unbound() -> bool:
-    return os.access(UNBOUND, os.X_OK)
+    return unbound_binary() is not None
 
 
-class Unbound:
+class Unbound(UnboundProcess):
     def __init__(
         self,
         tmp: Path,
@@ -39,21 +34,18 @@ class Unbound:
         *,
         cache_max_ttl: int = 86400,
     ) -> None:
-        self.dir = tmp
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+        port = free_port()
         lines = [
             "server:",
             "  interface: 127.0.0.1",
-            f"  port: {self.port}",
+            f"  port: {port}",
             "  do-ip6: no",
             '  username: ""',
             '  chroot: ""',
             f'  directory: "{tmp}"',
-            f'  pidfile: "{tmp}/unbound.pid"',
+            '  pidfile: ""',
             "  use-syslog: no",
             '  logfile: ""',
-            "  do-daemonize: no",
             "  num-threads: 1",
             "  so-reuseport: no",
             "  outgoing-range: 64",
@@ -71,58 +63,19 @@ class Unbound:
         lines += [f'  trust-anchor: "{a}"' for a in anchors]
         lines += ["remote-control:", "  control-enable: no"]
         # the root (and so everything not below): a loopback port nobody serves
-        for zone, (host, port) in {**stubs, ".": ("127.0.0.1", free_port())}.items():
-            lines += ["stub-zone:", f'  name: "{zone}"', f"  stub-addr: {host}@{port}"]
-        self.conf = tmp / "unbound.conf"
-        self.conf.write_text("\n".join(lines) + "\n")
-        self.log = tmp / "unbound.log"
-
-    def __enter__(self) -> Unbound:
-        self._logf = open(self.log, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [UNBOUND, "-d", "-c", str(self.conf)],
-            stdout=self._logf,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"unbound exited: {self.log.read_text()}")
-            try:
-                dns.query.udp(
-                    dns.message.make_query("localhost.", "A"),
-                    "127.0.0.1",
-                    port=self.port,
-                    timeout=0.5,
-                )
-                return self
-            except (OSError, dns.exception.Timeout):
-                time.sleep(0.1)
-        self.__exit__()
-        raise RuntimeError(f"unbound did not answer: {self.log.read_text()}")
+        for zone, (host, sport) in {**stubs, ".": ("127.0.0.1", free_port())}.items():
+            lines += ["stub-zone:", f'  name: "{zone}"', f"  stub-addr: {host}@{sport}"]
+        super().__init__(tmp, port, "\n".join(lines) + "\n")
 
     def ask(
         self, name: str, rdtype: str = "A", *, ecs: str | None = None, timeout: float = 5
     ) -> dns.message.Message:
-        import dns.edns
-
         opts = []
         if ecs is not None:
             addr, _, plen = ecs.partition("/")
             opts.append(dns.edns.ECSOption(addr, int(plen)))
         q = dns.message.make_query(name, rdtype, want_dnssec=True, options=opts or None)
         return dns.query.udp(q, "127.0.0.1", port=self.port, timeout=timeout)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._logf.close()
 
 
 def secure(msg: dns.message.Message) -> bool:
