@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 
 from geodns.dns.names import name_problem
-from geodns.dnssec.keyfiles import KeyFileError, ds_text, generate
 from geodns.errors import ConfigError
+
+# geodns.dnssec.keyfiles (dnspython's DNSSEC and cryptography) is imported by
+# the commands that use it: every `geodns` command builds this parser.
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -55,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _keygen(zone: str, directory: Path, *, sep: bool) -> int:
+    from geodns.dnssec.keyfiles import KeyFileError, generate
+
     try:
         base = generate(zone, directory, sep=sep)
     except (KeyFileError, OSError) as e:
@@ -66,6 +70,7 @@ def _keygen(zone: str, directory: Path, *, sep: bool) -> int:
 
 def _ds(zone: str, config: Path, digest: str) -> int:
     from geodns.config import load_config
+    from geodns.dnssec.keyfiles import ds_text
 
     try:
         cfg = load_config(config)

@@ -130,9 +130,7 @@ class Store(ExpectedState, DrainStore):
         try:
             with self._lock:
                 self._follow_file()
-                with self._engine.connect().execution_options(
-                    isolation_level="AUTOCOMMIT"
-                ) as conn:
+                with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                     value = conn.execute(
                         select(MetaRow.value).where(MetaRow.key == "state_version")
                     ).scalar()
