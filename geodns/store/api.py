@@ -437,15 +437,14 @@ class Store(ExpectedState, DrainStore):
         address: str | None = None,
         region: str | None = None,
     ) -> list[AddressState]:
-        stmt = select(AddressRow, AddressStateRow).join(
-            AddressStateRow, AddressStateRow.address_id == AddressRow.id
+        stmt = _where_address(
+            select(AddressRow, AddressStateRow).join(
+                AddressStateRow, AddressStateRow.address_id == AddressRow.id
+            ),
+            pool,
+            mirror,
+            address,
         )
-        if pool is not None:
-            stmt = stmt.where(AddressRow.pool == pool)
-        if mirror is not None:
-            stmt = stmt.where(AddressRow.mirror == mirror)
-        if address is not None:
-            stmt = stmt.where(AddressRow.address == address_text(address))
         if region is not None:
             stmt = stmt.where(AddressStateRow.region == region)
         has_slow = self._slow_schema()
