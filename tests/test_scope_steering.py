@@ -177,15 +177,15 @@ def test_drained_is_never_answered_and_explain_says_why(
         with Store(url) as store:
             for m, a in (("ash", "10.4.0.10"), ("par", "10.3.0.10")):
                 store.set_state("p", m, a, False, "test: down")
-        s._poll_health_sync()
+        s.poller.poll()
         assert s.config is not None and s.tables is not None
         s._install(s.config, s.tables, s._build(s.config, s.tables))
         r = explain(s, "dl.example.org", BERLIN_AS65001)
         assert r["case"] == "failopen"
         assert answered(r) and not answered(r) & {"10.7.0.10", "10.5.0.10"}
     finally:
-        assert s.store is not None
-        s.store.close()
+        assert s.poller.store is not None
+        s.poller.close()
 
 
 def test_answers_over_dns_follow_the_client_profile(

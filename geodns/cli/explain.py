@@ -32,8 +32,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"--client: {e}", file=sys.stderr)
         return 2
     finally:
-        if server.store is not None:
-            server.store.close()
+        server.poller.close()
     if args.json:
         print(json.dumps(result, indent=2))
     else:

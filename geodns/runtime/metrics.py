@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 class Health(Protocol):
-    """What the exporter reads of the health poller (`server.HealthState`)."""
+    """What the exporter reads of the health poller (`healthpoll.HealthState`)."""
 
     @property
     def ok(self) -> bool: ...
