@@ -36,7 +36,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from checker import drain, report, text
+from checker import drain, history, nagios, report, text
 from checker.errors import CheckerError, ManifestError
 from checker.target import targets_of
 from geodns.config import fields
@@ -475,9 +475,9 @@ def cmd_nagios(args: argparse.Namespace) -> int:
     try:
         rows, expected = _rows(args)
     except (StoreError, CheckerError) as exc:
-        code, out = report.nagios_unknown(str(exc).splitlines()[0])
+        code, out = nagios.nagios_unknown(str(exc).splitlines()[0])
     else:
-        code, out = report.nagios(
+        code, out = nagios.nagios(
             rows, warn_down=args.warn_down, crit_down=args.crit_down, expected=expected
         )
     print(out)
@@ -503,14 +503,14 @@ def cmd_history(args: argparse.Namespace) -> int:
         store.close()
     if args.pool is not None:
         events = [e for e in events if e.pool in ("", args.pool)]
-    lines = report.history_lines(changes, events, limit=args.limit)
+    lines = history.history_lines(changes, events, limit=args.limit)
     if args.json:
-        print(report.history_json(lines))
+        print(history.history_json(lines))
         return 0
     if not lines:
         print(f"no state changes or drains recorded for {args.mirror!r}", file=sys.stderr)
         return 1
-    report.print_history(lines, sys.stdout)
+    history.print_history(lines, sys.stdout)
     return 0
 
 

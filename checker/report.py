@@ -1,4 +1,5 @@
-"""Reports for the people on call: a table, JSON, Nagios/Icinga, history.
+"""Reports for the people on call: rows, a table, JSON (Nagios/Icinga output
+is checker.nagios, `checker history` is checker.history).
 
 One row per mirror address and region. States:
   up        serving, nothing to say
@@ -39,14 +40,11 @@ Expected state (`objects: {manifest: store}`): one entry per published name
 than `--expected-max-age` (default 3h) means the leader's `checker manifest
 publish` stopped: `stale`, with the age in `problem`, a WARNING for Nagios.
 `pools` lists the configured pools that read it (with --config).
-
-Nagios exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
@@ -58,16 +56,12 @@ from geodns.model import Config
 from geodns.store import (
     AddressState,
     Drain,
-    DrainEvent,
     ExpectedHead,
-    StateChange,
     address_text,
 )
 
 STATES = ("up", "warning", "slow", "down", "disabled", "drained", "unknown")
 EXPECTED_MAX_AGE = 3 * 3600.0  # a leader publishing hourly may miss two runs
-OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
-_NAGIOS_WORD = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,7 +401,8 @@ def region_checks(rows: Iterable[Row]) -> dict[str, datetime]:
 
 # --------------------------------------------------------------------------- table
 
-_STYLE = {
+# Rich styles of the states (the table here and checker.history)
+STYLE = {
     "up": "green",
     "warning": "yellow",
     "slow": "dark_orange",
@@ -471,7 +466,7 @@ def print_table(
         file=out,
         force_terminal=color,
         no_color=color is False,
-        width=_width(out, width),
+        width=term_width(out, width),
         highlight=False,
     )
     regions = any(r.region for r in rows)
@@ -492,7 +487,7 @@ def print_table(
     if speed:
         table.add_column("MB/s", justify="right")
     for r in rows:
-        state = f"[{_STYLE[r.state]}]{r.state}[/]" + (" [yellow](stale)[/]" if r.stale else "")
+        state = f"[{STYLE[r.state]}]{r.state}[/]" + (" [yellow](stale)[/]" if r.stale else "")
         tls = "" if r.tls_expires_days is None else f"{round(r.tls_expires_days)}d"
         lag = "" if r.lag_seconds is None else text.duration(r.lag_seconds)
         objs = "" if r.objects_checked is None else f"{r.objects_missing or 0}/{r.objects_checked}"
@@ -501,7 +496,7 @@ def print_table(
         cells = [r.pool, r.mirror, r.address]
         if regions:
             cells.append(r.region or "-")
-        cells += [state, since, _escape(_reason(r)), tls, lag, objs, lat]
+        cells += [state, since, escape(_reason(r)), tls, lag, objs, lat]
         if speed:
             cells.append("" if r.throughput_mbps is None else mbps_text(r.throughput_mbps))
         table.add_row(*cells)
@@ -518,15 +513,15 @@ def print_table(
             + ", ".join(f"{k or '-'} last checked {text.ago(v, now)}" for k, v in checks.items())
         )
     for e in expected:
-        line = _escape(expected_line(e, now))
+        line = escape(expected_line(e, now))
         if e.problem and e.version is not None:
-            line += " [yellow]" + _escape(f"STALE: {e.problem}") + "[/]"
+            line += " [yellow]" + escape(f"STALE: {e.problem}") + "[/]"
         elif e.problem:
             line = f"[yellow]{line}[/]"
         console.print(line)
 
 
-def _width(out: IO[str], width: int | None) -> int | None:
+def term_width(out: IO[str], width: int | None) -> int | None:
     """Not a terminal (`report | less`, `> file`): every row at its natural
     width. Rich's 80-column default wrapped each cell over many lines there."""
     if width is not None:
@@ -538,268 +533,7 @@ def _width(out: IO[str], width: int | None) -> int | None:
     return None if tty else 100_000
 
 
-def _escape(value: str) -> str:
-    from rich.markup import escape
+def escape(value: str) -> str:
+    from rich.markup import escape as rich_escape
 
-    return escape(value)
-
-
-# --------------------------------------------------------------------------- Nagios
-
-
-_BRIEF = (
-    (re.compile(r"^TLS certificate expired"), "TLS expired"),
-    (re.compile(r"^TLS certificate not valid before"), "TLS not yet valid"),
-    (re.compile(r"^TLS certificate does not match"), "TLS wrong host"),
-    (re.compile(r"^TLS certificate (is self-signed|chain ends|not trusted)"), "TLS untrusted"),
-    (re.compile(r"^TLS handshake .* timed out"), "TLS timeout"),
-    (re.compile(r"^TLS "), "TLS failed"),
-    (re.compile(r"^stale: (\S+) behind"), r"stale \1"),
-    (re.compile(r"refused \(nothing listening\)"), "connection refused"),
-    (re.compile(r"(timed out|no answer within)"), "timeout"),
-    (re.compile(r"^mid-sync"), "mid-sync"),
-    (re.compile(r"^.*critical (\S+) missing"), r"critical \1 missing"),
-    (re.compile(r"^(\d+) of \d+ objects missing"), r"\1 objects missing"),
-    (re.compile(r"^disabled"), "disabled"),
-    (re.compile(r"^slow: (\S+ MB/s)"), r"slow \1"),
-    (re.compile(r"^slow: (?:no )?first byte"), "slow first byte"),
-)
-
-
-def brief(reason: str, limit: int = 40) -> str:
-    """A few words for a Nagios status line: "TLS expired", "stale 9h12m"."""
-    first = reason.split("; ")[0]
-    for pattern, words in _BRIEF:
-        m = pattern.search(first)
-        if m:
-            return m.expand(words)
-    return first if len(first) <= limit else first[: limit - 1] + "…"
-
-
-def nagios(
-    rows: list[Row],
-    *,
-    warn_down: int | None = None,
-    crit_down: int = 1,
-    expected: Iterable[Expected] = (),
-) -> tuple[int, str]:
-    """(exit code, plugin output): status line with perfdata, then detail lines.
-
-    A stale or missing expected state is a WARNING (the mirrors are judged
-    against an old list, or none), never CRITICAL."""
-    s = summary(rows)
-    total = s["total"]
-    views = list(expected)
-    problems = [e for e in views if e.problem]
-    if total == 0:
-        return (
-            UNKNOWN,
-            "GEODNS MIRRORS UNKNOWN - no mirror addresses in the store (checker not run yet?)",
-        )
-    down = [r for r in rows if r.state == "down"]
-    # slow serves (one group behind): a warning, never critical
-    warn_rows = [r for r in rows if r.state in ("warning", "slow", "unknown") or r.stale]
-    slow = [r for r in rows if r.state == "slow"]
-    n_down = len(down)
-    if n_down >= crit_down:
-        code = CRITICAL
-    elif (warn_down is not None and n_down >= warn_down) or warn_rows or n_down:
-        code = WARNING
-    else:
-        code = OK
-    if n_down:
-        by_mirror: dict[str, list[Row]] = {}
-        for r in down:
-            by_mirror.setdefault(
-                f"{r.pool}/{r.mirror}" if _pools(rows) > 1 else r.mirror, []
-            ).append(r)
-        names = "; ".join(
-            f"{m}{f' x{len(rs)}' if len(rs) > 1 else ''}: {brief(rs[0].detail or rs[0].reason)}"
-            for m, rs in list(by_mirror.items())[:4]
-        )
-        more = f"; +{len(by_mirror) - 4} more" if len(by_mirror) > 4 else ""
-        msg = f"{n_down} of {total} down ({names}{more})"
-    elif slow:
-        names = "; ".join(f"{_who(r, rows)}: {brief(r.detail)}" for r in slow[:4])
-        more = f"; +{len(slow) - 4} more" if len(slow) > 4 else ""
-        msg = f"{len(slow)} of {total} slow ({names}{more})"
-        if len(warn_rows) > len(slow):
-            msg += f", {len(warn_rows) - len(slow)} more need a look"
-    elif warn_rows:
-        msg = f"{total - len(warn_rows)} of {total} fine, {len(warn_rows)} need a look"
-    else:
-        msg = f"{s['up']} of {total} up"
-    if n_down and slow:
-        msg += f", {len(slow)} slow"
-    if s["disabled"]:
-        msg += f", {s['disabled']} disabled"
-    if s["drained"]:  # an operator's decision: counted, never an alert by itself
-        msg += f", {s['drained']} drained"
-    if problems:
-        code = max(code, WARNING)
-        msg += "; " + "; ".join(
-            f"expected state {e.name} "
-            + (f"{text.duration(e.age_seconds)} old" if e.age_seconds is not None else "missing")
-            for e in problems[:3]
-        )
-    w = "" if warn_down is None else str(warn_down)
-    lags = [r.lag_seconds for r in rows if r.lag_seconds is not None]
-    perf = [
-        f"up={s['up'] + s['warning'] + s['slow']};;;0;{total}",
-        f"down={n_down};{w};{crit_down};0;{total}",
-        f"warning={s['warning']};;;0;{total}",
-        f"disabled={s['disabled']};;;0;{total}",
-        f"unknown={s['unknown']};;;0;{total}",
-        f"drained={s['drained']};;;0;{total}",
-    ]
-    if lags:
-        perf.append(f"lag_max={max(lags):.0f}s;;;0")
-    tls = [r.tls_expires_days for r in rows if r.tls_expires_days is not None]
-    if tls:
-        perf.append(f"tls_days_min={min(tls):.1f};;;;")
-    rates = [r.throughput_mbps for r in rows if r.throughput_mbps is not None]
-    if rates or s["slow"]:  # only where speed is measured, like lag and TLS days
-        perf.append(f"slow={s['slow']};;;0;{total}")
-    if rates:
-        perf.append(f"throughput_min_mbps={min(rates):g};;;0")
-    for e in views:
-        if e.age_seconds is not None:
-            perf.append(f"'expected_age_{e.name}'={e.age_seconds:.0f}s;{e.max_age:.0f};;0")
-    lines = [f"GEODNS MIRRORS {_NAGIOS_WORD[code]} - {msg} | {' '.join(perf)}"]
-    for e in problems:
-        lines.append(f"WARNING: {e.problem}")
-    for r in rows:
-        if r.state == "up" and not r.stale:
-            continue
-        where = f"{r.pool}/{r.mirror} {r.address}" + (f" [{r.region}]" if r.region else "")
-        note = " (last check " + text.ago(r.checked_at) + ")" if r.stale and r.checked_at else ""
-        lines.append(f"{r.state.upper()}: {where}: {_reason(r)}{note}")
-    return code, "\n".join(lines)
-
-
-def _pools(rows: list[Row]) -> int:
-    return len({r.pool for r in rows})
-
-
-def _who(r: Row, rows: list[Row]) -> str:
-    return f"{r.pool}/{r.mirror}" if _pools(rows) > 1 else r.mirror
-
-
-def nagios_unknown(reason: str) -> tuple[int, str]:
-    return UNKNOWN, f"GEODNS MIRRORS UNKNOWN - {reason}"
-
-
-# --------------------------------------------------------------------------- history
-
-_EVENT_STATE = {"drain": "drained", "undrain": "undrained", "expired": "drain ended"}
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryLine:
-    """A state change or a drain event, as `checker history` lists them."""
-
-    at: datetime
-    pool: str  # "" on a drain of every pool
-    mirror: str
-    address: str  # "" on a drain of the whole mirror
-    region: str
-    state: str  # up, slow, down, disabled, drained, undrained, drain ended
-    reason: str
-    who: str | None = None
-    until: datetime | None = None
-
-
-def history_lines(
-    changes: Iterable[StateChange], events: Iterable[DrainEvent] = (), limit: int | None = None
-) -> list[HistoryLine]:
-    """Both kinds merged, newest first."""
-    lines = [
-        HistoryLine(
-            c.at,
-            c.pool,
-            c.mirror,
-            c.address,
-            c.region,
-            c.state,
-            c.reason,
-        )
-        for c in changes
-    ]
-    for e in events:
-        if e.action == "drain":
-            until = f"until {text.stamp(e.until)}" if e.until else "until undrained"
-            why = f"by {e.who} {until}: {e.reason}"
-        elif e.action == "undrain":
-            why = f"by {e.who} (drained for: {e.reason})"
-        else:
-            why = f"drain by {e.who} ran out (drained for: {e.reason})"
-        lines.append(
-            HistoryLine(
-                e.at,
-                e.pool,
-                e.mirror,
-                e.address,
-                "",
-                _EVENT_STATE.get(e.action, e.action),
-                why,
-                e.who,
-                e.until,
-            )
-        )
-    lines.sort(key=lambda h: h.at, reverse=True)
-    return lines if limit is None else lines[:limit]
-
-
-def history_json(lines: list[HistoryLine]) -> str:
-    """[{"at", "pool", "mirror", "address", "region", "state", "reason"}], newest
-    first; drain events also carry "who" and "until", and "" in pool/address
-    when the drain covered every pool/address."""
-    out = []
-    for h in lines:
-        item: dict[str, Any] = {
-            "at": h.at.isoformat(),
-            "pool": h.pool,
-            "mirror": h.mirror,
-            "address": h.address,
-            "region": h.region,
-            "state": h.state,
-            "reason": h.reason,
-        }
-        if h.who is not None:
-            item["who"] = h.who
-            item["until"] = h.until.isoformat() if h.until else None
-        out.append(item)
-    return json.dumps(out, indent=2)
-
-
-def print_history(
-    lines: list[HistoryLine], out: IO[str], *, color: bool | None = None, width: int | None = None
-) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(
-        file=out,
-        force_terminal=color,
-        no_color=color is False,
-        width=_width(out, width),
-        highlight=False,
-    )
-    regions = any(h.region for h in lines)
-    table = Table()
-    table.add_column("Time (UTC)")
-    table.add_column("Pool")
-    table.add_column("Mirror")
-    table.add_column("Address")
-    if regions:
-        table.add_column("Region")
-    table.add_column("State")
-    table.add_column("Reason", overflow="fold")
-    for h in lines:
-        cells = [text.stamp(h.at), h.pool or "(all)", h.mirror, h.address or "(all)"]
-        if regions:
-            cells.append(h.region or "-")
-        style = _STYLE.get(h.state, "cyan")
-        cells += [f"[{style}]{h.state}[/]", _escape(h.reason)]
-        table.add_row(*cells)
-    console.print(table)
+    return rich_escape(value)

@@ -295,7 +295,7 @@ def test_report_on_missing_store_is_an_error(
     ],
 )
 def test_brief_reasons_for_status_lines(reason: str, words: str) -> None:
-    from checker.report import brief
+    from checker.nagios import brief
 
     assert brief(reason) == words
 

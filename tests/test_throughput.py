@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from checker import report
+from checker import history, nagios, report
 from checker.http import HTTPClient
 from checker.manifest import Manifest, from_dict
 from checker.probes.throughput import choose, judge, probe_throughput
@@ -531,14 +531,14 @@ def test_report_json_nagios_and_history_show_slow(tmp_path: Path) -> None:
     assert (slow.state, slow.throughput_mbps, slow.ttfb_ms) == ("slow", 0.4, 12.0)
     doc = json.loads(report.to_json(rows))
     assert doc["summary"]["slow"] == 1 and doc["summary"]["up"] == 1
-    code, out = report.nagios(rows)
-    assert code == report.WARNING  # a warning, never critical
+    code, out = nagios.nagios(rows)
+    assert code == nagios.WARNING  # a warning, never critical
     assert out.splitlines()[0].startswith(
         "GEODNS MIRRORS WARNING - 1 of 2 slow (slow: slow 0.4 MB/s) | up=2;;;0;2"
     )
     assert "slow=1;;;0;2" in out and "throughput_min_mbps=0.4;;;0" in out
     assert "SLOW: p/slow 127.0.0.2: slow: 0.4 MB/s median over 3 rounds (min 2)" in out
-    assert json.loads(report.history_json(report.history_lines(changes)))[0]["state"] == "slow"
+    assert json.loads(history.history_json(history.history_lines(changes)))[0]["state"] == "slow"
     table = io.StringIO()
     report.print_table(rows, table, color=False, width=200)
     line = next(ln for ln in table.getvalue().splitlines() if "127.0.0.2" in ln)
@@ -547,7 +547,7 @@ def test_report_json_nagios_and_history_show_slow(tmp_path: Path) -> None:
     )
     assert "1 up, 1 slow" in table.getvalue()
     hist = io.StringIO()
-    report.print_history(report.history_lines(changes), hist, color=False, width=200)
+    history.print_history(history.history_lines(changes), hist, color=False, width=200)
     assert " slow " in hist.getvalue()
     # the status page: a state badge of its own, and the median in a sortable column
     from checker.web.render import export_html

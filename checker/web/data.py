@@ -23,7 +23,7 @@ from typing import Any
 from geodns.model import Config
 from geodns.store import AddressState, Drain, ExpectedHead, ProbeResult, Store, StoreError
 
-from .. import report
+from .. import history, report
 
 log = logging.getLogger("checker.web")
 
@@ -63,7 +63,7 @@ class MirrorDetail:
     mirror: str
     url: str | None  # from the configuration, when the page was given one
     states: list[AddressState]  # probe details per address and region
-    history: list[report.HistoryLine]  # state changes and drain events, newest first
+    history: list[history.HistoryLine]  # state changes and drain events, newest first
     lag: list[ProbeResult]  # freshness results of the last CHART_DAYS, newest first
     read_at: datetime
     drains: list[Drain] = field(default_factory=list)  # drains in force anywhere
@@ -236,7 +236,7 @@ class StatusSource:
                     mirror=mirror,
                     url=self._url_of(pool, mirror),
                     states=states,
-                    history=report.history_lines(changes, events, limit=HISTORY_LIMIT),
+                    history=history.history_lines(changes, events, limit=HISTORY_LIMIT),
                     lag=[
                         r
                         for r in store.results(
