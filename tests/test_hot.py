@@ -6,10 +6,12 @@ table answers never reaches the handler on either engine."""
 
 from __future__ import annotations
 
+import gc
 import random
 import socket
 import struct
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -390,6 +392,31 @@ def test_a_new_generation_warms_its_table_from_the_old_one(
         assert got is not None and got in _replies(cold, data, src, 24), (data, src)
     assert new.stats.qtypes == [[{}, {}], [{}, {}]] and not new.stats.rcodes
     assert len(new.hot) == len(old.hot) - 1
+
+
+@pytest.mark.parametrize("with_table", [True, False])
+def test_a_swapped_out_generation_is_freed_without_the_cyclic_gc(
+    path: str, world: tuple[object, GeoDB], with_table: bool
+) -> None:
+    """The server freezes the GC's view of the heap after every swap
+    (gc.freeze), so a generation caught in a reference cycle would never be
+    freed: every reload and health change would leak one. Reference counts
+    alone must free it."""
+    gone = []
+    gc.disable()
+    try:
+        old = responder(world, path if with_table else None)
+        for name, rdtype, ecs in QUERIES:
+            old.handle(wire(name, rdtype=rdtype, ecs=ecs), "192.0.2.10")
+        for _ in range(3):
+            new = responder(world, path if with_table else None)
+            for _ in new.warm_from(old):
+                pass
+            gone.append(weakref.ref(old))
+            old = new
+        assert [r() for r in gone] == [None, None, None]
+    finally:
+        gc.enable()
 
 
 def test_keys_unpack_into_the_queries_they_came_from(path: str) -> None:

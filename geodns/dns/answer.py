@@ -43,6 +43,7 @@ from geodns.steering.steer import Steering, SteerResult, tier_name
 log = logging.getLogger("geodns.query")
 
 CACHE_MAX = 100_000  # entries per cache generation (geodns.dns.gencache: at most twice this)
+HOT_WARM_SECONDS = 0.3  # wall time a new generation spends filling its hot table, at most
 UNKNOWN_CLIENT = GeoInfo(None, None, None, None, 0)
 
 # What a steered answer depends on: (asn, country, continent, location). The
@@ -567,7 +568,9 @@ class Responder:
             sr = self.steer_cache[key] = self.steering.steer(st, res.steer_family, client)
         return sr
 
-    def warm_from(self, old: Responder, limit: int = 50_000) -> Iterator[int]:
+    def warm_from(
+        self, old: Responder, limit: int = 50_000, hot_seconds: float = HOT_WARM_SECONDS
+    ) -> Iterator[int]:
         """Build this generation's answers for the old one's busiest keys before
         it goes live, so a swap does not turn every query into a cache miss.
         A generator: the server runs it in slices between queries."""
@@ -605,17 +608,22 @@ class Responder:
             for src, found in old.src_geo.items()[-limit:]:
                 self.src_geo.put(src, found)
         if self._hot is not None and old._hot is not None:
-            yield from self._warm_hot(old._hot.table.keys()[:limit], done)
+            yield from self._warm_hot(old._hot.table.keys()[:limit], done, hot_seconds)
         yield done
 
-    def _warm_hot(self, keys: list[bytes], done: int) -> Iterator[int]:
+    def _warm_hot(self, keys: list[bytes], done: int, seconds: float) -> Iterator[int]:
         """Answer what the old generation's hot table held, so that this one's
         table has it too when it goes live (a health change must not send
         every repeated query through Python once). Not queries: counted
         nowhere; answered as this generation decides, registered only if it
-        would register them itself."""
+        would register them itself. For `seconds` at most: under load the
+        slices between query bursts stretch this work, and a reload should
+        not wait for it — what is left registers on its first query."""
         real, scratch = self.stats, Stats()
+        end = monotonic() + seconds
         for key in keys:
+            if monotonic() > end:
+                return
             q = hot_mod.unpack(key)
             if q is None:
                 continue
@@ -645,13 +653,19 @@ class Responder:
             return _Cycle([body], st.pool, sr.case)
         rtype = wire.AAAA if res.steer_family == 6 else wire.A
         variants = sr.variants
+        # not self._enc: a closure over `self` would make every cycle a
+        # reference cycle back to this responder, which then outlives its
+        # generation (swap_in freezes the GC's view of the heap)
+        signing = self.signing
 
         def make(i: int) -> _Body:
             rrs = [
                 (res.steer_owner, wire.rr_tail(rtype, st.ttl, r.candidate.address.packed))
                 for r in variants[i]
             ]
-            return self._enc(qname, 0, res, res.answer + rrs, res.authority, res.additional, zone)
+            return _encode_for(
+                signing, qname, 0, res, res.answer + rrs, res.authority, res.additional, zone
+            )
 
         tier = tier_name(variants[0][0]) if sr.case == "nearest" else sr.case
         return _Cycle([None] * len(variants), st.pool, tier, make)
@@ -666,10 +680,7 @@ class Responder:
         additional: list[RR],
         zone: bytes,
     ) -> _Body:
-        body = _encode(qname, res, answer, authority, additional, zone)
-        if self.signing:
-            body.sign_src = (qname, qtype, res.rcode, res.aa, answer, authority, additional)
-        return body
+        return _encode_for(self.signing, qname, qtype, res, answer, authority, additional, zone)
 
     def _signed(self, body: _Body) -> _Body:
         """The DO=1 form of a DO=0 body, made once (geodns.dnssec.sections):
@@ -915,6 +926,23 @@ def _with_option(opt: bytes, option: bytes) -> bytes:
 
 def _plain(rcode: int) -> _Body:
     return _Body(0x8000 | rcode, b"\x00\x00" * 3, b"\x00\x00\x00\x00\x00\x01", b"", rcode)
+
+
+def _encode_for(
+    signing: bool,
+    qname: bytes,
+    qtype: int,
+    res: Resolution,
+    answer: list[RR],
+    authority: list[RR],
+    additional: list[RR],
+    zone: bytes,
+) -> _Body:
+    """`_encode`, keeping what a DO=1 query needs to sign it when a zone is signed."""
+    body = _encode(qname, res, answer, authority, additional, zone)
+    if signing:
+        body.sign_src = (qname, qtype, res.rcode, res.aa, answer, authority, additional)
+    return body
 
 
 def _encode(
