@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="on the batched UDP paths, replay up to N answers for repeated queries without "
-        "entering Python (default 16384; 0 = off): the table is per reload and health change",
+        "entering Python (default 65536; 0 = off): the table is per reload and health change",
     )
     s.add_argument("--tcp-idle-timeout", type=float, default=10.0)
     s.add_argument(

@@ -117,7 +117,7 @@ static int
 Hot_init(Hot *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"capacity", "limiter", NULL};
-    Py_ssize_t capacity = 16384;
+    Py_ssize_t capacity = 65536;
     PyObject *limiter = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|nO:Hot", kwlist, &capacity, &limiter)) {
         return -1;
@@ -623,7 +623,7 @@ PyTypeObject HotType = {
     .tp_itemsize = 0,
     .tp_dealloc = (destructor)Hot_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Hot(capacity=16384, limiter=None): answers replayed for repeated queries",
+    .tp_doc = "Hot(capacity=65536, limiter=None): answers replayed for repeated queries",
     .tp_methods = Hot_methods,
     .tp_members = Hot_members,
     .tp_getset = Hot_getset,

@@ -17,7 +17,7 @@ class Hot:
     puts: int
     evicted: int
     capacity: int
-    def __init__(self, capacity: int = 16384, limiter: RateLimiter | None = None) -> None: ...
+    def __init__(self, capacity: int = 65536, limiter: RateLimiter | None = None) -> None: ...
     def put(
         self,
         key: bytes,

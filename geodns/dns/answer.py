@@ -182,6 +182,7 @@ class Responder:
         self.signing = tables.signing  # some zone is signed: DO=1 gets signed bodies
         # the hot table and its counter ids (see `hot`)
         self._hot: hot_mod.Registry | None = None
+        self._hot_eager = False  # warming: register rotations not yet complete
 
     # ------------------------------------------------------------------ fast path
 
@@ -424,6 +425,16 @@ class Responder:
                 return
             variants = cyc.hot.get((edns, signed))
             if variants is None:
+                # On the query path, only a rotation whose every variant was
+                # already made (and signed, for DO=1) is registered: encoding
+                # and signing them all at a first query would turn the misses
+                # after a swap into a burst that overflows the socket. A
+                # rotation is complete after as many queries as it has
+                # variants; warming (`_warm_hot`) makes them all at once.
+                if not self._hot_eager and any(
+                    b is None or (signed and b.signed is None) for b in cyc.bodies
+                ):
+                    return
                 variants = cyc.hot[(edns, signed)] = tuple(
                     self._hot_variant(cyc.bodies[i] or cyc.next_at(i), edns, signed)
                     for i in range(len(cyc.bodies))
@@ -611,6 +622,23 @@ class Responder:
             yield from self._warm_hot(old._hot.table.keys()[:limit], done, hot_seconds)
         yield done
 
+    def retire(self, slice_s: float = 0.001) -> Iterator[None]:
+        """Free this generation a slice at a time (a generator: the server runs
+        it between queries once the generation is swapped out). Dropped at
+        once, a warm generation's million objects are deallocated in one go,
+        which stalls the loop long enough for the socket to overflow."""
+        if self._hot is not None:
+            self._hot.table.clear()
+        self.steer_cache = {}
+        for cache in (self.cache, self.src_geo, self.ecs_clients):
+            for d in (cache.old, cache.new):
+                while d:
+                    end = monotonic() + slice_s
+                    while d and monotonic() < end:
+                        for _ in range(min(64, len(d))):
+                            d.popitem()
+                    yield
+
     def _warm_hot(self, keys: list[bytes], done: int, seconds: float) -> Iterator[int]:
         """Answer what the old generation's hot table held, so that this one's
         table has it too when it goes live (a health change must not send
@@ -628,14 +656,14 @@ class Responder:
             if q is None:
                 continue
             data, src = q
-            self.stats = scratch
+            self.stats, self._hot_eager = scratch, True
             try:
                 # any source for an answer that does not depend on it
                 self._fast(data, src or "127.0.0.1", False)
             except Exception:  # noqa: BLE001 — as in handle(): a reload must go on
                 log.exception("warming the hot table: a query failed")
             finally:
-                self.stats = real
+                self.stats, self._hot_eager = real, False
             done += 1
             yield done
 

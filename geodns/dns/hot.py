@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 MAX_QUERY = 512  # longer queries are never hot (the C table's HOT_MAX_QUERY)
 MAX_REPLY = 4096  # longer replies are never hot (HOT_MAX_REPLY)
-CAPACITY = 16384  # entries per responder generation (4-way sets)
+CAPACITY = 65536  # entries per responder generation (4-way sets; keep it well above
+# the distinct queries resolvers repeat: a set over 4 keys evicts in turn)
 WAYS = 4
 MAX_CAPACITY = (1 << 20) * WAYS
 MAX_STATS = 1024

@@ -68,6 +68,7 @@ class Server:
         self.udp_rcvbuf = 0  # effective receive buffer of the UDP sockets (bytes)
         self.servers: list[asyncio.base_events.Server] = []
         self.tasks: list[asyncio.Task[None]] = []
+        self.retiring: set[asyncio.Task[None]] = set()  # old generations being freed
         self.stopping: asyncio.Event | None = None  # created in start(), inside the loop
         self._reload_lock: asyncio.Lock | None = None
         self._file_cache: FileCache = {}  # parsed YAML files, reused by reloads
@@ -192,6 +193,22 @@ class Server:
             self.current.responder = responder
             if isinstance(old, Responder):
                 old.sync_hot()  # what its table answered counts once, now
+                self._retire_later(old)
+
+    def _retire_later(self, old: Responder) -> None:
+        """Free a swapped-out generation in slices between queries
+        (Responder.retire); without a running loop (start-up) at once."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = loop.create_task(self._retire(old))
+        self.retiring.add(task)
+        task.add_done_callback(self.retiring.discard)
+
+    async def _retire(self, old: Responder) -> None:
+        for _ in old.retire():
+            await asyncio.sleep(0)
 
     def _attach_hot(self, responder: Responder) -> None:
         """Give a responder the hot table of the UDP path in use (geodns.dns.hot):
@@ -355,9 +372,10 @@ class Server:
                 log.exception("could not withdraw the service addresses")
             if self.transports or self.udp_endpoints:
                 await asyncio.sleep(self.s.service_drain)
-        for t in self.tasks:
+        tasks = [*self.tasks, *self.retiring]
+        for t in tasks:
             t.cancel()
-        for t in self.tasks:
+        for t in tasks:
             try:
                 await t
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
