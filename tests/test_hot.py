@@ -423,6 +423,19 @@ def test_a_swapped_out_generation_is_freed_without_the_cyclic_gc(
         gc.enable()
 
 
+def test_retire_frees_a_generation_in_slices(path: str, world: tuple[object, GeoDB]) -> None:
+    old = responder(world, path)
+    assert old.hot is not None
+    for name, rdtype, ecs in QUERIES:
+        for _ in range(24):
+            old.handle(wire(name, rdtype=rdtype, ecs=ecs), "192.0.2.10")
+    assert len(old.cache) and len(old.hot)
+    slices = sum(1 for _ in old.retire(slice_s=0.0))
+    assert slices >= 1
+    assert not len(old.cache) and not len(old.ecs_clients) and not len(old.src_geo)
+    assert not old.steer_cache and len(old.hot) == 0
+
+
 def test_keys_unpack_into_the_queries_they_came_from(path: str) -> None:
     t = table(path)
     plain, ecs = wire(qid=0), wire(ecs="192.0.2.0/24", qid=0, rd=False)

@@ -249,6 +249,11 @@ def test_a_reload_reaches_the_batched_path(
         r = udp(query("mail.example.org"), st.addr())
         assert rrset_texts(r.answer) == ["mail.example.org. 3600 IN A 192.0.2.26"]
         assert table.hits == 1
+        # the old generation is freed in slices between queries, and then done
+        deadline = time.monotonic() + 10
+        while st.server.retiring and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not st.server.retiring
 
 
 def test_forcing_native_where_it_is_not_built_fails_at_start(

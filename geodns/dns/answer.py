@@ -634,9 +634,11 @@ class Responder:
             for d in (cache.old, cache.new):
                 while d:
                     end = monotonic() + slice_s
-                    while d and monotonic() < end:
+                    while True:  # at least one chunk per slice: always progress
                         for _ in range(min(64, len(d))):
                             d.popitem()
+                        if not d or monotonic() >= end:
+                            break
                     yield
 
     def _warm_hot(self, keys: list[bytes], done: int, seconds: float) -> Iterator[int]:
