@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import IO, Any
 
 from checker import text
-from checker.report import STYLE, escape, term_width
+from checker.report import STYLE, console, escape
 from geodns.store import DrainEvent, StateChange
 
 _EVENT_STATE = {"drain": "drained", "undrain": "undrained", "expired": "drain ended"}
@@ -97,16 +97,9 @@ def history_json(lines: list[HistoryLine]) -> str:
 def print_history(
     lines: list[HistoryLine], out: IO[str], *, color: bool | None = None, width: int | None = None
 ) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(
-        file=out,
-        force_terminal=color,
-        no_color=color is False,
-        width=term_width(out, width),
-        highlight=False,
-    )
+    con = console(out, color, width)
     regions = any(h.region for h in lines)
     table = Table()
     table.add_column("Time (UTC)")
@@ -124,4 +117,4 @@ def print_history(
         style = STYLE.get(h.state, "cyan")
         cells += [f"[{style}]{h.state}[/]", escape(h.reason)]
         table.add_row(*cells)
-    console.print(table)
+    con.print(table)

@@ -458,17 +458,10 @@ def print_table(
     width: int | None = None,
     expected: Iterable[Expected] = (),
 ) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     now = now or datetime.now(UTC)
-    console = Console(
-        file=out,
-        force_terminal=color,
-        no_color=color is False,
-        width=term_width(out, width),
-        highlight=False,
-    )
+    con = console(out, color, width)
     regions = any(r.region for r in rows)
     table = Table(title=None, show_lines=False, expand=False)
     table.add_column("Pool")
@@ -500,15 +493,15 @@ def print_table(
         if speed:
             cells.append("" if r.throughput_mbps is None else mbps_text(r.throughput_mbps))
         table.add_row(*cells)
-    console.print(table)
+    con.print(table)
     s = summary(rows)
     parts = [f"{s[k]} {k}" for k in STATES if s[k]]
     if s["stale"]:
         parts.append(f"{s['stale']} not checked for a while")
-    console.print(f"{s['total']} addresses: " + (", ".join(parts) or "none"))
+    con.print(f"{s['total']} addresses: " + (", ".join(parts) or "none"))
     if regions:
         checks = region_checks(rows)
-        console.print(
+        con.print(
             "regions: "
             + ", ".join(f"{k or '-'} last checked {text.ago(v, now)}" for k, v in checks.items())
         )
@@ -518,7 +511,21 @@ def print_table(
             line += " [yellow]" + escape(f"STALE: {e.problem}") + "[/]"
         elif e.problem:
             line = f"[yellow]{line}[/]"
-        console.print(line)
+        con.print(line)
+
+
+def console(out: IO[str], color: bool | None, width: int | None) -> Any:
+    """A Rich console writing to `out` (the table here, checker.history):
+    colour forced on/off or detected, at `width` or `term_width`'s."""
+    from rich.console import Console
+
+    return Console(
+        file=out,
+        force_terminal=color,
+        no_color=color is False,
+        width=term_width(out, width),
+        highlight=False,
+    )
 
 
 def term_width(out: IO[str], width: int | None) -> int | None:

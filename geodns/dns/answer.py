@@ -544,8 +544,15 @@ class Responder:
         if res.steer is not None:
             entry = _Geo(qname, res)
         else:
-            entry = self._enc(
-                qname, qtype, res, res.answer, res.authority, res.additional, self._zone(qname)
+            entry = _encode_for(
+                self.signing,
+                qname,
+                qtype,
+                res,
+                res.answer,
+                res.authority,
+                res.additional,
+                self._zone(qname),
             )
         self.cache.put((qname, qtype), entry)
         return entry
@@ -679,7 +686,9 @@ class Responder:
             return _Cycle([body], st.pool, sr.case)
         if not sr.variants:  # NODATA: the pool has no address of this family
             assert res.steer_negative is not None
-            body = self._enc(qname, 0, res, res.answer, [res.steer_negative], [], zone)
+            body = _encode_for(
+                self.signing, qname, 0, res, res.answer, [res.steer_negative], [], zone
+            )
             return _Cycle([body], st.pool, sr.case)
         rtype = wire.AAAA if res.steer_family == 6 else wire.A
         variants = sr.variants
@@ -699,18 +708,6 @@ class Responder:
 
         tier = tier_name(variants[0][0]) if sr.case == "nearest" else sr.case
         return _Cycle([None] * len(variants), st.pool, tier, make)
-
-    def _enc(
-        self,
-        qname: bytes,
-        qtype: int,
-        res: Resolution,
-        answer: list[RR],
-        authority: list[RR],
-        additional: list[RR],
-        zone: bytes,
-    ) -> _Body:
-        return _encode_for(self.signing, qname, qtype, res, answer, authority, additional, zone)
 
     def _signed(self, body: _Body) -> _Body:
         """The DO=1 form of a DO=0 body, made once (geodns.dnssec.sections):
