@@ -8,8 +8,30 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine
 
 from geodns.store import Store
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "geodns" / "store" / "migrations"
+
+
+def alembic(url: str, action: str, revision: str) -> None:
+    """`alembic upgrade|downgrade <revision>` on the store at `url` (an older
+    release's schema, for the upgrade-order tests)."""
+    from alembic import command
+    from alembic.config import Config
+
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            getattr(command, action)(cfg, revision)
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -4,32 +4,13 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import create_engine, inspect
 
 from geodns.store import Drain, ProbeRecord, Store
 
 from .pg import pg_server  # noqa: F401  (fixture: store_url and store come from conftest)
-
-MIGRATIONS = Path(__file__).resolve().parent.parent / "geodns" / "store" / "migrations"
-
-
-def _alembic(url: str, action: str, revision: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    engine = create_engine(url)
-    try:
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            getattr(command, action)(cfg, revision)
-    finally:
-        engine.dispose()
+from .stores import alembic
 
 
 def _tables(url: str) -> set[str]:
@@ -119,7 +100,7 @@ def test_expired_drains_become_history(store: Store) -> None:  # noqa: F811
 
 
 def test_migration_0002_keeps_data_and_old_readers_work(store_url: str) -> None:  # noqa: F811
-    _alembic(store_url, "upgrade", "0001")
+    alembic(store_url, "upgrade", "0001")
     assert "drains" not in _tables(store_url)
     # a store written by the previous release: states, results, history, version
     with Store(store_url, create=False) as old:
@@ -146,7 +127,7 @@ def test_migration_0002_keeps_data_and_old_readers_work(store_url: str) -> None:
         assert [d.mirror for d in old.drains()] == ["ftp-b"]
         assert old.state_version() == version + 1
     # downgrade removes only the drain tables
-    _alembic(store_url, "downgrade", "0001")
+    alembic(store_url, "downgrade", "0001")
     assert "drains" not in _tables(store_url) and "address_states" in _tables(store_url)
     with Store(store_url, create=False) as old:
         assert (old.states(), old.history(), old.results(), old.down_addresses()) == before

@@ -13,7 +13,7 @@ import io
 import ipaddress
 import json
 import textwrap
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,6 +39,7 @@ from geodns.steering.geo import GeoInfo
 from geodns.steering.rank import Candidate, answer_variants, demote_slow, rank
 from geodns.store import ProbeRecord, Store
 
+from .stores import alembic
 from .util import silence_region
 
 try:
@@ -392,34 +393,14 @@ def test_slow_ranks_one_group_behind() -> None:
 # --------------------------------------------------------------------------- store and reports
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/h.sqlite"
-        return
-    server = request.getfixturevalue("pg_server")
-    url = server.create_database()
-    try:
-        yield url
-    finally:
-        server.drop_database(url)
-
-
 def test_migration_from_0001_keeps_rows_as_not_slow(store_url: str) -> None:
     """A store made by the previous release (revision 0001) is upgraded in place."""
-    from alembic import command
-    from alembic.config import Config
     from sqlalchemy import create_engine, text
 
-    import geodns.store.schema as gs
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(gs.__file__).with_name("migrations")))
+    alembic(store_url, "upgrade", "0001")
     engine = create_engine(store_url)
     try:
         with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0001")
             conn.execute(
                 text(
                     "INSERT INTO mirror_addresses (pool, mirror, address, family) "
