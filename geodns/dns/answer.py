@@ -128,9 +128,8 @@ class _Cycle:
 
     def prime(self, at: int) -> None:
         """Continue at position `at` (of the generation before), encoded now."""
-        i = self.i = at % len(self.bodies)
-        if self.bodies[i] is None:
-            self.bodies[i] = self.make(i)  # type: ignore[misc]
+        self.i = at % len(self.bodies)
+        self.next_at(self.i)
 
     def next_at(self, i: int) -> _Body:
         """Variant `i`, encoded now if it was not yet (the rotation is not moved)."""
@@ -409,8 +408,8 @@ class Responder:
     ) -> None:
         """Register the answer just made on the fast path with the hot table, so
         that the same query again is answered by the UDP drain without a call
-        into Python. Every variant of a steered rotation goes in (encoded now
-        if it was not yet): the table rotates through them as `_Cycle` does."""
+        into Python. A steered rotation goes in whole, once every variant is
+        made: the table rotates through them as `_Cycle` does."""
         assert self._hot is not None
         signed = edns and bool(data[qend + 7] & 0x80) and self.signing
         if geo:
@@ -436,8 +435,7 @@ class Responder:
                 ):
                     return
                 variants = cyc.hot[(edns, signed)] = tuple(
-                    self._hot_variant(cyc.bodies[i] or cyc.next_at(i), edns, signed)
-                    for i in range(len(cyc.bodies))
+                    self._hot_variant(cyc.next_at(i), edns, signed) for i in range(len(cyc.bodies))
                 )
             start, tier, kind = cyc.i, cyc.tier_key, cyc.bodies[0].kind
             # the source decides the client (no ECS, or ECS the trust list
