@@ -418,6 +418,7 @@ Hot_put(Hot *self, PyObject *args, PyObject *kwds)
     }
     Py_hash_t h = _Py_HashBytes(PyBytes_AS_STRING(key), klen);
     HotEntry *e = find(self, (const unsigned char *)PyBytes_AS_STRING(key), klen, h);
+    PyObject *old_key = NULL;
     if (e == NULL) {
         size_t set = (size_t)h & (self->nsets - 1);
         HotEntry *ways = &self->ways[set * WAYS];
@@ -432,28 +433,14 @@ Hot_put(Hot *self, PyObject *args, PyObject *kwds)
             self->evicted++;
             self->size--;
         }
-        /* the entry's old objects go last: their release may run Python code */
-        PyObject *ok = e->key, *ov = e->variants, *oo = e->opt;
+        old_key = e->key; /* NULL for an empty way */
         Py_INCREF(key);
         e->key = key;
-        e->variants = NULL;
-        e->opt = NULL;
-        self->size++;
-        Py_INCREF(variants);
-        Py_INCREF(opt);
-        e->variants = variants;
-        e->opt = opt;
         e->hash = h;
-        e->limited = kind != Py_None;
-        e->kind = k;
-        e->stat = (unsigned int)stat;
-        e->next = ((start % n) + n) % n;
-        self->puts++;
-        Py_XDECREF(ok);
-        Py_XDECREF(ov);
-        Py_XDECREF(oo);
-        Py_RETURN_NONE;
+        self->size++;
     }
+    /* a new or replaced entry alike; the old objects go last: their release
+     * may run Python code */
     PyObject *ov = e->variants, *oo = e->opt;
     Py_INCREF(variants);
     Py_INCREF(opt);
@@ -464,8 +451,9 @@ Hot_put(Hot *self, PyObject *args, PyObject *kwds)
     e->stat = (unsigned int)stat;
     e->next = ((start % n) + n) % n;
     self->puts++;
-    Py_DECREF(ov);
-    Py_DECREF(oo);
+    Py_XDECREF(old_key);
+    Py_XDECREF(ov);
+    Py_XDECREF(oo);
     Py_RETURN_NONE;
 }
 
